@@ -1,0 +1,2 @@
+//! The `flyjobs` command.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The Fly Machines API client. (Issue 2.)

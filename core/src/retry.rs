@@ -1,0 +1,1 @@
+//! The retry policy: pure `(attempt, failure) -> Retry { at } | Dead`. (Issue 3.)
