@@ -8,7 +8,7 @@
 //! use std::collections::HashMap;
 //! use flyjobs::Config;
 //! let env = HashMap::from([("FLY_APP_NAME", "shop"), ("FLY_API_TOKEN", "FlyV1 fm2_secret")]);
-//! let cfg = Config::builder().lookup(|k| env.get(k).map(|v| v.to_string())).build().unwrap();
+//! let cfg = Config::builder().lookup(move |k| env.get(k).map(|v| v.to_string())).build().unwrap();
 //! assert_eq!(cfg.app_name(), Some("shop"));
 //! assert!(!format!("{cfg:?}").contains("fm2_secret"));
 //! ```
