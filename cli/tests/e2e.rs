@@ -42,7 +42,7 @@ async fn database_url(db: Db, dir: &std::path::Path) -> Option<String> {
                 eprintln!("SKIPPED: PostgreSQL test (FLYJOBS_SKIP_PG=1)");
                 return None;
             };
-            Some(flyjobs::store::testing::fresh_postgres_database(&base).await.expect("fresh database"))
+            Some(flyjobs::testing::fresh_postgres_database(&base).await.expect("fresh database"))
         }
     }
 }

@@ -33,6 +33,8 @@ pub mod retry;
 pub mod runtime;
 pub mod scaler;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod worker;
 
 pub use client::Client;
