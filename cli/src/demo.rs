@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use flyjobs::job::{Job, JobState, NewJob};
 use flyjobs::machines::Machines;
-use flyjobs::machines::types::ListMachinesOptions;
+use flyjobs::machines::types::ListMachinesQuery;
 use flyjobs::{Client, Config};
 
 use crate::command::{payload, self_command};
@@ -146,15 +146,15 @@ async fn machines_per_queue(machines: &dyn Machines, app: &str) -> flyjobs::Resu
     let list = machines
         .list_machines(
             app,
-            &ListMachinesOptions {
+            &ListMachinesQuery {
                 metadata: BTreeMap::from([("flyjobs_role".to_string(), "worker".to_string())]),
-                ..ListMachinesOptions::default()
+                ..ListMachinesQuery::default()
             },
         )
         .await?;
     let mut out = BTreeMap::new();
     for m in list {
-        if matches!(m.state.as_str(), "created" | "starting" | "started") {
+        if matches!(m.state_str(), "created" | "starting" | "started") {
             let q = m.metadata_value("flyjobs_queue").unwrap_or("?").to_string();
             *out.entry(q).or_default() += 1;
         }

@@ -264,7 +264,12 @@ async fn sigterm_mid_job_never_loses_it() {
     let first = env.active_machines();
     assert_eq!(first.len(), 1);
     // What Fly sends on stop.
-    env.machines.stop_machine(&env.app, &first[0].id, Some("SIGTERM"), Some(Duration::from_secs(10)), None).await.unwrap();
+    let stop = flyjobs::machines::types::StopRequest {
+        signal: Some("SIGTERM".into()),
+        timeout: Some("10s".into()),
+        ..Default::default()
+    };
+    env.machines.stop_machine(&env.app, &first[0].id, &stop, None).await.unwrap();
     env.wait_state(id, JobState::Completed, Duration::from_secs(60)).await;
     let runs = std::fs::read_to_string(&started).unwrap().lines().count();
     assert!(runs >= 2, "the released job ran again (runs: {runs})");

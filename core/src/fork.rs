@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use crate::config::{Config, PoolMode, QueueSettings};
 use crate::error::{Error, Result};
 use crate::machines::Machines;
-use crate::machines::types::{GuestConfig, InitConfig, MachineConfig, RestartPolicy};
+use crate::machines::types::{Guest, MachineConfig, MachineInit, RestartPolicy};
 
 /// Image ref used for worker machines off Fly when `FLY_IMAGE_REF` is unset: the embedded
 /// emulator maps it to the current directory.
@@ -89,9 +89,12 @@ pub fn strip_for_worker(c: &mut MachineConfig) {
     c.init = None;
     c.auto_destroy = None;
     c.restart = None;
-    // A scheduled parent (cron machine) must not make its workers scheduled too; standbys and
-    // statics describe the parent's role, not the worker's.
-    for k in ["schedule", "standbys", "statics", "processes"] {
+    c.stop_config = None;
+    // A scheduled parent (cron machine) must not make its workers scheduled too; processes,
+    // standbys and statics describe the parent's role, not the worker's.
+    c.schedule = None;
+    c.processes = None;
+    for k in ["standbys", "statics"] {
         c.extra.remove(k);
     }
 }
@@ -111,12 +114,12 @@ impl Template {
             "--pool".to_string(),
             settings.pool.as_str().to_string(),
         ]);
-        c.init = Some(InitConfig { cmd: Some(cmd), ..InitConfig::default() });
-        c.guest = Some(GuestConfig {
+        c.init = Some(MachineInit { cmd: Some(cmd), ..MachineInit::default() });
+        c.guest = Some(Guest {
             cpu_kind: Some(settings.size.cpu_kind.clone()),
             cpus: Some(settings.size.cpus),
             memory_mb: Some(settings.size.memory_mb),
-            ..GuestConfig::default()
+            ..Guest::default()
         });
         // A worker's exit is its decision (idle, or done): never restart it. One-shot workers
         // are destroyed when they exit; pool members stay stopped/suspended for reuse.

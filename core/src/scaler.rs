@@ -27,7 +27,7 @@ use crate::config::{Config, PoolMode};
 use crate::error::{ErrorKind, Result};
 use crate::fork::Template;
 use crate::machines::Machines;
-use crate::machines::types::{CreateMachineRequest, ListMachinesOptions, Machine};
+use crate::machines::types::{CreateMachineRequest, ListMachinesQuery, Machine};
 use crate::store::Store;
 
 /// Tuning of the control loop.
@@ -198,25 +198,25 @@ impl Scaler {
             .machines
             .list_machines(
                 &self.app,
-                &ListMachinesOptions {
+                &ListMachinesQuery {
                     metadata: BTreeMap::from([("flyjobs_role".to_string(), "worker".to_string())]),
-                    ..ListMachinesOptions::default()
+                    ..ListMachinesQuery::default()
                 },
             )
             .await?;
         let workers = self.store.workers().await?;
         let registered: HashSet<&str> = workers.iter().map(|w| w.id.as_str()).collect();
 
-        // Reaper: registrations whose machine is gone or stopped.
+        // Reaper: a registered worker whose machine stopped, failed or was destroyed is gone.
+        // Its registration goes now; its leases expire and are reaped above, so its jobs run
+        // again elsewhere. Workers that are not machines of this app (a local `flyjobs
+        // worker`) are left alone.
         let by_id: HashMap<&str, &Machine> = machines.iter().map(|m| (m.id.as_str(), m)).collect();
         for w in &workers {
-            let gone = match by_id.get(w.id.as_str()) {
-                None => self.config.on_fly() || w.id.len() == 14,
-                Some(m) => matches!(m.state.as_str(), "stopped" | "destroyed" | "failed"),
-            };
-            // Only machine-backed workers (ids that look like machine ids) are ours to reap.
-            if gone && by_id.contains_key(w.id.as_str()) {
-                info!(worker = %w.id, "machine no longer running; deregistering");
+            if let Some(m) = by_id.get(w.id.as_str())
+                && matches!(m.state_str(), "stopped" | "destroyed" | "failed")
+            {
+                info!(worker = %w.id, state = m.state_str(), "worker machine is down; deregistering");
                 let _ = self.store.deregister_worker(&w.id).await;
             }
         }
@@ -230,14 +230,14 @@ impl Scaler {
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| (now - t.with_timezone(&Utc)).to_std().unwrap_or_default())
                 .unwrap_or_default();
-            let booting = matches!(m.state.as_str(), "created" | "starting" | "started")
+            let booting = matches!(m.state_str(), "created" | "starting" | "started")
                 && !registered.contains(m.id.as_str());
-            let old_release = matches!(m.state.as_str(), "stopped" | "suspended")
+            let old_release = matches!(m.state_str(), "stopped" | "suspended")
                 && m.metadata_value("flyjobs_release") != Some(self.template.release.as_str());
             if (booting && age > self.config.boot_timeout() && m.updated_age(now) > self.config.boot_timeout())
                 || old_release
             {
-                info!(machine = %m.id, state = %m.state, old_release, "destroying worker machine");
+                info!(machine = %m.id, state = m.state_str(), old_release, "destroying worker machine");
                 match self.machines.destroy_machine(&self.app, &m.id, true, None).await {
                     Ok(()) => report.destroyed += 1,
                     Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -280,13 +280,13 @@ impl Scaler {
             }
             // Cheapest first: resume, start, create. Only machines of this release.
             let current = |m: &&&Machine| m.metadata_value("flyjobs_release") == Some(self.template.release.as_str());
-            let mut pool: Vec<&Machine> = mine.iter().filter(current).filter(|m| m.state == "suspended").copied().collect();
-            pool.extend(mine.iter().filter(current).filter(|m| m.state == "stopped").copied());
+            let mut pool: Vec<&Machine> = mine.iter().filter(current).filter(|m| m.state_str() == "suspended").copied().collect();
+            pool.extend(mine.iter().filter(current).filter(|m| m.state_str() == "stopped").copied());
             for m in pool {
                 if missing == 0 {
                     break;
                 }
-                let resumed = m.state == "suspended";
+                let resumed = m.state_str() == "suspended";
                 match self.machines.start_machine(&self.app, &m.id, None).await {
                     Ok(_) => {
                         missing -= 1;
@@ -348,7 +348,7 @@ impl Scaler {
 }
 
 fn is_active(m: &Machine) -> bool {
-    matches!(m.state.as_str(), "created" | "starting" | "started" | "replacing" | "updating")
+    matches!(m.state_str(), "created" | "starting" | "started" | "replacing" | "updating")
 }
 
 /// Whether workers of this pool mode leave their machine around for reuse.

@@ -299,7 +299,7 @@ impl Inner {
         let Some((api, app, machine)) = &self.self_api else { return };
         info!(worker = %self.id, "idle; suspending this machine");
         let _ = self.register("suspended").await;
-        if let Err(e) = api.suspend(app, machine, None).await {
+        if let Err(e) = api.suspend_machine(app, machine, None).await {
             warn!(worker = %self.id, error = %e, "suspend failed; staying up");
         }
         // Resumed (or the suspend failed): count idleness from now, and say we are back.
