@@ -167,7 +167,10 @@ async fn all_jobs(client: &Client) -> anyhow::Result<Vec<Job>> {
     for state in [JobState::Completed, JobState::Dead] {
         let mut after = None;
         loop {
-            let page = client.store().list_jobs(state, None, 500, after).await?;
+            let page = client
+                .store()
+                .list_jobs(flyjobs::store::JobFilter { state: Some(state), queue: None, limit: 500, after_id: after })
+                .await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             out.extend(page);

@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use flyjobs::config::{PoolMode, Wait};
 use flyjobs::job::{JobId, JobState, NewJob};
+use flyjobs::store::WorkerState;
 use flyjobs::{Client, Config};
 
 #[derive(Parser)]
@@ -193,7 +194,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = open().await?;
             let jobs = client
                 .store()
-                .list_jobs(state, queue.as_deref(), limit, None)
+                .list_jobs(flyjobs::store::JobFilter {
+                    state: Some(state),
+                    queue,
+                    limit: limit as usize,
+                    after_id: None,
+                })
                 .await
                 .context("list jobs")?;
             println!("{:>8}  {:<12} {:<10} {:>8}  {:<20} error", "id", "queue", "name", "attempts", "run_at");
@@ -249,8 +255,8 @@ async fn status(client: Client) -> anyhow::Result<()> {
     );
     for s in stats {
         let mine: Vec<_> = workers.iter().filter(|w| w.queues.contains(&s.queue)).collect();
-        let idle = mine.iter().filter(|w| w.running == 0 && w.state == "live").count();
-        let suspended = mine.iter().filter(|w| w.state == "suspended").count();
+        let idle = mine.iter().filter(|w| w.state == WorkerState::Idle).count();
+        let suspended = mine.iter().filter(|w| w.state == WorkerState::Suspended).count();
         println!(
             "{:<16} {:>7} {:>9} {:>7} {:>6} {:>10}   {:>7} {:>6} {:>9}",
             s.queue,

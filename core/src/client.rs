@@ -32,6 +32,8 @@ pub struct Client {
 struct Inner {
     config: Config,
     store: Arc<dyn Store>,
+    /// The store's URL, handed to local worker machines off Fly.
+    database_url: Option<String>,
     /// The Machines API and app to scale in, when given or once resolved.
     machines: Mutex<Option<(Arc<dyn Machines>, String)>>,
     scaler: Mutex<Option<ScalerHandle>>,
@@ -67,8 +69,10 @@ impl Client {
             }
             None => default_database_url()?,
         };
-        let store = store::open(&url, &config).await?;
-        Ok(Client::with_store(config, store))
+        let store = store::open(&url, store::StoreOptions::from_config(&config)).await?;
+        let mut client = Client::with_store(config, store);
+        Arc::get_mut(&mut client.inner).expect("not shared yet").database_url = Some(url);
+        Ok(client)
     }
 
     /// A client over an already opened store.
@@ -77,6 +81,7 @@ impl Client {
             inner: Arc::new(Inner {
                 config,
                 store,
+                database_url: None,
                 machines: Mutex::new(None),
                 scaler: Mutex::new(None),
                 #[cfg(feature = "embedded")]
@@ -190,8 +195,8 @@ impl Client {
     fn embedded_worker_env(&self) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         if !self.inner.config.on_fly() {
-            if let Some(url) = self.inner.store.url() {
-                env.insert("FLYJOBS_DATABASE_URL".into(), url);
+            if let Some(url) = &self.inner.database_url {
+                env.insert("FLYJOBS_DATABASE_URL".into(), url.clone());
             }
             env.insert(
                 "FLYJOBS_LEASE_DURATION".into(),

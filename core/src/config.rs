@@ -389,7 +389,7 @@ pub fn parse_queues(
         if name == "*" {
             default = default.apply(&format!("{var} (*)"), pairs)?;
         } else {
-            crate::job::validate_queue_name(name)
+            crate::job::validate_queue(name)
                 .map_err(|e| Error::config(format!("{var}: {}", e.message())))?;
             entries.push((name.to_string(), pairs.to_string()));
         }
@@ -553,7 +553,7 @@ impl ConfigBuilder {
         let queues_spec = pick(&self.queues, "FLYJOBS_QUEUES").unwrap_or_default();
         let (default_queue, mut queues) = parse_queues("FLYJOBS_QUEUES", &queues_spec)?;
         for (name, settings) in &self.queue_overrides {
-            crate::job::validate_queue_name(name)
+            crate::job::validate_queue(name)
                 .map_err(|e| Error::config(format!("queue settings: {}", e.message())))?;
             settings.validate(&format!("queue {name}"))?;
             queues.insert(name.clone(), settings.clone());

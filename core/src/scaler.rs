@@ -166,6 +166,7 @@ impl Scaler {
         let c = cancel.clone();
         let task = crate::runtime::handle().spawn(async move {
             info!(app = %self.app, "scaler started");
+            let mut wakeups = self.store.subscribe();
             loop {
                 match self.tick().await {
                     Ok(r) if r != TickReport { leader: r.leader, ..TickReport::default() } => {
@@ -176,7 +177,7 @@ impl Scaler {
                 }
                 tokio::select! {
                     () = c.cancelled() => break,
-                    _ = self.store.wait_for_jobs(&[], self.options.interval) => {}
+                    _ = wakeups.wait(self.options.interval) => {}
                 }
             }
             let _ = self.store.release_leader("scaler", &self.owner).await;
@@ -192,7 +193,11 @@ impl Scaler {
             return Ok(report);
         }
         report.leader = true;
-        report.reaped = self.store.reap_expired(Utc::now()).await?;
+        let reaped = self.store.reap_expired(Utc::now()).await?;
+        report.reaped = reaped.retried + reaped.dead;
+        // Registrations that stopped heartbeating long ago (a worker killed outright).
+        let stale = Utc::now() - chrono::Duration::from_std(self.config.lease_duration() * 10).unwrap_or_default();
+        self.store.prune_workers(stale).await?;
 
         let machines = self
             .machines

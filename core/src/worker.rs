@@ -37,7 +37,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::job::{Failure, Job, JobId};
 use crate::machines::Machines;
 use crate::retry::{Outcome, RetryPolicy};
-use crate::store::{ClaimRequest, Lease, Store, WorkerInfo};
+use crate::store::{ClaimRequest, Lease, Store, WorkerInfo, WorkerState};
 
 /// Longest a blocking wait sleeps before looking again (so signals and `quiet` are seen).
 const POLL: Duration = Duration::from_secs(2);
@@ -118,7 +118,7 @@ impl Worker {
             return Err(Error::config("a worker needs at least one queue"));
         }
         for q in &opts.queues {
-            crate::job::validate_queue_name(q)?;
+            crate::job::validate_queue(q)?;
         }
         if opts.concurrency == 0 {
             return Err(Error::config("worker concurrency must be >= 1"));
@@ -139,7 +139,7 @@ impl Worker {
             closed: CancellationToken::new(),
             opts,
         });
-        inner.register("live").await?;
+        inner.register(WorkerState::Idle).await?;
         info!(worker = %id, queues = ?inner.opts.queues, concurrency = inner.opts.concurrency, "worker registered");
         tokio::spawn(keep_alive(Arc::downgrade(&inner), inner.closed.clone()));
         Ok(Worker { inner })
@@ -159,6 +159,9 @@ impl Worker {
             if inner.quiet.is_cancelled() {
                 return Ok(None);
             }
+            // Subscribe before claiming: a wake-up between an empty claim and the wait below
+            // is remembered, not lost.
+            let mut wakeups = inner.store.subscribe();
             let claimed = inner
                 .store
                 .claim(ClaimRequest {
@@ -210,7 +213,7 @@ impl Worker {
                 POLL
             };
             tokio::select! {
-                _ = inner.store.wait_for_jobs(&inner.opts.queues, nap) => {}
+                _ = wakeups.wait(nap) => {}
                 () = inner.quiet.cancelled() => {}
             }
         }
@@ -220,8 +223,12 @@ impl Worker {
     pub fn quiet(&self) {
         if !self.inner.quiet.is_cancelled() {
             info!(worker = %self.inner.id, "quiet: claiming nothing new");
+            self.inner.quiet.cancel();
+            let (store, id) = (self.inner.store.clone(), self.inner.id.clone());
+            crate::runtime::handle().spawn(async move {
+                let _ = store.set_worker_state(&id, WorkerState::Stopping).await;
+            });
         }
-        self.inner.quiet.cancel();
     }
 
     /// Whether the worker is quiet or stopping (jobs may check it to cut long work short).
@@ -246,7 +253,7 @@ impl Worker {
             self.inner.lock_running().drain().map(|(id, r)| (id, r.token)).collect();
         for (id, token) in left {
             match self.inner.store.release(id, token).await {
-                Ok(()) => info!(worker = %self.inner.id, job = %id, "released unfinished job"),
+                Ok(_) => info!(worker = %self.inner.id, job = %id, "released unfinished job"),
                 Err(e) => warn!(worker = %self.inner.id, job = %id, error = %e, "release failed; the lease will expire"),
             }
         }
@@ -276,16 +283,11 @@ impl Inner {
         Some(self.last_activity.lock().unwrap_or_else(|p| p.into_inner()).elapsed())
     }
 
-    async fn register(&self, state: &str) -> Result<()> {
-        self.store
-            .register_worker(WorkerInfo::new(
-                self.id.clone(),
-                self.opts.queues.clone(),
-                self.opts.concurrency,
-                self.image_ref.clone(),
-                state,
-            ))
-            .await
+    async fn register(&self, state: WorkerState) -> Result<()> {
+        let mut info = WorkerInfo::new(self.id.clone(), self.opts.queues.clone(), self.opts.concurrency);
+        info.image_ref = self.image_ref.clone();
+        info.state = state;
+        self.store.register_worker(info).await
     }
 
     fn finish(&self, id: JobId) {
@@ -298,13 +300,13 @@ impl Inner {
     async fn suspend_self(&self) {
         let Some((api, app, machine)) = &self.self_api else { return };
         info!(worker = %self.id, "idle; suspending this machine");
-        let _ = self.register("suspended").await;
+        let _ = self.register(WorkerState::Suspended).await;
         if let Err(e) = api.suspend_machine(app, machine, None).await {
             warn!(worker = %self.id, error = %e, "suspend failed; staying up");
         }
         // Resumed (or the suspend failed): count idleness from now, and say we are back.
         self.touch();
-        let _ = self.register("live").await;
+        let _ = self.register(WorkerState::Idle).await;
     }
 }
 
@@ -332,7 +334,7 @@ async fn keep_alive(inner: std::sync::Weak<Inner>, closed: CancellationToken) {
         }
         for (id, token) in jobs {
             match inner.store.extend(id, token, inner.lease_duration).await {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::Conflict => {
                     warn!(worker = %inner.id, job = %id, "lease lost (reaped); its result will be refused");
                     if let Some(r) = inner.lock_running().get_mut(&id) {
@@ -373,7 +375,7 @@ impl WorkerLease {
         let lease = self.take();
         let r = self.worker.store.complete(lease.job.id, lease.token).await;
         self.worker.finish(lease.job.id);
-        r
+        r.map(drop)
     }
 
     /// The job raised: record `failure`; the retry policy decides between another attempt
@@ -390,7 +392,7 @@ impl WorkerLease {
         let lease = self.take();
         let r = self.worker.store.release(lease.job.id, lease.token).await;
         self.worker.finish(lease.job.id);
-        r
+        r.map(drop)
     }
 }
 
