@@ -89,21 +89,76 @@ where
     }
 }
 
+/// A private Postgres cluster for the restart test: restarting the shared server of
+/// with-postgres.sh would break the tests running next to this one.
+struct OwnServer {
+    pg_ctl: String,
+    data: std::path::PathBuf,
+    opts: String,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnServer {
+    fn start() -> OwnServer {
+        let pg_ctl = std::env::var("PG_CTL")
+            .expect("PG_CTL must be set (scripts/with-postgres.sh exports it)");
+        let bin = std::path::Path::new(&pg_ctl).parent().unwrap().to_path_buf();
+        let dir = tempfile::tempdir().unwrap();
+        run("chmod", &["755", dir.path().to_str().unwrap()]);
+        let data = dir.path().join("data");
+        run("install", &["-d", "-o", "postgres", "-g", "postgres", "-m", "700", data.to_str().unwrap()]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let initdb = bin.join("initdb");
+        run("runuser", &["-u", "postgres", "--", initdb.to_str().unwrap(), "-D", data.to_str().unwrap(),
+            "-U", "postgres", "-A", "trust", "--no-sync"]);
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
+            data.display()
+        );
+        let log = data.join("server.log");
+        run("runuser", &["-u", "postgres", "--", &pg_ctl, "-D", data.to_str().unwrap(), "-l",
+            log.to_str().unwrap(), "-o", &opts, "-w", "start"]);
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        OwnServer { pg_ctl, data, opts, url, _dir: dir }
+    }
+
+    fn restart(&self) {
+        run("runuser", &["-u", "postgres", "--", &self.pg_ctl, "-D", self.data.to_str().unwrap(),
+            "-o", &self.opts, "-m", "fast", "-w", "restart"]);
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", &self.pg_ctl, "-D", self.data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let st = std::process::Command::new(cmd)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+    assert!(st.success(), "{cmd} {args:?} failed");
+}
+
 /// Postgres restarted mid-test: enqueue and claim recover after a brief error, no job is lost,
-/// and the NOTIFY listener reconnects.
+/// and the NOTIFY listener reconnects. Runs its own cluster (binaries from PG_CTL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_postgres_restart() {
-    let Some(fx) = store_support::postgres(StoreOptions::default()).await else { return };
-    let (Ok(pg_ctl), Ok(data), Ok(pg_opts)) = (
-        std::env::var("PG_CTL"),
-        std::env::var("PGDATA_DIR"),
-        std::env::var("PG_OPTS"),
-    ) else {
-        panic!("PG_CTL, PGDATA_DIR and PG_OPTS must be set (scripts/with-postgres.sh exports them)");
-    };
-    let s: Arc<dyn Store> = fx.store.clone();
+    if store_support::pg_url().is_none() {
+        return;
+    }
+    let server = OwnServer::start();
+    let opts = StoreOptions::default();
+    let s: Arc<dyn Store> = store::open(&server.url, opts.clone()).await.unwrap();
     // A second process-like store on the same schema: its enqueues reach `s` only via NOTIFY.
-    let other = store::open(&fx.url, fx.opts.clone()).await.unwrap();
+    let other = store::open(&server.url, opts.clone()).await.unwrap();
     let mut before = Vec::new();
     for i in 0..50 {
         before.push(s.enqueue(NewJob::new("r", json!(i))).await.unwrap().id);
@@ -114,12 +169,7 @@ async fn survives_postgres_restart() {
         .unwrap();
     assert_eq!(first.len(), 10);
 
-    let status = std::process::Command::new("runuser")
-        .args(["-u", "postgres", "--", &pg_ctl, "-D", &data, "-o", &pg_opts, "-m", "fast", "-w", "restart"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run pg_ctl restart");
-    assert!(status.success(), "pg_ctl restart failed");
+    server.restart();
 
     // Completing the leases taken before the restart works once the pool has reconnected.
     for l in &first {
@@ -157,6 +207,7 @@ async fn survives_postgres_restart() {
     let expected: HashSet<JobId> = before[10..].iter().copied().chain([new_job.id]).collect();
     assert_eq!(rest, expected);
     other.close().await;
+    s.close().await;
 }
 
 /// Opening twice (two processes starting at once) applies the migrations exactly once.

@@ -456,12 +456,33 @@ pub(crate) fn page_limit(limit: usize) -> i64 {
     if limit == 0 { 100 } else { i64::try_from(limit.min(10_000)).unwrap_or(10_000) }
 }
 
-/// `now + d` without overflow panics.
+/// `now + d` without overflow panics, at the stores' precision.
 pub(crate) fn add(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(d)
-        .ok()
-        .and_then(|d| now.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    trunc(
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+    )
+}
+
+/// A time cut to microseconds, the precision both databases keep, so that what a method
+/// returns equals what a later read returns.
+pub(crate) fn trunc(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+/// The current time at the stores' precision.
+pub(crate) fn now() -> DateTime<Utc> {
+    trunc(Utc::now())
+}
+
+/// A retry outcome at the stores' precision.
+pub(crate) fn trunc_outcome(o: Outcome) -> Outcome {
+    match o {
+        Outcome::Retry { at } => Outcome::Retry { at: trunc(at) },
+        other => other,
+    }
 }
 
 /// Parse a stored worker state.

@@ -24,7 +24,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::job::{Failure, Job, JobId, JobState, NewJob, validate_queue};
 use crate::retry::{Outcome, RetryPolicy};
 
-/// The NOTIFY channel for "jobs may be runnable" (payload: the queue name).
+/// The NOTIFY channel for "jobs may be runnable" (payload: the queue name). A store in a
+/// non-default schema uses `flyjobs_jobs_<schema>`, so stores sharing a database stay apart.
 pub const CHANNEL: &str = "flyjobs_jobs";
 
 /// Numbered migrations, applied in order once per database schema.
@@ -43,6 +44,7 @@ pub struct PgStore {
     pool: PgPool,
     opts: StoreOptions,
     signal: Signal,
+    channel: String,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -88,8 +90,12 @@ impl PgStore {
             })?;
         migrate(&pool, opts.pg_schema.as_deref()).await?;
         let signal = Signal::new();
-        let listener = tokio::spawn(listen(pool.clone(), signal.clone()));
-        Ok(PgStore { pool, opts, signal, listener })
+        let channel = match &opts.pg_schema {
+            Some(schema) => format!("{CHANNEL}_{schema}"),
+            None => CHANNEL.to_string(),
+        };
+        let listener = tokio::spawn(listen(pool.clone(), signal.clone(), channel.clone()));
+        Ok(PgStore { pool, opts, signal, channel, listener })
     }
 
     /// The underlying pool (for tests and tools).
@@ -104,7 +110,7 @@ impl PgStore {
         payload: &str,
         now: DateTime<Utc>,
     ) -> Result<Job> {
-        let run_at = job.run_at.unwrap_or(now);
+        let run_at = job.run_at.map_or(now, super::trunc);
         let state = if run_at > now { JobState::Scheduled } else { JobState::Ready };
         // A unique key held by a pending job returns that job; if it finishes between our
         // insert and our look-up, insert again.
@@ -166,9 +172,9 @@ impl PgStore {
         .transpose()
     }
 
-    async fn notify(tx: &mut Transaction<'static, Postgres>, queue: &str) -> Result<()> {
+    async fn notify(&self, tx: &mut Transaction<'static, Postgres>, queue: &str) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
+            .bind(&self.channel)
             .bind(queue)
             .execute(&mut **tx)
             .await
@@ -178,7 +184,7 @@ impl PgStore {
 
     async fn notify_pool(&self, queue: &str) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
+            .bind(&self.channel)
             .bind(queue)
             .execute(&self.pool)
             .await
@@ -237,7 +243,7 @@ async fn migrate(pool: &PgPool, schema: Option<&str>) -> Result<()> {
 /// Turn NOTIFYs into wake-ups. Runs until the store is dropped (the task is aborted) or the pool
 /// closes. A lost connection is re-established; each (re)connect also wakes subscribers, since
 /// notifications sent while disconnected are gone.
-async fn listen(pool: PgPool, signal: Signal) {
+async fn listen(pool: PgPool, signal: Signal, channel: String) {
     loop {
         if pool.is_closed() {
             return;
@@ -250,7 +256,7 @@ async fn listen(pool: PgPool, signal: Signal) {
                 continue;
             }
         };
-        if let Err(e) = listener.listen(CHANNEL).await {
+        if let Err(e) = listener.listen(&channel).await {
             tracing::debug!("flyjobs listener: LISTEN failed: {e}");
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
@@ -344,7 +350,7 @@ impl Store for PgStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let now = Utc::now();
+        let now = super::now();
         let mut tx = self.begin("enqueue").await?;
         let mut out = Vec::with_capacity(jobs.len());
         for (job, payload) in jobs.iter().zip(&payloads) {
@@ -354,7 +360,7 @@ impl Store for PgStore {
         queues.sort_unstable();
         queues.dedup();
         for q in queues {
-            Self::notify(&mut tx, q).await?;
+            self.notify(&mut tx, q).await?;
         }
         tx.commit().await.map_err(db_err("enqueue: commit"))?;
         self.signal.wake();
@@ -368,7 +374,7 @@ impl Store for PgStore {
         if req.limit == 0 || req.queues.is_empty() {
             return Ok(Vec::new());
         }
-        let now = Utc::now();
+        let now = super::now();
         let expires = add(now, req.lease);
         // One statement: pick (skipping rows other claimers hold) and lease them.
         let rows = sqlx::query(
@@ -403,7 +409,7 @@ impl Store for PgStore {
     }
 
     async fn extend(&self, id: JobId, token: i64, lease: Duration) -> Result<DateTime<Utc>> {
-        let expires = add(Utc::now(), lease);
+        let expires = add(super::now(), lease);
         let done = sqlx::query(
             "UPDATE flyjobs_jobs SET lease_expires_at = $3 \
              WHERE id = $1 AND state = 'running' AND lease_token = $2",
@@ -427,7 +433,7 @@ impl Store for PgStore {
         )
         .bind(id.0)
         .bind(token)
-        .bind(Utc::now())
+        .bind(super::now())
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err("complete"))?;
@@ -444,7 +450,7 @@ impl Store for PgStore {
         failure: Failure,
         policy: &RetryPolicy,
     ) -> Result<Outcome> {
-        let now = Utc::now();
+        let now = super::now();
         let mut tx = self.begin("fail").await?;
         let row = sqlx::query(
             "SELECT attempts, max_attempts FROM flyjobs_jobs \
@@ -461,7 +467,7 @@ impl Store for PgStore {
         };
         let attempts = get::<i32>(&row, "attempts")?.max(0) as u32;
         let max = get::<Option<i32>>(&row, "max_attempts")?.map(|m| m.max(1) as u32);
-        let outcome = policy.decide(attempts, max, now, &mut rand::rng());
+        let outcome = super::trunc_outcome(policy.decide(attempts, max, now, &mut rand::rng()));
         let err = failure_json(&failure)?;
         let q = match outcome {
             Outcome::Retry { at } => sqlx::query(
@@ -518,7 +524,7 @@ impl Store for PgStore {
              WHERE id = $1 RETURNING *",
         )
         .bind(id.0)
-        .bind(Utc::now())
+        .bind(super::now())
         .bind(err)
         .fetch_one(&mut *tx)
         .await
@@ -534,7 +540,7 @@ impl Store for PgStore {
              WHERE id = $1 AND state IN ('dead','discarded') RETURNING *",
         )
         .bind(id.0)
-        .bind(Utc::now())
+        .bind(super::now())
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err("retry"))?;
@@ -579,7 +585,6 @@ impl Store for PgStore {
                        THEN 'dead' ELSE 'ready' END, \
                finished_at = CASE WHEN lost_leases + 1 >= $2 OR attempts >= COALESCE(max_attempts, $3) \
                        THEN $1 ELSE NULL END, \
-               run_at = $1, \
                last_error = jsonb_build_object('class', 'FlyJobs::LeaseLost', 'message', \
                    $4 || ': worker ' || COALESCE(lease_owner, '?') || ', attempt ' || attempts::text \
                    || ', lost lease ' || (lost_leases + 1)::text || ' of at most ' || $2::text, \
@@ -630,7 +635,7 @@ impl Store for PgStore {
         for q in &w.queues {
             validate_queue(q)?;
         }
-        let now = Utc::now();
+        let now = super::now();
         sqlx::query(
             "INSERT INTO flyjobs_workers (id, queues, concurrency, image_ref, state, running, \
              started_at, last_heartbeat_at) VALUES ($1, $2::jsonb, $3, $4, $5, $6, $7, $7) \
@@ -660,7 +665,7 @@ impl Store for PgStore {
         )
         .bind(id)
         .bind(running as i32)
-        .bind(Utc::now())
+        .bind(super::now())
         .execute(&self.pool)
         .await
         .map_err(db_err("heartbeat"))?
@@ -715,7 +720,7 @@ impl Store for PgStore {
     }
 
     async fn stats(&self) -> Result<Vec<QueueStats>> {
-        let now = Utc::now();
+        let now = super::now();
         let rows = sqlx::query(
             "SELECT queue, \
                count(*) FILTER (WHERE state IN ('scheduled','ready') AND run_at <= $1) AS ready, \
@@ -789,7 +794,7 @@ impl Store for PgStore {
     }
 
     async fn try_acquire_leader(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool> {
-        let now = Utc::now();
+        let now = super::now();
         let row = sqlx::query(
             "INSERT INTO flyjobs_locks (name, owner, expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \

@@ -104,7 +104,7 @@ impl SqliteStore {
         payload: &str,
         now: DateTime<Utc>,
     ) -> Result<Job> {
-        let run_at = job.run_at.unwrap_or(now);
+        let run_at = job.run_at.map_or(now, super::trunc);
         let state = if run_at > now { JobState::Scheduled } else { JobState::Ready };
         // Inside BEGIN IMMEDIATE nobody else writes, so "insert or return the pending holder of
         // the unique key" needs no retry loop.
@@ -170,7 +170,7 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
         )
         .bind(version)
         .bind(name)
-        .bind(us(Utc::now()))
+        .bind(us(super::now()))
         .execute(&mut *tx)
         .await
         .map_err(db_err("migrate: record version"))?;
@@ -246,7 +246,7 @@ impl Store for SqliteStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let now = Utc::now();
+        let now = super::now();
         let mut tx = self.begin("enqueue").await?;
         let mut out = Vec::with_capacity(jobs.len());
         for (job, payload) in jobs.iter().zip(&payloads) {
@@ -264,7 +264,7 @@ impl Store for SqliteStore {
         if req.limit == 0 || req.queues.is_empty() {
             return Ok(Vec::new());
         }
-        let now = Utc::now();
+        let now = super::now();
         let expires = add(now, req.lease);
         let mut tx = self.begin("claim").await?;
         let rows = sqlx::query(
@@ -301,7 +301,7 @@ impl Store for SqliteStore {
     }
 
     async fn extend(&self, id: JobId, token: i64, lease: Duration) -> Result<DateTime<Utc>> {
-        let expires = add(Utc::now(), lease);
+        let expires = add(super::now(), lease);
         let n = sqlx::query(
             "UPDATE flyjobs_jobs SET lease_expires_at = ?3 \
              WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
@@ -326,7 +326,7 @@ impl Store for SqliteStore {
         )
         .bind(id.0)
         .bind(token)
-        .bind(us(Utc::now()))
+        .bind(us(super::now()))
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err("complete"))?;
@@ -343,7 +343,7 @@ impl Store for SqliteStore {
         failure: Failure,
         policy: &RetryPolicy,
     ) -> Result<Outcome> {
-        let now = Utc::now();
+        let now = super::now();
         let mut tx = self.begin("fail").await?;
         let row = sqlx::query(
             "SELECT attempts, max_attempts FROM flyjobs_jobs \
@@ -360,7 +360,7 @@ impl Store for SqliteStore {
         };
         let attempts = get::<i64>(&row, "attempts")?.max(0) as u32;
         let max = get::<Option<i64>>(&row, "max_attempts")?.map(|m| m.max(1) as u32);
-        let outcome = policy.decide(attempts, max, now, &mut rand::rng());
+        let outcome = super::trunc_outcome(policy.decide(attempts, max, now, &mut rand::rng()));
         let err = serde_json::to_string(&failure)?;
         let q = match outcome {
             Outcome::Retry { at } => sqlx::query(
@@ -417,7 +417,7 @@ impl Store for SqliteStore {
              WHERE id = ?1 RETURNING *",
         )
         .bind(id.0)
-        .bind(us(Utc::now()))
+        .bind(us(super::now()))
         .bind(err)
         .fetch_one(&mut *tx)
         .await
@@ -433,7 +433,7 @@ impl Store for SqliteStore {
              WHERE id = ?1 AND state IN ('dead','discarded') RETURNING *",
         )
         .bind(id.0)
-        .bind(us(Utc::now()))
+        .bind(us(super::now()))
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err("retry"))?;
@@ -474,7 +474,6 @@ impl Store for SqliteStore {
                        THEN 'dead' ELSE 'ready' END, \
                finished_at = CASE WHEN lost_leases + 1 >= ?2 OR attempts >= COALESCE(max_attempts, ?3) \
                        THEN ?1 ELSE NULL END, \
-               run_at = ?1, \
                last_error = json_object('class', 'FlyJobs::LeaseLost', 'message', \
                    ?4 || ': worker ' || COALESCE(lease_owner, '?') || ', attempt ' || attempts \
                    || ', lost lease ' || (lost_leases + 1) || ' of at most ' || ?2, \
@@ -523,7 +522,7 @@ impl Store for SqliteStore {
         for q in &w.queues {
             validate_queue(q)?;
         }
-        let now = us(Utc::now());
+        let now = us(super::now());
         sqlx::query(
             "INSERT INTO flyjobs_workers (id, queues, concurrency, image_ref, state, running, \
              started_at, last_heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
@@ -553,7 +552,7 @@ impl Store for SqliteStore {
         )
         .bind(id)
         .bind(i64::from(running))
-        .bind(us(Utc::now()))
+        .bind(us(super::now()))
         .execute(&self.pool)
         .await
         .map_err(db_err("heartbeat"))?
@@ -605,7 +604,7 @@ impl Store for SqliteStore {
     }
 
     async fn stats(&self) -> Result<Vec<QueueStats>> {
-        let now = Utc::now();
+        let now = super::now();
         let rows = sqlx::query(
             "SELECT queue, \
                count(*) FILTER (WHERE state IN ('scheduled','ready') AND run_at <= ?1) AS ready, \
@@ -679,7 +678,7 @@ impl Store for SqliteStore {
     }
 
     async fn try_acquire_leader(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool> {
-        let now = Utc::now();
+        let now = super::now();
         let row = sqlx::query(
             "INSERT INTO flyjobs_locks (name, owner, expires_at) VALUES (?1, ?2, ?3) \
              ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
