@@ -86,12 +86,18 @@ impl JobState {
 
     /// Whether the job still waits to run or is running (the states a unique key guards).
     pub fn is_pending(self) -> bool {
-        matches!(self, JobState::Scheduled | JobState::Ready | JobState::Running)
+        matches!(
+            self,
+            JobState::Scheduled | JobState::Ready | JobState::Running
+        )
     }
 
     /// Whether the job reached an end state (subject to retention pruning).
     pub fn is_finished(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Dead | JobState::Discarded)
+        matches!(
+            self,
+            JobState::Completed | JobState::Dead | JobState::Discarded
+        )
     }
 }
 
@@ -129,7 +135,11 @@ impl Failure {
 
     /// A failure without a backtrace.
     pub fn new(class: impl Into<String>, message: impl Into<String>) -> Self {
-        Failure { class: class.into(), message: message.into(), backtrace: Vec::new() }
+        Failure {
+            class: class.into(),
+            message: message.into(),
+            backtrace: Vec::new(),
+        }
     }
 
     /// Attach a backtrace.
@@ -266,7 +276,9 @@ pub struct Job {
 /// Check a queue name: 1–64 characters of `[A-Za-z0-9_.-]`.
 pub fn validate_queue(queue: &str) -> Result<()> {
     let ok = (1..=64).contains(&queue.len())
-        && queue.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        && queue
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -284,7 +296,10 @@ mod tests {
     fn state_names_round_trip() {
         for st in JobState::ALL {
             assert_eq!(st.as_str().parse::<JobState>().unwrap(), st);
-            assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{}\"", st.as_str()));
+            assert_eq!(
+                serde_json::to_string(&st).unwrap(),
+                format!("\"{}\"", st.as_str())
+            );
         }
         assert!("bogus".parse::<JobState>().is_err());
     }

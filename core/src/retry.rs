@@ -73,7 +73,10 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: DEFAULT_MAX_ATTEMPTS, backoff: Backoff::Sidekiq }
+        RetryPolicy {
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            backoff: Backoff::Sidekiq,
+        }
     }
 }
 
@@ -86,7 +89,10 @@ impl RetryPolicy {
         if max_attempts == 0 {
             return Err(Error::invalid("max_attempts must be >= 1, got 0"));
         }
-        Ok(RetryPolicy { max_attempts, backoff })
+        Ok(RetryPolicy {
+            max_attempts,
+            backoff,
+        })
     }
 
     /// The delay after run number `attempt` (1-based) failed, with a given jitter (0..=9).
@@ -94,9 +100,11 @@ impl RetryPolicy {
         let n = u64::from(attempt.max(1) - 1);
         let jitter = u64::from(jitter.min(Self::MAX_JITTER));
         match &self.backoff {
-            Backoff::Sidekiq => {
-                Duration::from_secs(n.saturating_pow(4).saturating_add(15).saturating_add(jitter * (n + 1)))
-            }
+            Backoff::Sidekiq => Duration::from_secs(
+                n.saturating_pow(4)
+                    .saturating_add(15)
+                    .saturating_add(jitter * (n + 1)),
+            ),
             Backoff::Fixed(d) => *d,
             Backoff::Exponential { base, max } => {
                 let factor = 1u32.checked_shl(n.min(31) as u32).unwrap_or(u32::MAX);
@@ -120,7 +128,11 @@ impl RetryPolicy {
         }
         let delay = chrono::Duration::from_std(self.delay(attempt, jitter))
             .unwrap_or(chrono::Duration::MAX);
-        Outcome::Retry { at: now.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC) }
+        Outcome::Retry {
+            at: now
+                .checked_add_signed(delay)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        }
     }
 
     /// The outcome after run number `attempt` failed, drawing the jitter from `rng`.
@@ -195,13 +207,19 @@ mod tests {
         for c in v.cases {
             let got = p.decide_with_jitter(c.attempt, Some(c.max_attempts), c.jitter, t0());
             let want = match c.expect.get("delay_seconds").and_then(|d| d.as_i64()) {
-                Some(s) => Outcome::Retry { at: t0() + chrono::Duration::seconds(s) },
+                Some(s) => Outcome::Retry {
+                    at: t0() + chrono::Duration::seconds(s),
+                },
                 None => {
                     assert_eq!(c.expect, serde_json::json!("dead"));
                     Outcome::Dead
                 }
             };
-            assert_eq!(got, want, "attempt {} jitter {} max {}", c.attempt, c.jitter, c.max_attempts);
+            assert_eq!(
+                got, want,
+                "attempt {} jitter {} max {}",
+                c.attempt, c.jitter, c.max_attempts
+            );
         }
     }
 
@@ -209,10 +227,18 @@ mod tests {
     fn job_override_beats_policy() {
         let p = RetryPolicy::default();
         assert_eq!(p.decide_with_jitter(3, Some(3), 0, t0()), Outcome::Dead);
-        assert!(matches!(p.decide_with_jitter(3, None, 0, t0()), Outcome::Retry { .. }));
-        let ps = RetryPolicies::default()
-            .with_queue("mail", RetryPolicy::new(2, Backoff::Fixed(Duration::from_secs(5))).unwrap());
-        assert_eq!(ps.for_queue("mail").decide_with_jitter(2, None, 0, t0()), Outcome::Dead);
+        assert!(matches!(
+            p.decide_with_jitter(3, None, 0, t0()),
+            Outcome::Retry { .. }
+        ));
+        let ps = RetryPolicies::default().with_queue(
+            "mail",
+            RetryPolicy::new(2, Backoff::Fixed(Duration::from_secs(5))).unwrap(),
+        );
+        assert_eq!(
+            ps.for_queue("mail").decide_with_jitter(2, None, 0, t0()),
+            Outcome::Dead
+        );
         assert_eq!(ps.for_queue("other").max_attempts, 25);
         assert!(RetryPolicy::new(0, Backoff::Sidekiq).is_err());
     }

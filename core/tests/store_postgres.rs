@@ -15,14 +15,24 @@ use serde_json::json;
 /// 8 concurrent claimers over 10,000 jobs: each job claimed and completed exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_claimers_ten_thousand_jobs_exactly_once() {
-    let opts = StoreOptions { max_connections: Some(12), ..Default::default() };
-    let Some(fx) = store_support::postgres(opts).await else { return };
+    let opts = StoreOptions {
+        max_connections: Some(12),
+        ..Default::default()
+    };
+    let Some(fx) = store_support::postgres(opts).await else {
+        return;
+    };
     let s = fx.store.clone();
     const N: usize = 10_000;
     for chunk in (0..N).collect::<Vec<_>>().chunks(500) {
-        s.enqueue_many(chunk.iter().map(|i| NewJob::new("load", json!({"i": i}))).collect())
-            .await
-            .unwrap();
+        s.enqueue_many(
+            chunk
+                .iter()
+                .map(|i| NewJob::new("load", json!({"i": i})))
+                .collect(),
+        )
+        .await
+        .unwrap();
     }
     let mut tasks = Vec::new();
     for w in 0..8 {
@@ -30,7 +40,8 @@ async fn eight_claimers_ten_thousand_jobs_exactly_once() {
         tasks.push(tokio::spawn(async move {
             let mut claimed = Vec::new();
             loop {
-                let req = ClaimRequest::new(["load"], 25, format!("w{w}"), Duration::from_secs(300));
+                let req =
+                    ClaimRequest::new(["load"], 25, format!("w{w}"), Duration::from_secs(300));
                 let got = s.claim(req).await.unwrap();
                 if got.is_empty() {
                     break;
@@ -51,21 +62,35 @@ async fn eight_claimers_ten_thousand_jobs_exactly_once() {
         all.extend(ids);
     }
     assert_eq!(all.len(), N, "claims: {per_worker:?}");
-    assert_eq!(all.iter().collect::<HashSet<_>>().len(), N, "no job claimed twice");
+    assert_eq!(
+        all.iter().collect::<HashSet<_>>().len(),
+        N,
+        "no job claimed twice"
+    );
     let st = s.stats().await.unwrap();
-    assert_eq!((st[0].completed, st[0].ready, st[0].running), (N as u64, 0, 0));
+    assert_eq!(
+        (st[0].completed, st[0].ready, st[0].running),
+        (N as u64, 0, 0)
+    );
     // Every job ran once: one attempt, token 1.
     let mut after = None;
     loop {
         let page = s
-            .list_jobs(JobFilter { limit: 1000, after_id: after, ..Default::default() })
+            .list_jobs(JobFilter {
+                limit: 1000,
+                after_id: after,
+                ..Default::default()
+            })
             .await
             .unwrap();
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         assert!(page.iter().all(|j| j.attempts == 1 && j.lease_token == 1));
     }
-    assert!(per_worker.iter().filter(|&&n| n > 0).count() >= 2, "work was shared: {per_worker:?}");
+    assert!(
+        per_worker.iter().filter(|&&n| n > 0).count() >= 2,
+        "work was shared: {per_worker:?}"
+    );
 }
 
 /// Retry `f` until it succeeds or `deadline` passes; returns the value and how many errors.
@@ -103,36 +128,116 @@ impl OwnServer {
     fn start() -> OwnServer {
         let pg_ctl = std::env::var("PG_CTL")
             .expect("PG_CTL must be set (scripts/with-postgres.sh exports it)");
-        let bin = std::path::Path::new(&pg_ctl).parent().unwrap().to_path_buf();
+        let bin = std::path::Path::new(&pg_ctl)
+            .parent()
+            .unwrap()
+            .to_path_buf();
         let dir = tempfile::tempdir().unwrap();
         run("chmod", &["755", dir.path().to_str().unwrap()]);
         let data = dir.path().join("data");
-        run("install", &["-d", "-o", "postgres", "-g", "postgres", "-m", "700", data.to_str().unwrap()]);
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        run(
+            "install",
+            &[
+                "-d",
+                "-o",
+                "postgres",
+                "-g",
+                "postgres",
+                "-m",
+                "700",
+                data.to_str().unwrap(),
+            ],
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let initdb = bin.join("initdb");
-        run("runuser", &["-u", "postgres", "--", initdb.to_str().unwrap(), "-D", data.to_str().unwrap(),
-            "-U", "postgres", "-A", "trust", "--no-sync"]);
+        run(
+            "runuser",
+            &[
+                "-u",
+                "postgres",
+                "--",
+                initdb.to_str().unwrap(),
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
+        );
         let opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
             data.display()
         );
         let log = data.join("server.log");
-        run("runuser", &["-u", "postgres", "--", &pg_ctl, "-D", data.to_str().unwrap(), "-l",
-            log.to_str().unwrap(), "-o", &opts, "-w", "start"]);
+        run(
+            "runuser",
+            &[
+                "-u",
+                "postgres",
+                "--",
+                &pg_ctl,
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "start",
+            ],
+        );
         let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        OwnServer { pg_ctl, data, opts, url, _dir: dir }
+        OwnServer {
+            pg_ctl,
+            data,
+            opts,
+            url,
+            _dir: dir,
+        }
     }
 
     fn restart(&self) {
-        run("runuser", &["-u", "postgres", "--", &self.pg_ctl, "-D", self.data.to_str().unwrap(),
-            "-o", &self.opts, "-m", "fast", "-w", "restart"]);
+        run(
+            "runuser",
+            &[
+                "-u",
+                "postgres",
+                "--",
+                &self.pg_ctl,
+                "-D",
+                self.data.to_str().unwrap(),
+                "-o",
+                &self.opts,
+                "-m",
+                "fast",
+                "-w",
+                "restart",
+            ],
+        );
     }
 }
 
 impl Drop for OwnServer {
     fn drop(&mut self) {
         let _ = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--", &self.pg_ctl, "-D", self.data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &self.pg_ctl,
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
             .stdout(std::process::Stdio::null())
             .status();
     }
@@ -175,8 +280,10 @@ async fn survives_postgres_restart() {
     for l in &first {
         until_ok(Duration::from_secs(30), || s.complete(l.job.id, l.token)).await;
     }
-    let (new_job, _) =
-        until_ok(Duration::from_secs(30), || s.enqueue(NewJob::new("r", json!("after")))).await;
+    let (new_job, _) = until_ok(Duration::from_secs(30), || {
+        s.enqueue(NewJob::new("r", json!("after")))
+    })
+    .await;
 
     // The listener reconnects: a NOTIFY from the other store wakes `s`.
     let mut n = s.subscribe();
@@ -184,7 +291,10 @@ async fn survives_postgres_restart() {
     let mut woke = false;
     while Instant::now() < deadline && !woke {
         while n.wait(Duration::from_millis(300)).await {} // drain reconnect wake-ups
-        until_ok(Duration::from_secs(10), || other.enqueue(NewJob::new("r2", json!(1)))).await;
+        until_ok(Duration::from_secs(10), || {
+            other.enqueue(NewJob::new("r2", json!(1)))
+        })
+        .await;
         woke = n.wait(Duration::from_secs(2)).await;
     }
     assert!(woke, "listener did not reconnect after the restart");
@@ -193,7 +303,12 @@ async fn survives_postgres_restart() {
     let mut rest = HashSet::new();
     loop {
         let (got, _) = until_ok(Duration::from_secs(10), || {
-            s.claim(ClaimRequest::new(["r"], 100, "w2", Duration::from_secs(300)))
+            s.claim(ClaimRequest::new(
+                ["r"],
+                100,
+                "w2",
+                Duration::from_secs(300),
+            ))
         })
         .await;
         if got.is_empty() {
@@ -213,9 +328,17 @@ async fn survives_postgres_restart() {
 /// Opening twice (two processes starting at once) applies the migrations exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_open_migrates_once() {
-    let Some(url) = store_support::pg_url() else { return };
-    let opts = StoreOptions { pg_schema: Some(store_support::fresh_schema()), ..Default::default() };
-    let (a, b) = tokio::join!(store::open(&url, opts.clone()), store::open(&url, opts.clone()));
+    let Some(url) = store_support::pg_url() else {
+        return;
+    };
+    let opts = StoreOptions {
+        pg_schema: Some(store_support::fresh_schema()),
+        ..Default::default()
+    };
+    let (a, b) = tokio::join!(
+        store::open(&url, opts.clone()),
+        store::open(&url, opts.clone())
+    );
     let (a, b) = (a.unwrap(), b.unwrap());
     let j = a.enqueue(NewJob::new("q", json!(1))).await.unwrap();
     assert_eq!(b.get_job(j.id).await.unwrap().unwrap().id, j.id);

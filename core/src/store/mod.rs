@@ -130,10 +130,15 @@ impl WorkerState {
     }
 
     fn parse(s: &str) -> Result<Self> {
-        [WorkerState::Booting, WorkerState::Live, WorkerState::Idle, WorkerState::Stopping]
-            .into_iter()
-            .find(|w| w.as_str() == s)
-            .ok_or_else(|| Error::store(format!("unknown worker state {s:?} in the store")))
+        [
+            WorkerState::Booting,
+            WorkerState::Live,
+            WorkerState::Idle,
+            WorkerState::Stopping,
+        ]
+        .into_iter()
+        .find(|w| w.as_str() == s)
+        .ok_or_else(|| Error::store(format!("unknown worker state {s:?} in the store")))
     }
 }
 
@@ -250,7 +255,10 @@ impl Default for StoreOptions {
 impl StoreOptions {
     /// Options that take the payload limit from `config`.
     pub fn from_config(config: &Config) -> Self {
-        StoreOptions { max_payload_bytes: config.max_payload_bytes(), ..Default::default() }
+        StoreOptions {
+            max_payload_bytes: config.max_payload_bytes(),
+            ..Default::default()
+        }
     }
 }
 
@@ -267,7 +275,10 @@ impl JobNotifier {
     /// Wait up to `timeout` for a wake-up; `true` if one came. Spurious wake-ups happen
     /// (all queues share the signal): claim again and wait again.
     pub async fn wait(&mut self, timeout: Duration) -> bool {
-        matches!(tokio::time::timeout(timeout, self.rx.changed()).await, Ok(Ok(())))
+        matches!(
+            tokio::time::timeout(timeout, self.rx.changed()).await,
+            Ok(Ok(()))
+        )
     }
 }
 
@@ -283,7 +294,9 @@ impl Signal {
         self.0.send_modify(|n| *n = n.wrapping_add(1));
     }
     pub(crate) fn subscribe(&self) -> JobNotifier {
-        JobNotifier { rx: self.0.subscribe() }
+        JobNotifier {
+            rx: self.0.subscribe(),
+        }
     }
 }
 
@@ -428,14 +441,19 @@ pub(crate) fn db_err(what: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
             e,
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
         ) || matches!(&e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08") || c == "40001" || c == "40P01"));
-        Error::store(format!("{what}: {e}")).with_source(e).with_retryable(retryable)
+        Error::store(format!("{what}: {e}"))
+            .with_source(e)
+            .with_retryable(retryable)
     }
 }
 
 /// The `Conflict`/`NotFound` error for a lease operation that matched no row.
 pub(crate) fn lease_mismatch(op: &str, id: JobId, current: Option<(JobState, i64)>) -> Error {
     match current {
-        None => Error::new(crate::ErrorKind::NotFound, format!("{op}: job {id} not found")),
+        None => Error::new(
+            crate::ErrorKind::NotFound,
+            format!("{op}: job {id} not found"),
+        ),
         Some((state, token)) => Error::new(
             crate::ErrorKind::Conflict,
             format!(
@@ -453,7 +471,11 @@ pub(crate) fn lease_lost_message() -> &'static str {
 
 /// Check a `u32` from a `usize` limit without panicking.
 pub(crate) fn page_limit(limit: usize) -> i64 {
-    if limit == 0 { 100 } else { i64::try_from(limit.min(10_000)).unwrap_or(10_000) }
+    if limit == 0 {
+        100
+    } else {
+        i64::try_from(limit.min(10_000)).unwrap_or(10_000)
+    }
 }
 
 /// `now + d` without overflow panics, at the stores' precision.

@@ -58,7 +58,8 @@ impl Drop for PgStore {
 fn valid_schema(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !s.as_bytes()[0].is_ascii_digit()
 }
 
@@ -66,9 +67,8 @@ impl PgStore {
     /// Connect, run migrations and start the NOTIFY listener.
     pub async fn open(url: &str, opts: StoreOptions) -> Result<Self> {
         let redacted = redact_url(url);
-        let mut co = PgConnectOptions::from_str(url).map_err(|e| {
-            Error::config(format!("invalid PostgreSQL URL {redacted:?}: {e}"))
-        })?;
+        let mut co = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::config(format!("invalid PostgreSQL URL {redacted:?}: {e}")))?;
         if let Some(schema) = &opts.pg_schema {
             if !valid_schema(schema) {
                 return Err(Error::config(format!(
@@ -95,7 +95,13 @@ impl PgStore {
             None => CHANNEL.to_string(),
         };
         let listener = tokio::spawn(listen(pool.clone(), signal.clone(), channel.clone()));
-        Ok(PgStore { pool, opts, signal, channel, listener })
+        Ok(PgStore {
+            pool,
+            opts,
+            signal,
+            channel,
+            listener,
+        })
     }
 
     /// The underlying pool (for tests and tools).
@@ -111,7 +117,11 @@ impl PgStore {
         now: DateTime<Utc>,
     ) -> Result<Job> {
         let run_at = job.run_at.map_or(now, super::trunc);
-        let state = if run_at > now { JobState::Scheduled } else { JobState::Ready };
+        let state = if run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Ready
+        };
         // A unique key held by a pending job returns that job; if it finishes between our
         // insert and our look-up, insert again.
         for _ in 0..5 {
@@ -167,7 +177,10 @@ impl PgStore {
             .map_err(db_err("look up job"))?;
         row.map(|r| -> Result<_> {
             let st: String = r.try_get("state").map_err(db_err("decode job"))?;
-            Ok((st.parse()?, r.try_get("lease_token").map_err(db_err("decode job"))?))
+            Ok((
+                st.parse()?,
+                r.try_get("lease_token").map_err(db_err("decode job"))?,
+            ))
         })
         .transpose()
     }
@@ -204,10 +217,12 @@ async fn migrate(pool: &PgPool, schema: Option<&str>) -> Result<()> {
         .map_err(db_err("migrate: lock"))?;
     if let Some(schema) = schema {
         // The name was validated by `valid_schema` (lowercase, digits, _), so quoting is safe.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("migrate: create schema"))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("migrate: create schema"))?;
     }
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS flyjobs_schema_migrations (\
@@ -399,7 +414,12 @@ impl Store for PgStore {
             .iter()
             .map(|r| {
                 let job = job_from_row(r)?;
-                Ok(Lease { token: job.lease_token, owner: req.owner.clone(), expires_at: expires, job })
+                Ok(Lease {
+                    token: job.lease_token,
+                    owner: req.owner.clone(),
+                    expires_at: expires,
+                    job,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         leases.sort_by(|a, b| {
@@ -497,13 +517,17 @@ impl Store for PgStore {
         failure: Option<Failure>,
     ) -> Result<Job> {
         let mut tx = self.begin("discard").await?;
-        let cur = sqlx::query("SELECT state, lease_token FROM flyjobs_jobs WHERE id = $1 FOR UPDATE")
-            .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err("discard"))?;
+        let cur =
+            sqlx::query("SELECT state, lease_token FROM flyjobs_jobs WHERE id = $1 FOR UPDATE")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err("discard"))?;
         let Some(cur) = cur else {
-            return Err(Error::new(ErrorKind::NotFound, format!("discard: job {id} not found")));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("discard: job {id} not found"),
+            ));
         };
         let state: JobState = get::<String>(&cur, "state")?.parse()?;
         let cur_token: i64 = get(&cur, "lease_token")?;
@@ -671,7 +695,10 @@ impl Store for PgStore {
         .map_err(db_err("heartbeat"))?
         .rows_affected();
         if n == 0 {
-            return Err(Error::new(ErrorKind::NotFound, format!("heartbeat: worker {id:?} is not registered")));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("heartbeat: worker {id:?} is not registered"),
+            ));
         }
         Ok(())
     }
@@ -685,7 +712,10 @@ impl Store for PgStore {
             .map_err(db_err("set worker state"))?
             .rows_affected();
         if n == 0 {
-            return Err(Error::new(ErrorKind::NotFound, format!("worker {id:?} is not registered")));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("worker {id:?} is not registered"),
+            ));
         }
         Ok(())
     }
@@ -700,12 +730,14 @@ impl Store for PgStore {
     }
 
     async fn prune_workers(&self, before: DateTime<Utc>) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM flyjobs_workers WHERE last_heartbeat_at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("prune workers"))?
-            .rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM flyjobs_workers WHERE last_heartbeat_at < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err("prune workers"))?
+                .rows_affected(),
+        )
     }
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>> {

@@ -56,16 +56,32 @@ impl SqliteStore {
         let co = SqliteConnectOptions::from_str(url)
             .map_err(|e| Error::config(format!("invalid SQLite URL {redacted:?}: {e}")))?
             .create_if_missing(true)
-            .journal_mode(if memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
+            .journal_mode(if memory {
+                SqliteJournalMode::Memory
+            } else {
+                SqliteJournalMode::Wal
+            })
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
         // Each connection to `:memory:` is its own database: keep exactly one, forever.
-        let max = if memory { 1 } else { opts.max_connections.unwrap_or(4).max(1) };
+        let max = if memory {
+            1
+        } else {
+            opts.max_connections.unwrap_or(4).max(1)
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             .min_connections(if memory { 1 } else { 0 })
-            .idle_timeout(if memory { None } else { Some(Duration::from_secs(600)) })
-            .max_lifetime(if memory { None } else { Some(Duration::from_secs(3600)) })
+            .idle_timeout(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(3600))
+            })
             .acquire_timeout(opts.connect_timeout.max(Duration::from_secs(30)))
             .connect_with(co)
             .await
@@ -73,7 +89,11 @@ impl SqliteStore {
                 Error::store(format!("cannot open SQLite database {redacted}: {e}")).with_source(e)
             })?;
         migrate(&pool).await?;
-        Ok(SqliteStore { pool, opts, signal: Signal::new() })
+        Ok(SqliteStore {
+            pool,
+            opts,
+            signal: Signal::new(),
+        })
     }
 
     /// The underlying pool (for tests and tools).
@@ -82,7 +102,10 @@ impl SqliteStore {
     }
 
     async fn begin(&self, what: &str) -> Result<Transaction<'static, Sqlite>> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err(what))
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err(what))
     }
 
     async fn current(&self, id: JobId) -> Result<Option<(JobState, i64)>> {
@@ -105,7 +128,11 @@ impl SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Job> {
         let run_at = job.run_at.map_or(now, super::trunc);
-        let state = if run_at > now { JobState::Scheduled } else { JobState::Ready };
+        let state = if run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Ready
+        };
         // Inside BEGIN IMMEDIATE nobody else writes, so "insert or return the pending holder of
         // the unique key" needs no retry loop.
         let row = sqlx::query(
@@ -145,7 +172,10 @@ impl SqliteStore {
 
 /// Apply pending migrations (BEGIN IMMEDIATE serializes concurrent openers of one file).
 async fn migrate(pool: &SqlitePool) -> Result<()> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err("migrate"))?;
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(db_err("migrate"))?;
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS flyjobs_schema_migrations (\
          version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
@@ -291,7 +321,12 @@ impl Store for SqliteStore {
             .iter()
             .map(|r| {
                 let job = job_from_row(r)?;
-                Ok(Lease { token: job.lease_token, owner: req.owner.clone(), expires_at: expires, job })
+                Ok(Lease {
+                    token: job.lease_token,
+                    owner: req.owner.clone(),
+                    expires_at: expires,
+                    job,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         leases.sort_by(|a, b| {
@@ -396,7 +431,10 @@ impl Store for SqliteStore {
             .await
             .map_err(db_err("discard"))?;
         let Some(cur) = cur else {
-            return Err(Error::new(ErrorKind::NotFound, format!("discard: job {id} not found")));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("discard: job {id} not found"),
+            ));
         };
         let state: JobState = get::<String>(&cur, "state")?.parse()?;
         let cur_token: i64 = get(&cur, "lease_token")?;
@@ -558,7 +596,10 @@ impl Store for SqliteStore {
         .map_err(db_err("heartbeat"))?
         .rows_affected();
         if n == 0 {
-            return Err(Error::new(ErrorKind::NotFound, format!("heartbeat: worker {id:?} is not registered")));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("heartbeat: worker {id:?} is not registered"),
+            ));
         }
         Ok(())
     }
@@ -572,7 +613,10 @@ impl Store for SqliteStore {
             .map_err(db_err("set worker state"))?
             .rows_affected();
         if n == 0 {
-            return Err(Error::new(ErrorKind::NotFound, format!("worker {id:?} is not registered")));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("worker {id:?} is not registered"),
+            ));
         }
         Ok(())
     }
@@ -587,12 +631,14 @@ impl Store for SqliteStore {
     }
 
     async fn prune_workers(&self, before: DateTime<Utc>) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM flyjobs_workers WHERE last_heartbeat_at < ?1")
-            .bind(us(before))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("prune workers"))?
-            .rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM flyjobs_workers WHERE last_heartbeat_at < ?1")
+                .bind(us(before))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err("prune workers"))?
+                .rows_affected(),
+        )
     }
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>> {

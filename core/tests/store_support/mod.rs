@@ -21,7 +21,12 @@ pub async fn sqlite(opts: StoreOptions) -> Option<Fixture> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("jobs.db").display());
     let store = store::open(&url, opts.clone()).await.unwrap();
-    Some(Fixture { store, url, opts, _dir: Some(dir) })
+    Some(Fixture {
+        store,
+        url,
+        opts,
+        _dir: Some(dir),
+    })
 }
 
 /// The Postgres URL, or `None` (after a loud message) when FLYJOBS_SKIP_PG=1.
@@ -48,5 +53,10 @@ pub async fn postgres(mut opts: StoreOptions) -> Option<Fixture> {
     let url = pg_url()?;
     opts.pg_schema = Some(fresh_schema());
     let store = store::open(&url, opts.clone()).await.unwrap();
-    Some(Fixture { store, url, opts, _dir: None })
+    Some(Fixture {
+        store,
+        url,
+        opts,
+        _dir: None,
+    })
 }
