@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use flyjobs::job::{JobId, JobState, NewJob};
 use flyjobs::machines::Machines;
+use flyjobs::machines::types::{ListMachinesQuery, Machine};
 use flyjobs::scaler::{Scaler, ScalerOptions};
 use flyjobs::{Client, Config};
 use flyjobs_emulator::{EmulatorHandle, EmulatorSettings};
@@ -69,7 +70,10 @@ async fn setup_with(
         .unwrap();
     let client = Client::open(config).await.unwrap();
     let mut settings = settings;
-    settings.images.insert(flyjobs::fork::EMBEDDED_IMAGE.to_string(), dir.path().to_path_buf());
+    settings.images.insert(
+        flyjobs::fork::EMBEDDED_IMAGE.to_string(),
+        flyjobs_emulator::Image { dir: dir.path().to_path_buf(), cmd: Vec::new() },
+    );
     let (emulator, machines, app) = flyjobs::embedded::start(settings).await.unwrap();
     client.set_machines(machines.clone(), app.clone()).await;
     client.set_default_worker_command(vec![BIN.to_string(), "worker".into()]).await;
@@ -122,6 +126,18 @@ impl Env {
             .machines(&self.app)
             .into_iter()
             .filter(|m| matches!(m.state.as_str(), "created" | "starting" | "started"))
+            .collect()
+    }
+
+    /// Active worker machines of `queue`, through the Machines API (config and metadata).
+    async fn active_of_queue(&self, queue: &str) -> Vec<Machine> {
+        self.machines
+            .list_machines(&self.app, &ListMachinesQuery::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| matches!(m.state_str(), "created" | "starting" | "started"))
+            .filter(|m| m.metadata_value("flyjobs_queue") == Some(queue))
             .collect()
     }
 }
@@ -201,11 +217,7 @@ async fn workers_leave_after_wait_and_forever_keeps_min_machines() {
     // The brief worker leaves about 1 s after its last job; auto_destroy removes its machine.
     let until = Instant::now() + Duration::from_secs(15);
     loop {
-        let brief = env
-            .active_machines()
-            .into_iter()
-            .filter(|m| m.metadata.get("flyjobs_queue").map(String::as_str) == Some("brief"))
-            .count();
+        let brief = env.active_of_queue("brief").await.len();
         if brief == 0 {
             break;
         }
@@ -214,13 +226,9 @@ async fn workers_leave_after_wait_and_forever_keeps_min_machines() {
     }
     // The forever queue keeps exactly one machine although it never had a job.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let always: Vec<_> = env
-        .active_machines()
-        .into_iter()
-        .filter(|m| m.metadata.get("flyjobs_queue").map(String::as_str) == Some("always"))
-        .collect();
+    let always = env.active_of_queue("always").await;
     assert_eq!(always.len(), 1, "min_machines=1 with wait=forever keeps one machine: {always:?}");
-    assert_eq!(always[0].state, "started");
+    assert_eq!(always[0].state_str(), "started");
     handle.stop().await;
     env.emulator.shutdown().await;
 }
@@ -346,10 +354,11 @@ async fn create_request_carries_no_token() {
     assert!(!child_env.contains("canary-token"), "the token reached the machine");
     assert!(!child_env.contains("FLY_API_TOKEN"), "the token variable reached the machine");
     // The create request as the emulator stored it: only flyjobs' own settings in config.env.
-    let m = &env.emulator.machines(&env.app)[0];
+    let m = &env.machines.list_machines(&env.app, &ListMachinesQuery::default()).await.unwrap()[0];
     let config = serde_json::to_string(&m.config).unwrap();
     assert!(!config.contains("canary-token"), "token in the create request: {config}");
-    let keys: Vec<&String> = m.env.keys().collect();
+    let keys: Vec<String> =
+        m.config.as_ref().and_then(|c| c.env.clone()).unwrap_or_default().into_keys().collect();
     assert!(keys.iter().all(|k| k.starts_with("FLYJOBS_")), "only flyjobs settings in config.env: {keys:?}");
     handle.stop().await;
     env.emulator.shutdown().await;

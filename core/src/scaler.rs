@@ -229,9 +229,11 @@ impl Scaler {
         // Boot timeout and release pinning.
         let now = Utc::now();
         for m in &machines {
+            // Since the last state change: a pool machine started again boots anew.
             let age = m
-                .created_at
+                .updated_at
                 .as_deref()
+                .or(m.created_at.as_deref())
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| (now - t.with_timezone(&Utc)).to_std().unwrap_or_default())
                 .unwrap_or_default();
@@ -239,7 +241,7 @@ impl Scaler {
                 && !registered.contains(m.id.as_str());
             let old_release = matches!(m.state_str(), "stopped" | "suspended")
                 && m.metadata_value("flyjobs_release") != Some(self.template.release.as_str());
-            if (booting && age > self.config.boot_timeout() && m.updated_age(now) > self.config.boot_timeout())
+            if (booting && age > self.config.boot_timeout())
                 || old_release
             {
                 info!(machine = %m.id, state = m.state_str(), old_release, "destroying worker machine");

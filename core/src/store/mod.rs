@@ -116,6 +116,8 @@ pub enum WorkerState {
     Idle,
     /// Quiet or stopping: takes no new jobs.
     Stopping,
+    /// Its machine suspended itself (a warm pool member); it carries on when resumed.
+    Suspended,
 }
 
 impl WorkerState {
@@ -126,6 +128,7 @@ impl WorkerState {
             WorkerState::Live => "live",
             WorkerState::Idle => "idle",
             WorkerState::Stopping => "stopping",
+            WorkerState::Suspended => "suspended",
         }
     }
 
