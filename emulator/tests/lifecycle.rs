@@ -127,15 +127,18 @@ async fn stop_sends_signal_then_sigkill_after_timeout() {
     assert_eq!(ee["requested_stop"], true);
 
     // Ignores SIGINT (the default stop signal): SIGKILLed after the 1 s timeout.
-    let id = id_of(&api.create(sh("trap '' INT; while true; do sleep 0.05; done")).await);
+    let id = id_of(&api.create(sh("trap '' INT; echo ready; while true; do sleep 0.05; done")).await);
     api.reach(&id, "started").await;
+    // "started" means spawned; the trap is only in place once the shell says so.
+    assert!(eventually(Duration::from_secs(5), || emu.logs(APP, &id).unwrap().contains("ready")).await);
     let t0 = Instant::now();
     let r = api.post(&format!("{}/stop", api.m(&id)), json!({"timeout": "1s"})).await;
     assert_eq!(r.status, 200);
     assert_eq!(api.machine(&id).await.body["state"], "stopping");
     api.reach(&id, "stopped").await;
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(900), "killed after the timeout, took {took:?}");
+    let ev = api.exit_events(&id).await;
+    assert!(took >= Duration::from_millis(900), "killed after the timeout, took {took:?} {ev:?}");
     assert!(took < Duration::from_secs(10));
     assert_eq!(api.exit_events(&id).await[0]["request"]["exit_event"]["signal"], 9);
 
