@@ -724,7 +724,13 @@ async fn update_machine(
         m.launching = false;
         let seq = m.op_seq;
         w.set_state(&id, "starting");
-        schedule_start(&ctx.shared, &id, seq, ctx.shared.settings.latencies.start, false);
+        schedule_start(
+            &ctx.shared,
+            &id,
+            seq,
+            ctx.shared.settings.latencies.start,
+            false,
+        );
     }
     let v = w.machines[&id].to_json(None);
     drop(w);
@@ -813,14 +819,26 @@ async fn start_machine(
             m.restart_count = 0;
             let seq = m.op_seq;
             w.set_state(&id, "starting");
-            schedule_start(&ctx.shared, &id, seq, ctx.shared.settings.latencies.start, false);
+            schedule_start(
+                &ctx.shared,
+                &id,
+                seq,
+                ctx.shared.settings.latencies.start,
+                false,
+            );
         }
         "suspended" => {
             let m = w.machines.get_mut(&id).expect("looked up above");
             m.op_seq += 1;
             let seq = m.op_seq;
             w.set_state(&id, "starting");
-            schedule_start(&ctx.shared, &id, seq, ctx.shared.settings.latencies.resume, true);
+            schedule_start(
+                &ctx.shared,
+                &id,
+                seq,
+                ctx.shared.settings.latencies.resume,
+                true,
+            );
         }
         "replacing" => return Err(pre("machine getting replaced, refusing to start".into())),
         "started" | "starting" => {

@@ -236,8 +236,10 @@ async fn launch(shared: &Arc<Shared>, id: &str, seq: u64) {
     };
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
     if m.op_seq != seq || m.state != "starting" {
-        // Superseded (destroyed/stopped) while spawning.
+        // Superseded (destroyed/stopped) while spawning; the kill_on_drop child is reaped by tokio.
         signal_group(pid, Signal::SIGKILL);
+        drop(w);
+        shared.spawner.watch(pid, false);
         return;
     }
     m.generation += 1;
@@ -282,6 +284,7 @@ async fn launch(shared: &Arc<Shared>, id: &str, seq: u64) {
         let status = child.wait().await;
         // Whatever the init left behind dies with the "VM" (also closes the pipes).
         signal_group(pid, Signal::SIGKILL);
+        shared.spawner.watch(pid, false);
         for r in readers {
             let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
         }

@@ -6,9 +6,15 @@
 //! that lives exactly as long as the emulator (it ends when the last `Spawner` is dropped, at
 //! which point the emulator kills its machines anyway). The thread enters the tokio runtime so the
 //! children are tokio `Child`ren that tokio reaps (no zombies).
+//!
+//! PDEATHSIG only reaches the direct child. For what a machine forks in turn (a shell's
+//! children, a worker's subprocesses), a watchdog `sh` holds the list of live process groups,
+//! fed line by line over its stdin; when the emulator dies, even by SIGKILL, the pipe closes and
+//! the watchdog SIGKILLs every group still listed.
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -30,9 +36,43 @@ struct SpawnReq {
     reply: oneshot::Sender<io::Result<tokio::process::Child>>,
 }
 
-/// Handle to the spawner thread.
+/// Handle to the spawner thread and the watchdog.
 pub(crate) struct Spawner {
     tx: std::sync::Mutex<mpsc::Sender<SpawnReq>>,
+    watchdog: std::sync::Mutex<Option<std::process::ChildStdin>>,
+}
+
+/// The watchdog: `+PGID` adds a group, `-PGID` removes it; at EOF every listed group is killed.
+const WATCHDOG: &str = r#"gs=""
+while read -r l; do
+  case "$l" in
+    +*) gs="$gs ${l#+}" ;;
+    -*) n=""; for g in $gs; do [ "$g" = "${l#-}" ] || n="$n $g"; done; gs="$n" ;;
+  esac
+done
+for g in $gs; do kill -9 -"$g" 2>/dev/null; done
+"#;
+
+fn start_watchdog() -> Option<std::process::ChildStdin> {
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", WATCHDOG])
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own group: a Ctrl-C at the terminal must not end it before the emulator.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| tracing::warn!("emulator watchdog not started: {e}"))
+        .ok()?;
+    let stdin = child.stdin.take();
+    // Reap it whenever it ends.
+    std::thread::spawn(move || child.wait());
+    stdin
 }
 
 impl Spawner {
@@ -49,7 +89,20 @@ impl Spawner {
             })?;
         Ok(Self {
             tx: std::sync::Mutex::new(tx),
+            watchdog: std::sync::Mutex::new(start_watchdog()),
         })
+    }
+
+    /// Tells the watchdog about a process group (`+`) or that it is gone (`-`).
+    pub fn watch(&self, pgid: i32, add: bool) {
+        use std::io::Write;
+        let mut w = self.watchdog.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stdin) = w.as_mut() {
+            let line = format!("{}{pgid}\n", if add { '+' } else { '-' });
+            if stdin.write_all(line.as_bytes()).is_err() {
+                *w = None;
+            }
+        }
     }
 
     pub async fn spawn(&self, spec: ProcSpec) -> io::Result<tokio::process::Child> {
@@ -59,8 +112,13 @@ impl Spawner {
             .expect("spawner lock is never held across a panic")
             .send(SpawnReq { spec, reply })
             .map_err(|_| io::Error::other("emulator spawner thread is gone"))?;
-        rx.await
-            .map_err(|_| io::Error::other("emulator spawner thread is gone"))?
+        let child = rx
+            .await
+            .map_err(|_| io::Error::other("emulator spawner thread is gone"))??;
+        if let Some(pid) = child.id() {
+            self.watch(pid as i32, true);
+        }
+        Ok(child)
     }
 }
 

@@ -22,10 +22,14 @@ fn parked() -> Value {
 #[tokio::test]
 async fn apps_and_not_found_errors() {
     let (_emu, api) = test_emulator().await;
-    let r = api.post("/v1/apps", json!({"name": "other", "org_slug": "personal"})).await;
+    let r = api
+        .post("/v1/apps", json!({"name": "other", "org_slug": "personal"}))
+        .await;
     assert_eq!(r.status, 201, "{}", r.text);
     conform("App", &r.body);
-    let r = api.post("/v1/apps", json!({"name": "other", "org_slug": "personal"})).await;
+    let r = api
+        .post("/v1/apps", json!({"name": "other", "org_slug": "personal"}))
+        .await;
     assert_eq!(r.status, 422);
     assert_eq!(r.error(), "Name has already been taken");
     let r = api.get("/v1/apps/other").await;
@@ -39,11 +43,21 @@ async fn apps_and_not_found_errors() {
     let r = api.get(&api.m("0123456789abcd")).await;
     assert_eq!((r.status, r.error()), (404, "machine not found"));
     let r = api.get(&api.m("not-an-id")).await;
-    assert_eq!((r.status, r.error()), (400, "invalid machine ID, 'not-an-id'"));
+    assert_eq!(
+        (r.status, r.error()),
+        (400, "invalid machine ID, 'not-an-id'")
+    );
     // Create without config/image: 400.
-    let r = api.post(&format!("/v1/apps/{APP}/machines"), json!({})).await;
+    let r = api
+        .post(&format!("/v1/apps/{APP}/machines"), json!({}))
+        .await;
     assert_eq!(r.status, 400);
-    let r = api.post(&format!("/v1/apps/{APP}/machines"), json!({"config": {"image": "x"}})).await;
+    let r = api
+        .post(
+            &format!("/v1/apps/{APP}/machines"),
+            json!({"config": {"image": "x"}}),
+        )
+        .await;
     assert_eq!(r.status, 400);
     assert!(r.error().contains("nothing to run"), "{}", r.error());
     // Duplicate name: 409.
@@ -56,7 +70,10 @@ async fn apps_and_not_found_errors() {
 
 #[tokio::test]
 async fn auth_is_required_and_scoped_to_apps() {
-    let settings = EmulatorSettings::for_tests().app("b-app").token(TOKEN, &[APP]).token("all", &["*"]);
+    let settings = EmulatorSettings::for_tests()
+        .app("b-app")
+        .token(TOKEN, &[APP])
+        .token("all", &["*"]);
     let (_emu, api) = emulator(settings).await;
     let path = format!("/v1/apps/{APP}/machines");
     let r = api.with_token(None).get(&path).await;
@@ -66,17 +83,34 @@ async fn auth_is_required_and_scoped_to_apps() {
     assert_eq!(api.get(&path).await.status, 200);
     let r = api.get("/v1/apps/b-app/machines").await;
     assert_eq!(r.status, 403);
-    assert_eq!(api.with_token(Some("all")).get("/v1/apps/b-app/machines").await.status, 200);
+    assert_eq!(
+        api.with_token(Some("all"))
+            .get("/v1/apps/b-app/machines")
+            .await
+            .status,
+        200
+    );
     // FlyV1 macaroon scheme.
     let r = api
         .with_token(None)
-        .send(Method::GET, &path, None, &[("authorization", "FlyV1 fm2_abc,all")])
+        .send(
+            Method::GET,
+            &path,
+            None,
+            &[("authorization", "FlyV1 fm2_abc,all")],
+        )
         .await;
     assert_eq!(r.status, 200);
     // Default settings: any non-empty token.
     let (_emu2, api2) = test_emulator().await;
-    assert_eq!(api2.with_token(Some("anything")).get(&path).await.status, 200);
-    let r = api2.with_token(None).send(Method::GET, &path, None, &[("authorization", "Bearer ")]).await;
+    assert_eq!(
+        api2.with_token(Some("anything")).get(&path).await.status,
+        200
+    );
+    let r = api2
+        .with_token(None)
+        .send(Method::GET, &path, None, &[("authorization", "Bearer ")])
+        .await;
     assert_eq!(r.status, 401);
 }
 
@@ -88,7 +122,9 @@ async fn leases_guard_mutations() {
     let r = api.get(&lease_path).await;
     assert_eq!(r.status, 404);
     assert!(r.error().contains("lease not found"));
-    let r = api.post(&lease_path, json!({"ttl": 60, "description": "deploy"})).await;
+    let r = api
+        .post(&lease_path, json!({"ttl": 60, "description": "deploy"}))
+        .await;
     assert_eq!(r.status, 201, "{}", r.text);
     // The real API wraps the lease in {status, data} (machines-api.md §2 L1); the spec says a
     // bare Lease, so only `data` is checked against the Lease schema.
@@ -104,7 +140,13 @@ async fn leases_guard_mutations() {
     // Someone else: 409.
     let r = api.post(&lease_path, json!({"ttl": 60})).await;
     assert_eq!(r.status, 409);
-    assert!(r.error().starts_with(&format!("aborted: machine ID {id} lease currently held by ")), "{}", r.error());
+    assert!(
+        r.error().starts_with(&format!(
+            "aborted: machine ID {id} lease currently held by "
+        )),
+        "{}",
+        r.error()
+    );
     assert!(r.error().contains(", expires at "));
     let r = api.post(&format!("{}/start", api.m(&id)), json!({})).await;
     assert_eq!(r.status, 409);
@@ -112,15 +154,21 @@ async fn leases_guard_mutations() {
     assert_eq!(r.status, 409);
     // Holder: refresh keeps the nonce.
     let h = [("fly-machine-lease-nonce", nonce.as_str())];
-    let r = api.send(Method::POST, &format!("{lease_path}?ttl=120"), None, &h).await;
+    let r = api
+        .send(Method::POST, &format!("{lease_path}?ttl=120"), None, &h)
+        .await;
     assert_eq!(r.status, 201);
     assert_eq!(r.body["data"]["nonce"], nonce.as_str());
     assert!(r.body["data"]["expires_at"].as_i64().unwrap() > expires);
-    let r = api.send(Method::POST, &format!("{}/start", api.m(&id)), None, &h).await;
+    let r = api
+        .send(Method::POST, &format!("{}/start", api.m(&id)), None, &h)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     api.reach(&id, "started").await;
     // Metadata is not guarded.
-    let r = api.post(&format!("{}/metadata/k", api.m(&id)), json!({"value": "v"})).await;
+    let r = api
+        .post(&format!("{}/metadata/k", api.m(&id)), json!({"value": "v"}))
+        .await;
     assert_eq!(r.status, 204);
     // Release: header required.
     let r = api.send(Method::DELETE, &lease_path, None, &[]).await;
@@ -128,16 +176,30 @@ async fn leases_guard_mutations() {
     let r = api.send(Method::DELETE, &lease_path, None, &h).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, json!({"status": "success", "data": {"ok": true}}));
-    let r = api.post(&format!("{}/stop", api.m(&id)), json!({"signal": "SIGKILL"})).await;
+    let r = api
+        .post(
+            &format!("{}/stop", api.m(&id)),
+            json!({"signal": "SIGKILL"}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     // lease_ttl on create: the response carries the nonce.
     let mut b = parked();
     b["lease_ttl"] = json!(30);
     let m = api.create(b).await;
     let n = m["nonce"].as_str().unwrap();
-    let r = api.post(&format!("{}/start", api.m(&id_of(&m))), json!({})).await;
+    let r = api
+        .post(&format!("{}/start", api.m(&id_of(&m))), json!({}))
+        .await;
     assert_eq!(r.status, 409);
-    let r = api.send(Method::POST, &format!("{}/start", api.m(&id_of(&m))), None, &[("fly-machine-lease-nonce", n)]).await;
+    let r = api
+        .send(
+            Method::POST,
+            &format!("{}/start", api.m(&id_of(&m))),
+            None,
+            &[("fly-machine-lease-nonce", n)],
+        )
+        .await;
     assert_eq!(r.status, 200);
 }
 
@@ -149,19 +211,48 @@ async fn metadata_endpoints() {
     let base = format!("{}/metadata", api.m(&id));
     let r = api.get(&base).await;
     assert_eq!((r.status, r.body.clone()), (200, json!({})));
-    assert_eq!(api.post(&format!("{base}/role"), json!({"value": "worker"})).await.status, 204);
-    assert_eq!(api.post(&format!("{base}/queue"), json!({"value": "mail"})).await.status, 204);
+    assert_eq!(
+        api.post(&format!("{base}/role"), json!({"value": "worker"}))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        api.post(&format!("{base}/queue"), json!({"value": "mail"}))
+            .await
+            .status,
+        204
+    );
     let r = api.get(&format!("{base}/role")).await;
     conform("metadataValueResponse", &r.body);
     assert_eq!(r.body, json!({"value": "worker"}));
     assert_eq!(api.get(&format!("{base}/none")).await.status, 404);
     let r = api.get(&base).await;
     assert_eq!(r.body, json!({"role": "worker", "queue": "mail"}));
-    assert_eq!(api.send(Method::DELETE, &format!("{base}/role"), None, &[]).await.status, 204);
-    let r = api.send(Method::PUT, &base, Some(json!({"metadata": {"a": "1", "queue": ""}})), &[]).await;
+    assert_eq!(
+        api.send(Method::DELETE, &format!("{base}/role"), None, &[])
+            .await
+            .status,
+        204
+    );
+    let r = api
+        .send(
+            Method::PUT,
+            &base,
+            Some(json!({"metadata": {"a": "1", "queue": ""}})),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, 204);
     assert_eq!(api.get(&base).await.body, json!({"a": "1"}));
-    let r = api.send(Method::PATCH, &base, Some(json!({"metadata": {"b": "2"}, "machine_version": "01AAAAAAAAAAAAAAAAAAAAAAAA"})), &[]).await;
+    let r = api
+        .send(
+            Method::PATCH,
+            &base,
+            Some(json!({"metadata": {"b": "2"}, "machine_version": "01AAAAAAAAAAAAAAAAAAAAAAAA"})),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, 412);
     // No new version; the machine's config shows the metadata.
     let r = api.machine(&id).await;
@@ -171,16 +262,25 @@ async fn metadata_endpoints() {
 
 #[tokio::test]
 async fn rate_limits_answer_429() {
-    let settings = EmulatorSettings { rate_limits: true, ..EmulatorSettings::for_tests() };
+    let settings = EmulatorSettings {
+        rate_limits: true,
+        ..EmulatorSettings::for_tests()
+    };
     let (_emu, api) = emulator(settings).await;
     // Create: 1/s burst 3 per app.
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        statuses.push(api.post(&format!("/v1/apps/{APP}/machines"), parked()).await.status);
+        statuses.push(
+            api.post(&format!("/v1/apps/{APP}/machines"), parked())
+                .await
+                .status,
+        );
     }
     assert_eq!(&statuses[..3], &[200, 200, 200]);
     assert!(statuses[3..].contains(&429), "{statuses:?}");
-    let r = api.post(&format!("/v1/apps/{APP}/machines"), parked()).await;
+    let r = api
+        .post(&format!("/v1/apps/{APP}/machines"), parked())
+        .await;
     if r.status == 429 {
         // The real 429 body is undocumented; ours is invented (machines-api.md §6).
         assert_eq!(r.error(), "rate limit exceeded");
@@ -196,35 +296,66 @@ async fn rate_limits_answer_429() {
     assert!(n429 >= 1, "get limited");
     // After a pause the bucket refills.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(api.post(&format!("/v1/apps/{APP}/machines"), parked()).await.status, 200);
+    assert_eq!(
+        api.post(&format!("/v1/apps/{APP}/machines"), parked())
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
 async fn injected_faults() {
     let (emu, api) = test_emulator().await;
     let path = format!("/v1/apps/{APP}/machines");
-    emu.set_faults(Faults { rate_limited: 1.0, ..Faults::default() });
+    emu.set_faults(Faults {
+        rate_limited: 1.0,
+        ..Faults::default()
+    });
     assert_eq!(api.get(&path).await.status, 429);
-    emu.set_faults(Faults { unavailable: 1.0, ..Faults::default() });
+    emu.set_faults(Faults {
+        unavailable: 1.0,
+        ..Faults::default()
+    });
     assert_eq!(api.get(&path).await.status, 503);
-    emu.set_faults(Faults { capacity: 1.0, ..Faults::default() });
-    assert_eq!(api.get(&path).await.status, 200, "capacity faults hit creates only");
+    emu.set_faults(Faults {
+        capacity: 1.0,
+        ..Faults::default()
+    });
+    assert_eq!(
+        api.get(&path).await.status,
+        200,
+        "capacity faults hit creates only"
+    );
     let r = api.post(&path, parked()).await;
     assert_eq!(r.status, 412);
     assert_eq!(r.body["status"], "insufficient_capacity");
-    emu.set_faults(Faults { delayed: 1.0, delay: Duration::from_millis(300), ..Faults::default() });
+    emu.set_faults(Faults {
+        delayed: 1.0,
+        delay: Duration::from_millis(300),
+        ..Faults::default()
+    });
     let t0 = std::time::Instant::now();
     assert_eq!(api.get(&path).await.status, 200);
     assert!(t0.elapsed() >= Duration::from_millis(300));
     // Lost create response: the machine exists, the client got no answer.
-    emu.set_faults(Faults { drop_after_create: 1, ..Faults::default() });
+    emu.set_faults(Faults {
+        drop_after_create: 1,
+        ..Faults::default()
+    });
     let mut b = parked();
     b["name"] = json!("lost-response");
     let r = api.try_send(Method::POST, &path, Some(b), &[]).await;
     assert!(r.is_err(), "connection dropped: {r:?}");
     let list = api.get(&path).await;
     assert_eq!(list.status, 200);
-    let names: Vec<&str> = list.body.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["lost-response"]);
     // Only the next N creates: the following one answers.
     assert_eq!(api.post(&path, parked()).await.status, 200);
@@ -233,14 +364,20 @@ async fn injected_faults() {
 #[tokio::test]
 async fn start_during_create_latency_is_412_created() {
     let settings = EmulatorSettings {
-        latencies: Latencies { create: Duration::from_millis(1500), ..Latencies::zero() },
+        latencies: Latencies {
+            create: Duration::from_millis(1500),
+            ..Latencies::zero()
+        },
         ..EmulatorSettings::for_tests()
     };
     let (_emu, api) = emulator(settings).await;
     let id = id_of(&api.create(sh("sleep 300")).await);
     let r = api.post(&format!("{}/start", api.m(&id)), json!({})).await;
     assert_eq!(r.status, 412);
-    assert_eq!(r.error(), "failed_precondition: unable to start machine from current state: 'created'");
+    assert_eq!(
+        r.error(),
+        "failed_precondition: unable to start machine from current state: 'created'"
+    );
     api.reach(&id, "started").await;
 }
 
@@ -251,7 +388,12 @@ async fn ledger_counts_machine_seconds() {
     api.reach(&id, "stopped").await;
     let id2 = id_of(&api.create(sh("sleep 300")).await);
     api.reach(&id2, "started").await;
-    assert_eq!(api.post(&format!("{}/suspend", api.m(&id2)), json!({})).await.status, 200);
+    assert_eq!(
+        api.post(&format!("{}/suspend", api.m(&id2)), json!({}))
+            .await
+            .status,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = api.get("/emulator/ledger").await;
     assert_eq!(r.status, 200);

@@ -17,7 +17,10 @@ pub const TOKEN: &str = "test-token";
 fn spec() -> &'static Value {
     static SPEC: OnceLock<Value> = OnceLock::new();
     SPEC.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/spec/machines-openapi.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/spec/machines-openapi.json"
+        );
         serde_json::from_str(&std::fs::read_to_string(path).expect("spec file")).expect("spec JSON")
     })
 }
@@ -39,8 +42,14 @@ pub fn conform(name: &str, v: &Value) {
             })
             .clone()
     };
-    let errors: Vec<String> = validator.iter_errors(v).map(|e| format!("{e} at {}", e.instance_path)).collect();
-    assert!(errors.is_empty(), "response does not match schema {name}: {errors:?}\n{v:#}");
+    let errors: Vec<String> = validator
+        .iter_errors(v)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "response does not match schema {name}: {errors:?}\n{v:#}"
+    );
 }
 
 /// Validates an array of `name`.
@@ -75,13 +84,20 @@ impl Api {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             base: emu.base_url().to_string(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(90)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(90))
+                .build()
+                .unwrap(),
             token: Some(TOKEN.to_string()),
         }
     }
 
     pub fn with_token(&self, token: Option<&str>) -> Self {
-        Self { base: self.base.clone(), http: self.http.clone(), token: token.map(String::from) }
+        Self {
+            base: self.base.clone(),
+            http: self.http.clone(),
+            token: token.map(String::from),
+        }
     }
 
     pub async fn try_send(
@@ -118,8 +134,16 @@ impl Api {
         Ok(Resp { status, body, text })
     }
 
-    pub async fn send(&self, method: Method, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Resp {
-        self.try_send(method, path, body, headers).await.expect("request")
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        self.try_send(method, path, body, headers)
+            .await
+            .expect("request")
     }
 
     pub async fn get(&self, path: &str) -> Resp {
@@ -151,7 +175,12 @@ impl Api {
     }
 
     pub async fn wait(&self, id: &str, state: &str, timeout: u64) -> Resp {
-        let r = self.get(&format!("{}/wait?state={state}&timeout={timeout}", self.m(id))).await;
+        let r = self
+            .get(&format!(
+                "{}/wait?state={state}&timeout={timeout}",
+                self.m(id)
+            ))
+            .await;
         if r.status == 200 {
             conform("WaitMachineResponse", &r.body);
         }
@@ -172,12 +201,18 @@ impl Api {
     }
 
     pub async fn exit_events(&self, id: &str) -> Vec<Value> {
-        self.events(id).await.into_iter().filter(|e| e["type"] == "exit").collect()
+        self.events(id)
+            .await
+            .into_iter()
+            .filter(|e| e["type"] == "exit")
+            .collect()
     }
 }
 
 pub async fn emulator(settings: EmulatorSettings) -> (EmulatorHandle, Api) {
-    let emu = Emulator::start(settings.app(APP)).await.expect("emulator starts");
+    let emu = Emulator::start(settings.app(APP))
+        .await
+        .expect("emulator starts");
     let api = Api::new(&emu);
     (emu, api)
 }
@@ -201,11 +236,14 @@ pub fn alive(pid: i32) -> bool {
 
 /// The state letter of /proc/<pid>/stat (`R`, `S`, `T`, `Z`, …).
 pub fn pid_state(pid: i32) -> Option<char> {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| proc_state(&s))
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| proc_state(&s))
 }
 
 fn proc_state(stat: &str) -> Option<char> {
-    stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next())
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
 }
 
 /// Polls `f` until true or `within` passes.
@@ -222,5 +260,30 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// The pid of a machine's process, from the in-process snapshot.
 pub fn pid_of(emu: &EmulatorHandle, id: &str) -> Option<i32> {
-    emu.machines(APP).into_iter().find(|m| m.id == id).and_then(|m| m.pid)
+    emu.machines(APP)
+        .into_iter()
+        .find(|m| m.id == id)
+        .and_then(|m| m.pid)
+}
+
+/// Every live process of these process groups, from /proc.
+pub fn processes_in_groups(groups: &std::collections::HashSet<i32>) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // After the name: state ppid pgrp ...
+        if f.len() > 2 && f[0] != "Z" && groups.contains(&f[2].parse::<i32>().unwrap_or(-1)) {
+            out.push(pid);
+        }
+    }
+    out
 }
