@@ -83,6 +83,7 @@ impl Emulator {
             spawner,
             base_url: base_url.clone(),
             socket_path: socket_path.clone(),
+            closing: Default::default(),
             settings,
         });
         {

@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub spawner: Spawner,
     pub base_url: String,
     pub socket_path: PathBuf,
+    /// Set at shutdown: no more processes are started (no restart of what shutdown killed).
+    pub closing: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -40,6 +42,8 @@ impl Shared {
 
     /// Kills every machine process (shutdown).
     pub fn kill_all(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let w = self.world();
         for m in w.machines.values() {
             if let Some(p) = m.proc {
@@ -205,6 +209,9 @@ async fn launch(shared: &Arc<Shared>, id: &str, seq: u64) {
         }
         proc_spec(shared, &w, id)
     };
+    if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     let spawned = match spec {
         Ok(spec) => shared
             .spawner
@@ -235,7 +242,10 @@ async fn launch(shared: &Arc<Shared>, id: &str, seq: u64) {
         }
     };
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
-    if m.op_seq != seq || m.state != "starting" {
+    if m.op_seq != seq
+        || m.state != "starting"
+        || shared.closing.load(std::sync::atomic::Ordering::SeqCst)
+    {
         // Superseded (destroyed/stopped) while spawning; the kill_on_drop child is reaped by tokio.
         signal_group(pid, Signal::SIGKILL);
         drop(w);
@@ -344,7 +354,9 @@ fn on_exit(shared: &Arc<Shared>, id: &str, generation: u64, code: i32, sig: i32)
         .pointer("/restart/max_retries")
         .and_then(Value::as_u64)
         .unwrap_or(10) as u32;
+    let closing = shared.closing.load(std::sync::atomic::Ordering::SeqCst);
     let restarting = !requested_stop
+        && !closing
         && match policy {
             "always" => true,
             "on-failure" => code != 0 && m.restart_count < max_retries,
@@ -373,7 +385,7 @@ fn on_exit(shared: &Arc<Shared>, id: &str, generation: u64, code: i32, sig: i32)
         w.set_state(id, "starting");
         drop(w);
         schedule_start(shared, id, seq, shared.settings.latencies.start, false);
-    } else if pending == Pending::Replace {
+    } else if pending == Pending::Replace && !closing {
         m.op_seq += 1;
         let seq = m.op_seq;
         w.set_state(id, "starting");

@@ -568,3 +568,42 @@ async fn create_to_started_to_exit_time_with_zero_latency() {
     );
     assert!(samples[2] < Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn shutdown_and_drop_kill_every_machine_without_restarts() {
+    for by_drop in [false, true] {
+        let (emu, api) = test_emulator().await;
+        let mut body = sh("sleep 300; true");
+        body["config"]["restart"] = json!({"policy": "always"});
+        let id = id_of(&api.create(body).await);
+        api.reach(&id, "started").await;
+        let group = HashSet::from([pid_of(&emu, &id).unwrap()]);
+        assert!(
+            eventually(Duration::from_secs(5), || processes_in_groups(&group).len()
+                == 2)
+            .await
+        );
+        if by_drop {
+            drop(emu);
+        } else {
+            emu.shutdown().await;
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || processes_in_groups(&group)
+                .is_empty())
+            .await
+        );
+        // Nothing was restarted after the kill: no process of this test's machines is left
+        // with FLY_MACHINE_ID set to it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(env) = std::fs::read(e.path().join("environ")) {
+                let needle = format!("FLY_MACHINE_ID={id}");
+                assert!(
+                    !String::from_utf8_lossy(&env).contains(&needle),
+                    "restarted after shutdown"
+                );
+            }
+        }
+    }
+}
