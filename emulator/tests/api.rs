@@ -407,3 +407,35 @@ async fn ledger_counts_machine_seconds() {
     assert!(r.body["started_s"].as_f64().unwrap() >= 0.3);
     assert!(r.body["peak_started"].as_u64().unwrap() >= 1);
 }
+
+#[tokio::test]
+async fn a_command_that_cannot_start_leaves_the_machine_failed() {
+    let (emu, api) = test_emulator().await;
+    let body = json!({"config": {"image": "x", "init": {"exec": ["/nonexistent/flyjobs-binary"]}}});
+    let id = id_of(&api.create(body).await);
+    api.reach(&id, "failed").await;
+    assert!(
+        emu.logs(APP, &id)
+            .unwrap()
+            .contains("failed to spawn machine process")
+    );
+    // Images map to directories and default commands.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("marker.txt"), "from-image-dir").unwrap();
+    let settings = EmulatorSettings::for_tests().image(
+        "registry.fly.io/app:v1",
+        flyjobs_emulator::Image {
+            dir: dir.path().to_path_buf(),
+            cmd: vec!["cat".into(), "marker.txt".into()],
+        },
+    );
+    let (emu, api) = emulator(settings).await;
+    let m = api
+        .create(json!({"config": {"image": "registry.fly.io/app:v1"}}))
+        .await;
+    assert_eq!(m["image_ref"]["registry"], "registry.fly.io");
+    assert_eq!(m["image_ref"]["tag"], "v1");
+    let id = id_of(&m);
+    api.reach(&id, "stopped").await;
+    assert_eq!(emu.logs(APP, &id).unwrap(), "from-image-dir");
+}
