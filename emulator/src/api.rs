@@ -613,6 +613,7 @@ async fn create_machine(
             events: Vec::new(),
             lease,
             proc: None,
+            last_pid: None,
             generation: 0,
             op_seq: 0,
             pending: Pending::None,

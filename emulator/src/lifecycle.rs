@@ -255,6 +255,7 @@ async fn launch(shared: &Arc<Shared>, id: &str, seq: u64) {
     m.generation += 1;
     let generation = m.generation;
     m.proc = Some(ProcRec { pid, generation });
+    m.last_pid = Some(pid);
     m.event("start", "started", "flyd", json!({}));
     let log = m.log.clone();
     w.set_state(id, "started");
