@@ -701,6 +701,8 @@ async fn update_machine(
         ));
     }
     let (cpus, memory_mb) = guest_size(&config);
+    // The old process is stopped as the old config says.
+    let stop = stop_settings(m, &Value::Null)?;
     m.instance_id = ulid::Ulid::new().to_string();
     m.config = config;
     m.cpus = cpus;
@@ -708,17 +710,16 @@ async fn update_machine(
     m.restart_count = 0;
     m.updated_at = SystemTime::now();
     m.event("update", "replacing", "user", json!({}));
-    let stop = stop_settings(m, &Value::Null)?;
     let has_proc = m.proc.is_some();
     let state = m.state.clone();
     if has_proc {
-        w.set_state(&id, "replacing");
         let pending = if skip_launch {
             Pending::Stop
         } else {
             Pending::Replace
         };
         stop_process(&ctx.shared, &mut w, &id, stop.0, stop.1, pending);
+        w.set_state(&id, "replacing");
     } else if !skip_launch || state == "starting" {
         let m = w.machines.get_mut(&id).expect("looked up above");
         m.op_seq += 1;
@@ -880,11 +881,15 @@ async fn stop_machine(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     if m.proc.is_some() {
-        if m.state != "stopping" {
+        let first = m.state != "stopping";
+        if first {
             m.event("stop", "stopping", "user", json!({}));
+        }
+        // Before the state change: stop_process treats a suspended machine specially.
+        stop_process(&ctx.shared, &mut w, &id, sig, timeout, Pending::Stop);
+        if first {
             w.set_state(&id, "stopping");
         }
-        stop_process(&ctx.shared, &mut w, &id, sig, timeout, Pending::Stop);
     } else if m.state != "stopped" {
         // No process (created, still launching, failed): nothing to signal.
         m.op_seq += 1;
