@@ -72,6 +72,7 @@ pub(crate) fn router(ctx: Ctx) -> Router {
         .route(&format!("{m}/start"), post(start_machine))
         .route(&format!("{m}/stop"), post(stop_machine))
         .route(&format!("{m}/suspend"), post(suspend_machine))
+        .route(&format!("{m}/restart"), post(restart_machine))
         .route(&format!("{m}/wait"), get(wait_machine))
         .route(&format!("{m}/events"), get(machine_events))
         .route(
@@ -900,6 +901,44 @@ async fn stop_machine(
             w.set_state(&id, "stopped");
         }
     }
+    drop(w);
+    ctx.shared.notify();
+    ok_json(json!({"ok": true}))
+}
+
+/// X1: `?signal=&timeout=` (fly-go also sends `force_stop`, ignored): stop, then a fresh process
+/// of the same version.
+async fn restart_machine(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Path((app, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    preflight(&ctx, &headers, &app, "restart", &id).await?;
+    let pairs = query_pairs(&q);
+    let mut body = json!({});
+    if let Some(sig) = query_one(&pairs, "signal").filter(|s| !s.is_empty()) {
+        body["signal"] = json!(sig);
+    }
+    if let Some(t) = query_one(&pairs, "timeout").filter(|s| !s.is_empty()) {
+        body["timeout"] = json!(t);
+    }
+    let mut w = ctx.shared.world();
+    let m = live_machine(&ctx, &mut w, &app, &id)?;
+    check_lease(m, &headers)?;
+    let (sig, timeout) = stop_settings(m, &body)?;
+    if m.proc.is_none() || m.state != "started" {
+        return Err(err(
+            StatusCode::PRECONDITION_FAILED,
+            format!(
+                "failed_precondition: unable to restart machine from current state: '{}'",
+                m.state
+            ),
+        ));
+    }
+    m.event("restart", "restarting", "user", json!({}));
+    stop_process(&ctx.shared, &mut w, &id, sig, timeout, Pending::Replace);
+    w.set_state(&id, "restarting");
     drop(w);
     ctx.shared.notify();
     ok_json(json!({"ok": true}))

@@ -599,3 +599,41 @@ async fn shutdown_and_drop_kill_every_machine_without_restarts() {
         }
     }
 }
+
+#[tokio::test]
+async fn restart_runs_a_fresh_process_of_the_same_version() {
+    let (emu, api) = test_emulator().await;
+    let body = json!({"config": {"image": "x", "init": {"exec": ["sleep", "300"]}}});
+    let m = api.create(body).await;
+    let id = id_of(&m);
+    api.reach(&id, "started").await;
+    let pid = pid_of(&emu, &id).unwrap();
+    let r = api
+        .post(
+            &format!("{}/restart?signal=SIGTERM&timeout=2s", api.m(&id)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            emu.machines(APP)
+                .iter()
+                .any(|m| m.id == id && m.state == "started" && m.pid.is_some_and(|p| p != pid))
+        })
+        .await
+    );
+    assert!(!alive(pid));
+    let r = api.machine(&id).await;
+    assert_eq!(r.body["instance_id"], m["instance_id"]);
+    let ee = &api.exit_events(&id).await[0]["request"]["exit_event"];
+    assert_eq!(ee["signal"], 15);
+    assert_eq!(ee["requested_stop"], true);
+    api.send(
+        Method::DELETE,
+        &format!("{}?force=true", api.m(&id)),
+        None,
+        &[],
+    )
+    .await;
+}
