@@ -411,6 +411,14 @@ pub(crate) fn finish_destroy(w: &mut World, id: &str) {
     m.lease = None;
     m.pending = Pending::None;
     m.destroyed_at = Some(Instant::now());
+    // Destroyed machines stay in the ledger forever; keep only the tail of their logs.
+    let tail = 64 * 1024;
+    let mut log = m.log.lock().unwrap_or_else(|e| e.into_inner());
+    if log.len() > tail {
+        let cut = log.len() - tail;
+        log.drain(..cut);
+    }
+    drop(log);
     m.event("destroy", "destroyed", "user", json!({}));
     w.set_state(id, "destroyed");
 }
