@@ -44,6 +44,8 @@ impl Shared {
     pub fn kill_all(&self) {
         self.closing
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Every group the spawner made, including one whose launch is still in flight.
+        self.spawner.kill_all();
         let w = self.world();
         for m in w.machines.values() {
             if let Some(p) = m.proc {
@@ -249,7 +251,7 @@ async fn launch(shared: &Arc<Shared>, id: &str, seq: u64) {
         // Superseded (destroyed/stopped) while spawning; the kill_on_drop child is reaped by tokio.
         signal_group(pid, Signal::SIGKILL);
         drop(w);
-        shared.spawner.watch(pid, false);
+        shared.spawner.forget(pid);
         return;
     }
     m.generation += 1;
@@ -295,7 +297,7 @@ async fn launch(shared: &Arc<Shared>, id: &str, seq: u64) {
         let status = child.wait().await;
         // Whatever the init left behind dies with the "VM" (also closes the pipes).
         signal_group(pid, Signal::SIGKILL);
-        shared.spawner.watch(pid, false);
+        shared.spawner.forget(pid);
         for r in readers {
             let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
         }
