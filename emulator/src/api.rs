@@ -109,11 +109,9 @@ fn authorize(ctx: &Ctx, headers: &HeaderMap, app: Option<&str>) -> Result<String
         .ok_or_else(unauthorized)?;
     let mut s = raw.trim();
     loop {
-        let lower = s.to_ascii_lowercase();
-        if lower.starts_with("bearer ") {
-            s = s[7..].trim_start();
-        } else if lower.starts_with("flyv1 ") {
-            s = s[6..].trim_start();
+        let (word, rest) = s.split_once(char::is_whitespace).unwrap_or((s, ""));
+        if word.eq_ignore_ascii_case("bearer") || word.eq_ignore_ascii_case("flyv1") {
+            s = rest.trim_start();
         } else {
             break;
         }
@@ -635,7 +633,7 @@ async fn create_machine(
     };
     ctx.shared.notify();
     if !skip_launch {
-        schedule_launch(&ctx.shared, &id);
+        schedule_launch(&ctx.shared, &id, 0);
     }
     let drop_it = {
         let mut f = ctx.shared.faults.lock().unwrap_or_else(|e| e.into_inner());
@@ -724,8 +722,9 @@ async fn update_machine(
         let m = w.machines.get_mut(&id).expect("looked up above");
         m.op_seq += 1;
         m.launching = false;
+        let seq = m.op_seq;
         w.set_state(&id, "starting");
-        schedule_start(&ctx.shared, &id, ctx.shared.settings.latencies.start, false);
+        schedule_start(&ctx.shared, &id, seq, ctx.shared.settings.latencies.start, false);
     }
     let v = w.machines[&id].to_json(None);
     drop(w);
@@ -812,14 +811,16 @@ async fn start_machine(
             let m = w.machines.get_mut(&id).expect("looked up above");
             m.op_seq += 1;
             m.restart_count = 0;
+            let seq = m.op_seq;
             w.set_state(&id, "starting");
-            schedule_start(&ctx.shared, &id, ctx.shared.settings.latencies.start, false);
+            schedule_start(&ctx.shared, &id, seq, ctx.shared.settings.latencies.start, false);
         }
         "suspended" => {
             let m = w.machines.get_mut(&id).expect("looked up above");
             m.op_seq += 1;
+            let seq = m.op_seq;
             w.set_state(&id, "starting");
-            schedule_start(&ctx.shared, &id, ctx.shared.settings.latencies.resume, true);
+            schedule_start(&ctx.shared, &id, seq, ctx.shared.settings.latencies.resume, true);
         }
         "replacing" => return Err(pre("machine getting replaced, refusing to start".into())),
         "started" | "starting" => {

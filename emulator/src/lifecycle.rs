@@ -134,15 +134,21 @@ fn proc_spec(shared: &Shared, w: &World, id: &str) -> Result<ProcSpec, String> {
 
 /// Schedules the machine (now in `starting`) to be started after `delay`: a fresh process, or
 /// SIGCONT when `resume`.
-pub(crate) fn schedule_start(shared: &Arc<Shared>, id: &str, delay: Duration, resume: bool) {
+/// `seq` is the machine's `op_seq` at scheduling time (a later operation cancels this one).
+/// Never takes the world lock itself, so callers may hold it.
+pub(crate) fn schedule_start(
+    shared: &Arc<Shared>,
+    id: &str,
+    seq: u64,
+    delay: Duration,
+    resume: bool,
+) {
     let shared = shared.clone();
     let id = id.to_string();
-    let seq = shared.world().machines.get(&id).map(|m| m.op_seq);
     tokio::spawn(async move {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let Some(seq) = seq else { return };
         if resume {
             let mut w = shared.world();
             let Some(m) = w.machines.get_mut(&id) else {
@@ -165,12 +171,9 @@ pub(crate) fn schedule_start(shared: &Arc<Shared>, id: &str, delay: Duration, re
 }
 
 /// After the create latency, moves a freshly created machine to `starting` and launches it.
-pub(crate) fn schedule_launch(shared: &Arc<Shared>, id: &str) {
+pub(crate) fn schedule_launch(shared: &Arc<Shared>, id: &str, seq: u64) {
     let shared = shared.clone();
     let id = id.to_string();
-    let Some(seq) = shared.world().machines.get(&id).map(|m| m.op_seq) else {
-        return;
-    };
     tokio::spawn(async move {
         let delay = shared.settings.latencies.create;
         if !delay.is_zero() {
@@ -363,14 +366,16 @@ fn on_exit(shared: &Arc<Shared>, id: &str, generation: u64, code: i32, sig: i32)
     if restarting {
         m.restart_count += 1;
         m.op_seq += 1;
+        let seq = m.op_seq;
         w.set_state(id, "starting");
         drop(w);
-        schedule_start(shared, id, shared.settings.latencies.start, false);
+        schedule_start(shared, id, seq, shared.settings.latencies.start, false);
     } else if pending == Pending::Replace {
         m.op_seq += 1;
+        let seq = m.op_seq;
         w.set_state(id, "starting");
         drop(w);
-        schedule_start(shared, id, shared.settings.latencies.start, false);
+        schedule_start(shared, id, seq, shared.settings.latencies.start, false);
     } else if pending == Pending::Destroy || auto_destroy {
         finish_destroy(&mut w, id);
         drop(w);
