@@ -368,7 +368,19 @@ async fn overhead_per_call() {
         c.get_machine(APP, &m.id).await.unwrap();
         bare().await;
     }
-    let (mut client_t, mut raw_t) = (Duration::ZERO, Duration::ZERO);
+    let typed = || async {
+        let body = raw
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        serde_json::from_slice::<Machine>(&body).unwrap()
+    };
+    let (mut client_t, mut raw_t, mut typed_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for _ in 0..ROUNDS {
         let t = Instant::now();
         for _ in 0..PER_ROUND {
@@ -380,15 +392,20 @@ async fn overhead_per_call() {
             bare().await;
         }
         raw_t += t.elapsed();
+        let t = Instant::now();
+        for _ in 0..PER_ROUND {
+            typed().await;
+        }
+        typed_t += t.elapsed();
     }
     let n = f64::from(ROUNDS * PER_ROUND);
-    let (client_us, raw_us) = (
-        client_t.as_secs_f64() * 1e6 / n,
-        raw_t.as_secs_f64() * 1e6 / n,
-    );
+    let us = |d: Duration| d.as_secs_f64() * 1e6 / n;
+    let (client_us, raw_us, typed_us) = (us(client_t), us(raw_t), us(typed_t));
     println!(
-        "get_machine x{n}: client {client_us:.1} µs/call, bare reqwest+serde_json {raw_us:.1} µs/call, overhead {:.1} µs/call",
-        client_us - raw_us
+        "get_machine x{n}: client {client_us:.1} us/call; bare reqwest+Value {raw_us:.1}; \
+         bare reqwest+Machine {typed_us:.1}; overhead vs Value {:.1}, vs Machine {:.1} us/call",
+        client_us - raw_us,
+        client_us - typed_us
     );
     emu.shutdown().await;
 }
