@@ -275,7 +275,3 @@ async fn status(client: Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seconds as a short human string.
-pub(crate) fn secs(d: Duration) -> String {
-    format!("{:.2}s", d.as_secs_f64())
-}

@@ -448,7 +448,10 @@ pub(crate) fn stop_process(
         signal_group(p.pid, Signal::SIGCONT);
         return;
     }
-    signal_group(p.pid, sig);
+    // Like a container's init, the stop signal goes to the main process only: it decides what
+    // to tell its children (a worker lets running jobs finish). Only the SIGKILL after the
+    // timeout takes the whole group.
+    crate::process::signal_process(p.pid, sig);
     if m.state == "starting" {
         // Resuming from suspend: the group may still be SIGSTOPped.
         signal_group(p.pid, Signal::SIGCONT);

@@ -215,6 +215,11 @@ pub(crate) fn signal_group(pgid: i32, sig: Signal) {
     let _ = killpg(Pid::from_raw(pgid), sig);
 }
 
+/// Sends `sig` to one process, ignoring one that is already gone.
+pub(crate) fn signal_process(pid: i32, sig: Signal) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+}
+
 /// Parses a signal name as the API gives it (`SIGINT`, `INT`, or a number).
 pub(crate) fn parse_signal(s: &str) -> Option<Signal> {
     if let Ok(n) = s.parse::<i32>() {

@@ -138,6 +138,7 @@ impl WorkerState {
             WorkerState::Live,
             WorkerState::Idle,
             WorkerState::Stopping,
+            WorkerState::Suspended,
         ]
         .into_iter()
         .find(|w| w.as_str() == s)
