@@ -6,7 +6,6 @@
 mod command;
 mod demo;
 
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};

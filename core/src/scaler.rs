@@ -142,10 +142,12 @@ impl Scaler {
         template: Template,
         options: ScalerOptions,
     ) -> Scaler {
+        // Unique per scaler, not per process: two scalers in one process must not both lead.
         let owner = format!(
-            "{}-{}",
+            "{}-{}-{:08x}",
             config.machine_id().unwrap_or("local"),
-            std::process::id()
+            std::process::id(),
+            rand::random::<u32>()
         );
         Scaler {
             bucket: tokio::sync::Mutex::new(TokenBucket::new(options.create_rate, options.create_burst)),
