@@ -364,3 +364,21 @@ fn is_active(m: &Machine) -> bool {
 pub fn keeps_machines(pool: PoolMode) -> bool {
     pool != PoolMode::None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_allows_a_burst_then_the_rate() {
+        let mut b = TokenBucket::new(1.0, 3);
+        assert!(b.take() && b.take() && b.take(), "burst of 3");
+        assert!(!b.take(), "the 4th create in the same instant waits");
+        b.at -= Duration::from_millis(1100);
+        assert!(b.take(), "one more after a second");
+        assert!(!b.take());
+        b.at -= Duration::from_secs(60);
+        b.drain();
+        assert!(!b.take(), "drained after a 429: nothing until time passes");
+    }
+}
