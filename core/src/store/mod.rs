@@ -444,8 +444,20 @@ pub(crate) fn db_err(what: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
         let retryable = matches!(
             e,
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-        ) || matches!(&e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08") || c == "40001" || c == "40P01"));
-        Error::store(format!("{what}: {e}"))
+        ) || matches!(&e, sqlx::Error::Database(d) if d.code().is_some_and(|c| {
+            c.starts_with("57") || c.starts_with("08") || c == "40001" || c == "40P01"
+        }));
+        // A unique violation (SQLSTATE 23505; SQLite extended code 2067) is a conflict with
+        // another pending job holding the same unique key (e.g. retrying a dead job whose key
+        // was reused).
+        let unique = matches!(&e, sqlx::Error::Database(d)
+            if d.code().is_some_and(|c| c == "23505" || c == "2067"));
+        let kind = if unique {
+            crate::ErrorKind::Conflict
+        } else {
+            crate::ErrorKind::Store
+        };
+        Error::new(kind, format!("{what}: {e}"))
             .with_source(e)
             .with_retryable(retryable)
     }
