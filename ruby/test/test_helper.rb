@@ -1,0 +1,46 @@
+# frozen_string_literal: true
+
+# Unit tests: the gem over the real native extension (lib/flyjobs_ruby.so), no machines.
+# STRESS=1 runs every test under GC.stress (ankane/tokenizers-ruby does the same): a Ruby object
+# that the glue forgot to keep alive shows up as a crash here.
+$LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
+require "minitest/autorun"
+require "tmpdir"
+require "fileutils"
+require "json"
+require "flyjobs"
+
+module FlyJobsTestHelpers
+  # A client on a fresh SQLite queue; no scaler (nothing boots machines in unit tests).
+  def open_client(**opts)
+    @tmpdir ||= Dir.mktmpdir("flyjobs-test")
+    FlyJobs::Client.open(database_url: "sqlite://#{@tmpdir}/queue.db", **opts)
+  end
+
+  def teardown_tmpdir
+    FileUtils.rm_rf(@tmpdir) if @tmpdir
+  end
+
+  # Polls until the block is truthy, or fails after `timeout` seconds.
+  def wait_until(timeout: 10, interval: 0.05, message: "condition")
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    loop do
+      result = yield
+      return result if result
+      flunk "timed out after #{timeout}s waiting for #{message}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      sleep interval
+    end
+  end
+end
+
+if ENV["STRESS"] == "1"
+  module FlyJobsGCStress
+    def run(*)
+      GC.stress = true
+      super
+    ensure
+      GC.stress = false
+    end
+  end
+  Minitest::Test.prepend(FlyJobsGCStress)
+end
