@@ -12,9 +12,9 @@ require "flyjobs"
 
 module FlyJobsTestHelpers
   # A client on a fresh SQLite queue; no scaler (nothing boots machines in unit tests).
-  def open_client(**opts)
+  def open_client(**opts, &block)
     @tmpdir ||= Dir.mktmpdir("flyjobs-test")
-    FlyJobs::Client.open(database_url: "sqlite://#{@tmpdir}/queue.db", **opts)
+    FlyJobs::Client.open(database_url: "sqlite://#{@tmpdir}/queue.db", **opts, &block)
   end
 
   def teardown_tmpdir

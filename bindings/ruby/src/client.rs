@@ -114,6 +114,17 @@ impl RbClient {
         })
     }
 
+    /// `#_database_url`: the queue's URL, as given or the core's embedded default.
+    fn database_url(&self) -> Result<String, Error> {
+        guard(|ruby| {
+            let client = self.get(ruby)?;
+            match client.config().database_url() {
+                Some(url) => Ok(url.to_string()),
+                None => flyjobs::client::default_database_url().map_err(|e| to_ruby(ruby, &e)),
+            }
+        })
+    }
+
     /// `#_close`: idempotent.
     fn close(&self) -> Result<(), Error> {
         guard(|ruby| {
@@ -186,6 +197,7 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> Result<(), Error> {
     class.define_method("_start_scaler", method!(RbClient::start_scaler, 0))?;
     class.define_method("_set_default_worker_command", method!(RbClient::set_default_worker_command, 1))?;
     class.define_method("_worker", method!(RbClient::worker, 4))?;
+    class.define_method("_database_url", method!(RbClient::database_url, 0))?;
     class.define_method("_close", method!(RbClient::close, 0))?;
     Ok(())
 }

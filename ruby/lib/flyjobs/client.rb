@@ -105,6 +105,12 @@ module FlyJobs
       json && JSON.parse(json)
     end
 
+    # @return [String] the queue's database URL: as configured, or the core's embedded default
+    #   (a SQLite file in the current directory). Contains the password, if the URL has one.
+    def database_url
+      @native._database_url
+    end
+
     # Closes the client (its pool; the scaler and the embedded emulator if it started them).
     # @return [void]
     def close

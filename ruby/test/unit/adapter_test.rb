@@ -67,7 +67,7 @@ class AdapterTest < Minitest::Test
   end
 
   def test_enqueue_all_sets_every_provider_job_id
-    jobs = [AdapterTestJob.new(1), AdapterTestJob.new(2).set(priority: 1)]
+    jobs = [AdapterTestJob.new(1), AdapterTestJob.new(2).tap { |j| j.priority = 1 }]
     assert_equal 2, @adapter.enqueue_all(jobs)
     ids = jobs.map(&:provider_job_id)
     assert(ids.all?(Integer))
