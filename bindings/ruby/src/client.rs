@@ -114,6 +114,16 @@ impl RbClient {
         })
     }
 
+    /// `#_job(id) -> json or nil`: the stored job, every column.
+    fn job(&self, id: i64) -> Result<Option<String>, Error> {
+        guard(|ruby| {
+            let client = self.get(ruby)?;
+            let job = block(ruby, async move { client.store().get_job(flyjobs::job::JobId(id)).await })?;
+            job.map(|j| serde_json::to_string(&j).map_err(|e| to_ruby(ruby, &e.into())))
+                .transpose()
+        })
+    }
+
     /// `#_database_url`: the queue's URL, as given or the core's embedded default.
     fn database_url(&self) -> Result<String, Error> {
         guard(|ruby| {
@@ -122,6 +132,14 @@ impl RbClient {
                 Some(url) => Ok(url.to_string()),
                 None => flyjobs::client::default_database_url().map_err(|e| to_ruby(ruby, &e)),
             }
+        })
+    }
+
+    /// `#_emulator_url -> String or nil`: the embedded emulator's base URL, once started.
+    fn emulator_url(&self) -> Result<Option<String>, Error> {
+        guard(|ruby| {
+            let client = self.get(ruby)?;
+            block(ruby, async move { Ok(client.emulator_url().await) })
         })
     }
 
@@ -163,7 +181,9 @@ fn new_job(ruby: &Ruby, row: Row) -> Result<flyjobs::job::NewJob, Error> {
         None => None,
     };
     job.max_attempts = max_attempts;
-    job.name = name;
+    if let Some(name) = name {
+        job.name = name;
+    }
     job.unique_key = unique_key;
     Ok(job)
 }
@@ -197,7 +217,9 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> Result<(), Error> {
     class.define_method("_start_scaler", method!(RbClient::start_scaler, 0))?;
     class.define_method("_set_default_worker_command", method!(RbClient::set_default_worker_command, 1))?;
     class.define_method("_worker", method!(RbClient::worker, 4))?;
+    class.define_method("_job", method!(RbClient::job, 1))?;
     class.define_method("_database_url", method!(RbClient::database_url, 0))?;
+    class.define_method("_emulator_url", method!(RbClient::emulator_url, 0))?;
     class.define_method("_close", method!(RbClient::close, 0))?;
     Ok(())
 }

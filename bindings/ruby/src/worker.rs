@@ -106,7 +106,7 @@ pub struct RbLease {
     lease: Mutex<Option<flyjobs::worker::WorkerLease>>,
     job_id: i64,
     queue: String,
-    name: Option<String>,
+    name: String,
     attempts: i64,
     payload: String,
 }
@@ -141,7 +141,7 @@ impl RbLease {
     fn queue(&self) -> String {
         self.queue.clone()
     }
-    fn name(&self) -> Option<String> {
+    fn name(&self) -> String {
         self.name.clone()
     }
     fn attempts(&self) -> i64 {

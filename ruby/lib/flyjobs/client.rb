@@ -111,6 +111,12 @@ module FlyJobs
       @native._database_url
     end
 
+    # @return [String, nil] the base URL of the embedded Machines API emulator, once this client
+    #   started it (off Fly, with the scaler running)
+    def emulator_url
+      @native._emulator_url
+    end
+
     # Closes the client (its pool; the scaler and the embedded emulator if it started them).
     # @return [void]
     def close

@@ -18,7 +18,8 @@ module FlyJobs
     # Settings that go to the core as they are.
     CORE_OPTIONS = %i[
       database_url app_name api_token api_hostname image_ref machine_id region worker_app
-      max_machines worker_command max_payload_bytes request_timeout
+      max_machines worker_command env_allowlist max_payload_bytes request_timeout boot_timeout
+      lease_duration
     ].freeze
     # Per-queue settings that go to the core as they are.
     QUEUE_OPTIONS = %i[max_machines min_machines concurrency wait size cpus memory_mb region max_attempts].freeze

@@ -17,7 +17,7 @@ module FlyJobs
     def initialize(lease)
       @id = lease.job_id
       @queue = lease.queue
-      @name = lease.name
+      @name = lease.name.to_s.empty? ? nil : lease.name
       @attempts = lease.attempts
       @payload = JSON.parse(lease.payload)
     end

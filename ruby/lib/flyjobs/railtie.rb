@@ -31,6 +31,12 @@ module FlyJobs
       file = app.root.join("config", "flyjobs.yml")
       FlyJobs.config.merge!(app.config_for(:flyjobs).to_h) if file.exist?
       FlyJobs.config.merge!(app.config.flyjobs.to_h)
+      # Off Fly the embedded emulator's machines are local processes that get only the env vars
+      # named in the allowlist: let them boot in this process's Rails environment. (On Fly,
+      # RAILS_ENV comes with the image and the machine config, as for every machine.)
+      if ENV["FLY_MACHINE_ID"].to_s.empty? && FlyJobs.config.env_allowlist.nil? && ENV["FLYJOBS_ENV_ALLOWLIST"].to_s.empty?
+        FlyJobs.config.env_allowlist = %w[RAILS_ENV]
+      end
       # Worker machines run this app's binstub (rails generate flyjobs:install writes it), or
       # the gem's executable pointed at this app.
       binstub = app.root.join("bin", "fly-machine-worker")

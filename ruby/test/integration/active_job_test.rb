@@ -35,10 +35,24 @@ class ActiveJobTest < Minitest::Test
       lines = Out.read.select { |l| l["tag"] == tag }
       return lines if lines.size >= count
       if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
-        flunk "timed out after #{timeout}s waiting for #{count} line(s) tagged #{tag}; got #{lines.inspect}"
+        flunk "timed out after #{timeout}s waiting for #{count} line(s) tagged #{tag}; got #{lines.inspect}\n#{machine_logs}"
       end
       sleep 0.1
     end
+  end
+
+  # The last lines of the emulator machines' output, for failure messages.
+  def machine_logs
+    url = FlyJobs.client.emulator_url or return "(no emulator started)"
+    require "net/http"
+    auth = { "Authorization" => "Bearer test" }
+    machines = JSON.parse(Net::HTTP.get(URI("#{url}/v1/apps/flyjobs-local/machines"), auth))
+    machines.last(6).map do |m|
+      logs = Net::HTTP.get(URI("#{url}/emulator/apps/flyjobs-local/machines/#{m["id"]}/logs"), auth)
+      "--- machine #{m["id"]} (#{m["state"]}):\n#{logs.lines.last(25).join}"
+    end.join("\n")
+  rescue StandardError => e
+    "(machine logs unavailable: #{e.class}: #{e.message})"
   end
 
   def wait_for_state(id, states, timeout: TIMEOUT)
@@ -46,7 +60,7 @@ class ActiveJobTest < Minitest::Test
     loop do
       job = FlyJobs.client.job(id)
       return job if job && Array(states).include?(job["state"])
-      flunk "job #{id} never reached #{states.inspect}: #{job.inspect}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      flunk "job #{id} never reached #{states.inspect}: #{job.inspect}\n#{machine_logs}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
       sleep 0.2
     end
   end
