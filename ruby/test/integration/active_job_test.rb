@@ -74,6 +74,13 @@ class ActiveJobTest < Minitest::Test
     assert_kind_of ActiveJob::QueueAdapters::FlyMachineAdapter, ActiveJob::Base.queue_adapter
   end
 
+  def test_settings_come_from_config_flyjobs_and_config_flyjobs_yml
+    queues = FlyJobs.config.queues
+    assert_equal({ max_machines: 1, concurrency: 1, wait: 30 }, queues["urgent"], "from config/flyjobs.yml")
+    assert_equal 2, queues["default"][:max_machines], "from config.flyjobs"
+    assert_equal [File.join(RailsApp::ROOT, "bin", "fly-machine-worker")], FlyJobs.default_worker_command
+  end
+
   def test_perform_later_runs_in_a_worker_machine
     job = EchoJob.perform_later(tag, 1, "two", { "three" => 3 })
     assert_kind_of Integer, job.provider_job_id
