@@ -5,7 +5,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use magnus::prelude::*;
-use magnus::{Error, ExceptionClass, RModule, Ruby};
+use magnus::{Error, ExceptionClass, IntoValue, RModule, Ruby, Value};
 
 use crate::gvl::panic_message;
 
@@ -37,9 +37,13 @@ fn build(
     causes: Vec<String>,
 ) -> Result<Error, Error> {
     let exc = class.new_instance((message,))?;
-    exc.ivar_set("@retryable", err.is_retryable())?;
-    exc.ivar_set("@status", err.status())?;
-    exc.ivar_set("@causes", ruby.ary_from_vec(causes))?;
+    let set = |name: &str, value: Value| -> Result<(), Error> {
+        let _: Value = exc.funcall("instance_variable_set", (name, value))?;
+        Ok(())
+    };
+    set("@retryable", err.is_retryable().into_value_with(ruby))?;
+    set("@status", err.status().into_value_with(ruby))?;
+    set("@causes", ruby.ary_from_vec(causes).as_value())?;
     Ok(Error::from(exc))
 }
 

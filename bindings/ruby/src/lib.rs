@@ -18,6 +18,7 @@ mod worker;
 
 use magnus::{Error, Ruby, function, prelude::*};
 
+/// `require "flyjobs_ruby"`: defines `FlyJobs::Native` and its classes.
 #[magnus::init(name = "flyjobs_ruby")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
     let flyjobs = ruby.define_module("FlyJobs")?;
