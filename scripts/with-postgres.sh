@@ -7,7 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)}
 port=${FLYJOBS_TEST_PG_PORT:-$((54000 + RANDOM % 1000))}
 base="$root/.build/pg-$port"
-rm -rf "$base"; mkdir -p "$root/.build"; install -d -m 755 "$base"
+rm -rf "$base"; mkdir -p "$root/.build"; install -d -o postgres -g postgres -m 755 "$base"  # postgres writes server.log here
 data="$base/data"
 install -d -o postgres -g postgres -m 700 "$data"
 runuser -u postgres -- "$PGBIN/initdb" -D "$data" -U postgres -A trust --no-sync >/dev/null

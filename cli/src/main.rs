@@ -1,2 +1,279 @@
-//! The `flyjobs` command.
-fn main() {}
+//! `flyjobs`: run workers, the scaler, the emulator and the demo; enqueue and inspect jobs.
+//!
+//! Command jobs are the built-in job kind: the payload is `{"argv": [...], "env": {...}}` and
+//! exit status 0 is success. They make flyjobs usable with no language binding at all.
+
+mod command;
+mod demo;
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use flyjobs::config::{PoolMode, Wait};
+use flyjobs::job::{JobId, JobState, NewJob};
+use flyjobs::store::WorkerState;
+use flyjobs::{Client, Config};
+
+#[derive(Parser)]
+#[command(name = "flyjobs", version, about = "Background jobs on on-demand Fly Machines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a worker: claim command jobs of the queues and run them.
+    Worker(WorkerArgs),
+    /// Run the scaler standalone (boots machines for queued jobs).
+    Scaler {
+        /// Do one tick and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Enqueue a command job: `flyjobs enqueue --queue q -- CMD ARGS…`.
+    Enqueue(EnqueueArgs),
+    /// Per-queue counts and workers.
+    Status,
+    /// List jobs in a state.
+    Jobs {
+        /// scheduled, ready, running, completed, dead or discarded.
+        #[arg(long, default_value = "dead")]
+        state: String,
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Most rows to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Move a dead job back to ready.
+    Retry {
+        /// The job id.
+        id: i64,
+    },
+    /// Run the Machines API emulator standalone.
+    Emulator {
+        /// Port on 127.0.0.1 (0 = any free port).
+        #[arg(long, default_value_t = 4280)]
+        port: u16,
+        /// `fly` (Fly-like boot latencies) or `none`.
+        #[arg(long, default_value = "fly")]
+        latency: String,
+        /// Map an image ref to a directory: `--image registry.fly.io/app:tag=/srv/app`.
+        #[arg(long = "image")]
+        images: Vec<String>,
+    },
+    /// The demo: 200 command jobs in two queues on the embedded emulator + SQLite.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// Queues to serve, comma separated.
+    #[arg(long, default_value = "default", value_delimiter = ',')]
+    queues: Vec<String>,
+    /// Seconds to linger idle, or `forever`.
+    #[arg(long, default_value = "600")]
+    wait: String,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// What to do when idle time is up: none (exit), stop (exit; machine kept), suspend.
+    #[arg(long, default_value = "none")]
+    pool: String,
+}
+
+#[derive(clap::Args)]
+struct EnqueueArgs {
+    /// Queue name.
+    #[arg(long, default_value = "default")]
+    queue: String,
+    /// Run at this time (RFC 3339).
+    #[arg(long, conflicts_with = "delay")]
+    at: Option<String>,
+    /// Run after this long (`30s`, `5m`).
+    #[arg(long = "in")]
+    delay: Option<String>,
+    /// Lower runs first.
+    #[arg(long, default_value_t = 0)]
+    priority: i32,
+    /// Attempts before the job goes dead.
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    argv: Vec<String>,
+}
+
+fn main() {
+    init_tracing();
+    let cli = Cli::parse();
+    let rt = flyjobs::runtime::runtime();
+    let result = rt.block_on(run(cli));
+    if let Err(e) = result {
+        eprintln!("flyjobs: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing() {
+    let filter = std::env::var("FLYJOBS_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn open() -> anyhow::Result<Client> {
+    let config = Config::from_env()?;
+    Ok(Client::open(config).await?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Worker(args) => {
+            let wait = Wait::parse("--wait", &args.wait)?;
+            let pool = match args.pool.as_str() {
+                "none" => PoolMode::None,
+                "stop" => PoolMode::Stop,
+                "suspend" => PoolMode::Suspend,
+                other => bail!("--pool must be none, stop or suspend, got {other:?}"),
+            };
+            if args.concurrency == 0 {
+                bail!("--concurrency must be >= 1");
+            }
+            command::run_worker(open().await?, args.queues, args.concurrency, wait, pool).await
+        }
+        Command::Scaler { once } => {
+            let client = open().await?;
+            if once {
+                let scaler = client
+                    .build_scaler(flyjobs::scaler::ScalerOptions::default())
+                    .await
+                    .context("scaler")?;
+                let report = scaler.tick().await.context("scaler tick")?;
+                println!("{report:?}");
+                return Ok(());
+            }
+            client.set_default_worker_command(command::self_command()).await;
+            client.start_scaler().await.context("scaler")?;
+            eprintln!("flyjobs: scaler running; Ctrl-C to stop");
+            let _ = tokio::signal::ctrl_c().await;
+            client.shutdown().await;
+            Ok(())
+        }
+        Command::Enqueue(args) => {
+            let client = open().await?;
+            let mut job = NewJob::new(args.queue, command::payload(&args.argv));
+            job.name = "command".into();
+            job.priority = args.priority;
+            job.max_attempts = args.max_attempts;
+            job.run_at = match (args.at, args.delay) {
+                (Some(at), _) => Some(
+                    chrono::DateTime::parse_from_rfc3339(&at)
+                        .with_context(|| format!("--at must be RFC 3339: {at:?}"))?
+                        .with_timezone(&chrono::Utc),
+                ),
+                (None, Some(d)) => {
+                    let d = flyjobs::config::parse_duration("--in", &d)?;
+                    Some(chrono::Utc::now() + chrono::Duration::from_std(d)?)
+                }
+                (None, None) => None,
+            };
+            let job = client.enqueue(job).await.context("enqueue")?;
+            println!("{}", job.id);
+            Ok(())
+        }
+        Command::Status => status(open().await?).await,
+        Command::Jobs { state, queue, limit } => {
+            let state: JobState = state.parse()?;
+            let client = open().await?;
+            let jobs = client
+                .store()
+                .list_jobs(flyjobs::store::JobFilter {
+                    state: Some(state),
+                    queue,
+                    limit: limit as usize,
+                    after_id: None,
+                })
+                .await
+                .context("list jobs")?;
+            println!("{:>8}  {:<12} {:<10} {:>8}  {:<20} error", "id", "queue", "name", "attempts", "run_at");
+            for j in jobs {
+                let err = j.last_error.as_ref().map(|f| format!("{}: {}", f.class, f.message)).unwrap_or_default();
+                println!(
+                    "{:>8}  {:<12} {:<10} {:>8}  {:<20} {}",
+                    j.id,
+                    j.queue,
+                    j.name,
+                    j.attempts,
+                    j.run_at.format("%Y-%m-%d %H:%M:%S"),
+                    err
+                );
+            }
+            Ok(())
+        }
+        Command::Retry { id } => {
+            let client = open().await?;
+            client.store().retry_dead(JobId(id)).await.context("retry")?;
+            println!("job {id} is ready again");
+            Ok(())
+        }
+        Command::Emulator { port, latency, images } => {
+            let mut settings = match latency.as_str() {
+                "fly" => flyjobs_emulator::EmulatorSettings::default(),
+                "none" => flyjobs_emulator::EmulatorSettings::for_tests(),
+                other => bail!("--latency must be fly or none, got {other:?}"),
+            };
+            settings.port = port;
+            for spec in images {
+                let (image, dir) = spec
+                    .rsplit_once('=')
+                    .with_context(|| format!("--image must be REF=DIR, got {spec:?}"))?;
+                settings.images.insert(image.to_string(), dir.into());
+            }
+            let handle = flyjobs_emulator::Emulator::start(settings).await.context("emulator")?;
+            println!("flyjobs emulator: Machines API on {}/v1 (Ctrl-C to stop)", handle.base_url());
+            let _ = tokio::signal::ctrl_c().await;
+            handle.shutdown().await;
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+async fn status(client: Client) -> anyhow::Result<()> {
+    let stats = client.store().stats().await.context("stats")?;
+    let workers = client.store().workers().await.context("workers")?;
+    println!(
+        "{:<16} {:>7} {:>9} {:>7} {:>6} {:>10}   {:>7} {:>6} {:>9}",
+        "queue", "ready", "scheduled", "running", "dead", "oldest", "workers", "idle", "suspended"
+    );
+    for s in stats {
+        let mine: Vec<_> = workers.iter().filter(|w| w.queues.contains(&s.queue)).collect();
+        let idle = mine.iter().filter(|w| w.state == WorkerState::Idle).count();
+        let suspended = mine.iter().filter(|w| w.state == WorkerState::Suspended).count();
+        println!(
+            "{:<16} {:>7} {:>9} {:>7} {:>6} {:>10}   {:>7} {:>6} {:>9}",
+            s.queue,
+            s.ready,
+            s.scheduled,
+            s.running,
+            s.dead,
+            s.oldest_ready_age.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or_else(|| "-".into()),
+            mine.len(),
+            idle,
+            suspended
+        );
+    }
+    Ok(())
+}
+
+/// Seconds as a short human string.
+pub(crate) fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}

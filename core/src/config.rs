@@ -13,6 +13,7 @@
 //! assert!(!format!("{cfg:?}").contains("fm2_secret"));
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -63,6 +64,13 @@ pub struct Config {
     worker_app: Option<String>,
     max_payload_bytes: usize,
     request_timeout: Duration,
+    queues: BTreeMap<String, QueueSettings>,
+    default_queue: QueueSettings,
+    max_machines: u32,
+    worker_command: Option<Vec<String>>,
+    env_allowlist: Vec<String>,
+    boot_timeout: Duration,
+    lease_duration: Duration,
 }
 
 impl Config {
@@ -123,6 +131,275 @@ impl Config {
     pub fn on_fly(&self) -> bool {
         self.machine_id.is_some()
     }
+    /// The settings of `queue`: its entry in `FLYJOBS_QUEUES`, else the defaults.
+    pub fn queue(&self, queue: &str) -> &QueueSettings {
+        self.queues.get(queue).unwrap_or(&self.default_queue)
+    }
+    /// Queues named in `FLYJOBS_QUEUES` (others get the defaults when jobs arrive).
+    pub fn queues(&self) -> &BTreeMap<String, QueueSettings> {
+        &self.queues
+    }
+    /// `FLYJOBS_MAX_MACHINES`: worker machines of all queues together (default 20).
+    pub fn max_machines(&self) -> u32 {
+        self.max_machines
+    }
+    /// `FLYJOBS_WORKER_COMMAND`: the command a worker machine runs (split on whitespace), to
+    /// which the scaler appends `--queues Q --concurrency N --wait W`. Unset: the language
+    /// package's default (`bin/fly-machine-worker`, `python -m flyjobs worker`, `flyjobs worker`).
+    pub fn worker_command(&self) -> Option<&[String]> {
+        self.worker_command.as_deref()
+    }
+    /// `FLYJOBS_ENV_ALLOWLIST`: names of process env vars copied into worker machines. Empty by
+    /// default: a worker's env comes from the parent machine's *config*, never the process env.
+    pub fn env_allowlist(&self) -> &[String] {
+        &self.env_allowlist
+    }
+    /// `FLYJOBS_BOOT_TIMEOUT`: a machine that has not registered as a worker this long after it
+    /// was booted is destroyed and replaced (default 60 s).
+    pub fn boot_timeout(&self) -> Duration {
+        self.boot_timeout
+    }
+    /// `FLYJOBS_LEASE_DURATION`: how long a claimed job stays leased without a heartbeat
+    /// (default 30 s; the worker extends it every third of that).
+    pub fn lease_duration(&self) -> Duration {
+        self.lease_duration
+    }
+}
+
+/// How long a worker lingers when its queues are empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Exit (or stop/suspend, for a pool member) after this long idle.
+    Idle(Duration),
+    /// Never leave.
+    Forever,
+}
+
+impl Wait {
+    /// Parse `600`, `10m` or `forever`.
+    pub fn parse(var: &str, value: &str) -> Result<Wait> {
+        if value.trim().eq_ignore_ascii_case("forever") {
+            Ok(Wait::Forever)
+        } else {
+            parse_duration(var, value).map(Wait::Idle)
+        }
+    }
+    /// The `--wait` argument form: seconds, or `forever`.
+    pub fn to_arg(self) -> String {
+        match self {
+            Wait::Idle(d) => d.as_secs().to_string(),
+            Wait::Forever => "forever".into(),
+        }
+    }
+}
+
+/// What an idle worker machine of a queue does when it leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolMode {
+    /// Exit; the machine is destroyed (`auto_destroy`). The default.
+    None,
+    /// Exit and stay `stopped`, to be started again (about 300 ms on Fly).
+    Stop,
+    /// Suspend itself (memory snapshot), to be resumed (a few hundred ms; cheapest to wake).
+    Suspend,
+}
+
+impl PoolMode {
+    fn parse(var: &str, value: &str) -> Result<PoolMode> {
+        match value.trim() {
+            "" | "none" | "off" => Ok(PoolMode::None),
+            "stop" | "stopped" => Ok(PoolMode::Stop),
+            "suspend" | "suspended" => Ok(PoolMode::Suspend),
+            other => Err(Error::config(format!(
+                "{var}: pool must be none, stop or suspend, got {other:?}"
+            ))),
+        }
+    }
+    /// The stable name (`none`, `stop`, `suspend`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::None => "none",
+            PoolMode::Stop => "stop",
+            PoolMode::Suspend => "suspend",
+        }
+    }
+}
+
+/// Machine size of a queue's workers: a Fly preset or explicit cpus and memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineSize {
+    /// `shared` or `performance`.
+    pub cpu_kind: String,
+    /// Number of CPUs.
+    pub cpus: u32,
+    /// Memory in MB.
+    pub memory_mb: u32,
+}
+
+impl MachineSize {
+    /// A Fly preset: `shared-cpu-{1,2,4,6,8}x` (N cpus × 256 MB) or `performance-{1,2,4,8,16}x`
+    /// (N × 2048 MB). Unknown presets are a config error naming the preset.
+    pub fn preset(name: &str) -> Result<MachineSize> {
+        let bad = || {
+            Error::config(format!(
+                "unknown machine size {name:?}; use shared-cpu-{{1,2,4,6,8}}x or \
+                 performance-{{1,2,4,8,16}}x, or cpus and memory_mb"
+            ))
+        };
+        let (kind, n, per_cpu, allowed): (&str, &str, u32, &[u32]) =
+            if let Some(n) = name.strip_prefix("shared-cpu-") {
+                ("shared", n, 256, &[1, 2, 4, 6, 8])
+            } else if let Some(n) = name.strip_prefix("performance-") {
+                ("performance", n, 2048, &[1, 2, 4, 8, 16])
+            } else {
+                return Err(bad());
+            };
+        let cpus: u32 = n.strip_suffix('x').and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+        if !allowed.contains(&cpus) {
+            return Err(bad());
+        }
+        Ok(MachineSize { cpu_kind: kind.into(), cpus, memory_mb: cpus * per_cpu })
+    }
+}
+
+impl Default for MachineSize {
+    fn default() -> Self {
+        MachineSize { cpu_kind: "shared".into(), cpus: 1, memory_mb: 256 }
+    }
+}
+
+/// Per-queue scaling settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Most worker machines of this queue at once (default 5).
+    pub max_machines: u32,
+    /// Machines kept even when the queue is empty (default 0).
+    pub min_machines: u32,
+    /// Jobs one machine runs at once (default 1).
+    pub concurrency: u32,
+    /// How long an idle worker lingers (default 600 s).
+    pub wait: Wait,
+    /// What an idle worker does when it leaves (default: exit and be destroyed).
+    pub pool: PoolMode,
+    /// Size of the queue's machines (default shared-cpu-1x).
+    pub size: MachineSize,
+    /// Regions to create machines in, in order of preference (default: the parent's region).
+    pub regions: Vec<String>,
+    /// Attempts before a job of this queue goes dead (default 25; a job may override it).
+    pub max_attempts: u32,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            max_machines: 5,
+            min_machines: 0,
+            concurrency: 1,
+            wait: Wait::Idle(Duration::from_secs(600)),
+            pool: PoolMode::None,
+            size: MachineSize::default(),
+            regions: Vec::new(),
+            max_attempts: 25,
+        }
+    }
+}
+
+impl QueueSettings {
+    /// Apply `key=value` pairs (as in `FLYJOBS_QUEUES`) on top of `self`; `var` names the
+    /// setting in errors.
+    pub fn apply(mut self, var: &str, pairs: &str) -> Result<QueueSettings> {
+        let mut cpus = None;
+        let mut memory = None;
+        for pair in pairs.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                Error::config(format!("{var}: expected key=value, got {pair:?}"))
+            })?;
+            let (k, v) = (k.trim(), v.trim());
+            let num = |v: &str| -> Result<u32> {
+                v.parse::<u32>().map_err(|_| {
+                    Error::config(format!(
+                        "{var}: {k} must be a non-negative integer, got {v:?}"
+                    ))
+                })
+            };
+            match k {
+                "max_machines" | "max" => self.max_machines = num(v)?,
+                "min_machines" | "min" => self.min_machines = num(v)?,
+                "concurrency" => self.concurrency = num(v)?,
+                "wait" => self.wait = Wait::parse(&format!("{var}: wait"), v)?,
+                "pool" => self.pool = PoolMode::parse(var, v)?,
+                "size" => self.size = MachineSize::preset(v)?,
+                "cpus" => cpus = Some(num(v)?),
+                "memory_mb" | "memory" => memory = Some(num(v)?),
+                "region" | "regions" => {
+                    self.regions = v.split('|').map(|r| r.trim().to_string()).collect();
+                }
+                "max_attempts" => self.max_attempts = num(v)?,
+                other => {
+                    return Err(Error::config(format!(
+                        "{var}: unknown queue setting {other:?} (known: max_machines, \
+                         min_machines, concurrency, wait, pool, size, cpus, memory_mb, region, \
+                         max_attempts)"
+                    )));
+                }
+            }
+        }
+        if let Some(c) = cpus {
+            self.size.cpus = c;
+        }
+        if let Some(m) = memory {
+            self.size.memory_mb = m;
+        }
+        self.validate(var)?;
+        Ok(self)
+    }
+
+    /// Reject settings that cannot work, naming `var`.
+    pub fn validate(&self, var: &str) -> Result<()> {
+        if self.concurrency == 0 {
+            return Err(Error::config(format!("{var}: concurrency must be >= 1")));
+        }
+        if self.min_machines > self.max_machines {
+            return Err(Error::config(format!(
+                "{var}: min_machines ({}) is above max_machines ({})",
+                self.min_machines, self.max_machines
+            )));
+        }
+        if self.size.cpus == 0 || self.size.memory_mb == 0 {
+            return Err(Error::config(format!("{var}: cpus and memory_mb must be >= 1")));
+        }
+        if self.max_attempts == 0 {
+            return Err(Error::config(format!("{var}: max_attempts must be >= 1")));
+        }
+        Ok(())
+    }
+}
+
+/// Parse `FLYJOBS_QUEUES`: `name:key=value,key=value;name2:…`. A `*` entry sets the defaults
+/// for every queue not listed.
+pub fn parse_queues(
+    var: &str,
+    spec: &str,
+) -> Result<(QueueSettings, BTreeMap<String, QueueSettings>)> {
+    let mut default = QueueSettings::default();
+    let mut entries = Vec::new();
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, pairs) = entry.split_once(':').unwrap_or((entry, ""));
+        let name = name.trim();
+        if name == "*" {
+            default = default.apply(&format!("{var} (*)"), pairs)?;
+        } else {
+            crate::job::validate_queue(name)
+                .map_err(|e| Error::config(format!("{var}: {}", e.message())))?;
+            entries.push((name.to_string(), pairs.to_string()));
+        }
+    }
+    let mut queues = BTreeMap::new();
+    for (name, pairs) in entries {
+        let settings = default.clone().apply(&format!("{var} ({name})"), &pairs)?;
+        queues.insert(name, settings);
+    }
+    Ok((default, queues))
 }
 
 type Lookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -140,6 +417,13 @@ pub struct ConfigBuilder {
     worker_app: Option<String>,
     max_payload_bytes: Option<usize>,
     request_timeout: Option<Duration>,
+    queues: Option<String>,
+    queue_overrides: Vec<(String, QueueSettings)>,
+    max_machines: Option<u32>,
+    worker_command: Option<Vec<String>>,
+    env_allowlist: Option<Vec<String>>,
+    boot_timeout: Option<Duration>,
+    lease_duration: Option<Duration>,
     lookup: Option<Lookup>,
 }
 
@@ -185,6 +469,26 @@ impl ConfigBuilder {
         max_payload_bytes: usize,
         /// Explicit `FLYJOBS_REQUEST_TIMEOUT`.
         request_timeout: Duration,
+        /// Explicit `FLYJOBS_QUEUES` (`name:key=value,…;name2:…`).
+        queues: String,
+        /// Explicit `FLYJOBS_MAX_MACHINES`.
+        max_machines: u32,
+        /// Explicit `FLYJOBS_WORKER_COMMAND`.
+        worker_command: Vec<String>,
+        /// Explicit `FLYJOBS_ENV_ALLOWLIST`.
+        env_allowlist: Vec<String>,
+        /// Explicit `FLYJOBS_BOOT_TIMEOUT`.
+        boot_timeout: Duration,
+        /// Explicit `FLYJOBS_LEASE_DURATION`.
+        lease_duration: Duration,
+    }
+
+    /// Settings of one queue, given as a value (language packages: `queues: {mail: {…}}`);
+    /// overrides `FLYJOBS_QUEUES` for that queue.
+    #[must_use]
+    pub fn queue(mut self, name: impl Into<String>, settings: QueueSettings) -> Self {
+        self.queue_overrides.push((name.into(), settings));
+        self
     }
 
     /// Read env vars through `lookup` instead of the process environment (tests pass a map).
@@ -246,7 +550,57 @@ impl ConfigBuilder {
             )));
         }
 
+        let queues_spec = pick(&self.queues, "FLYJOBS_QUEUES").unwrap_or_default();
+        let (default_queue, mut queues) = parse_queues("FLYJOBS_QUEUES", &queues_spec)?;
+        for (name, settings) in &self.queue_overrides {
+            crate::job::validate_queue(name)
+                .map_err(|e| Error::config(format!("queue settings: {}", e.message())))?;
+            settings.validate(&format!("queue {name}"))?;
+            queues.insert(name.clone(), settings.clone());
+        }
+        let max_machines = match self.max_machines {
+            Some(v) => v,
+            None => match env("FLYJOBS_MAX_MACHINES") {
+                Some(v) => u32::try_from(parse_positive("FLYJOBS_MAX_MACHINES", &v)?)
+                    .map_err(|_| Error::config("FLYJOBS_MAX_MACHINES is too large"))?,
+                None => 20,
+            },
+        };
+        let words = |v: String| -> Vec<String> {
+            v.split([',', ' ']).filter(|w| !w.is_empty()).map(str::to_string).collect()
+        };
+        let worker_command = self
+            .worker_command
+            .clone()
+            .or_else(|| env("FLYJOBS_WORKER_COMMAND").map(|v| v.split_whitespace().map(str::to_string).collect()));
+        if worker_command.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::config("FLYJOBS_WORKER_COMMAND is empty"));
+        }
+        let env_allowlist =
+            self.env_allowlist.clone().or_else(|| env("FLYJOBS_ENV_ALLOWLIST").map(words)).unwrap_or_default();
+        let dur = |explicit: Option<Duration>, var: &str, default: u64| -> Result<Duration> {
+            match explicit {
+                Some(d) => Ok(d),
+                None => match env(var) {
+                    Some(v) => parse_duration(var, &v),
+                    None => Ok(Duration::from_secs(default)),
+                },
+            }
+        };
+        let boot_timeout = dur(self.boot_timeout, "FLYJOBS_BOOT_TIMEOUT", 60)?;
+        let lease_duration = dur(self.lease_duration, "FLYJOBS_LEASE_DURATION", 30)?;
+        if lease_duration < Duration::from_secs(1) {
+            return Err(Error::config("FLYJOBS_LEASE_DURATION must be at least 1s"));
+        }
+
         Ok(Config {
+            queues,
+            default_queue,
+            max_machines,
+            worker_command,
+            env_allowlist,
+            boot_timeout,
+            lease_duration,
             api_token: pick(&self.api_token, "FLY_API_TOKEN").map(Secret),
             api_hostname: api_hostname.trim_end_matches('/').to_string(),
             app_name: pick(&self.app_name, "FLY_APP_NAME"),
@@ -342,6 +696,45 @@ mod tests {
         let e = build(&[("FLYJOBS_DATABASE_URL", "mysql://u:pw@h/db")]).unwrap_err();
         assert!(e.to_string().contains("FLYJOBS_DATABASE_URL"), "{e}");
         assert!(!e.to_string().contains("pw@"), "{e}");
+    }
+
+    #[test]
+    fn queues_parse_with_defaults_and_star() {
+        let c = build(&[(
+            "FLYJOBS_QUEUES",
+            "*:concurrency=2;mail:max_machines=2,wait=forever,min=1,pool=suspend;img:size=performance-2x",
+        )])
+        .unwrap();
+        let mail = c.queue("mail");
+        assert_eq!((mail.max_machines, mail.min_machines, mail.concurrency), (2, 1, 2));
+        assert_eq!(mail.wait, Wait::Forever);
+        assert_eq!(mail.pool, PoolMode::Suspend);
+        assert_eq!(c.queue("img").size, MachineSize { cpu_kind: "performance".into(), cpus: 2, memory_mb: 4096 });
+        assert_eq!(c.queue("unlisted").concurrency, 2);
+        assert_eq!(c.queue("unlisted").max_machines, 5);
+    }
+
+    #[test]
+    fn bad_queue_settings_are_named() {
+        for (spec, needle) in [
+            ("mail:max_machines=-1", "max_machines"),
+            ("mail:min=3,max=2", "min_machines"),
+            ("mail:size=huge-9x", "huge-9x"),
+            ("mail:colour=red", "colour"),
+            ("bad queue!:max=1", "bad queue!"),
+            ("mail:concurrency=0", "concurrency"),
+        ] {
+            let e = build(&[("FLYJOBS_QUEUES", spec)]).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Config);
+            assert!(e.to_string().contains(needle), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn presets() {
+        assert_eq!(MachineSize::preset("shared-cpu-2x").unwrap().memory_mb, 512);
+        assert_eq!(MachineSize::preset("performance-4x").unwrap().memory_mb, 8192);
+        assert!(MachineSize::preset("shared-cpu-3x").is_err());
     }
 
     #[test]

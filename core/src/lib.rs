@@ -15,13 +15,28 @@
 //! - [`retry`]: the pure retry policy.
 //! - [`machines`]: the Fly Machines API client.
 //! - [`store`]: the durable queue (PostgreSQL in production, SQLite embedded).
+//! - [`fork`]: a worker machine's config, derived from the parent machine.
+//! - [`scaler`]: queue depth → machines, within limits; the reaper.
+//! - [`worker`]: the pull loop inside a worker machine.
+//! - [`client`]: [`Client`], what the app holds.
+//! - [`runtime`]: one fork-aware tokio runtime per process, for the bindings.
 
+pub mod client;
 pub mod config;
+#[cfg(feature = "embedded")]
+pub mod embedded;
 pub mod error;
+pub mod fork;
 pub mod job;
 pub mod machines;
 pub mod retry;
+pub mod runtime;
+pub mod scaler;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod worker;
 
+pub use client::Client;
 pub use config::{Config, ConfigBuilder};
 pub use error::{Error, ErrorKind, Result};

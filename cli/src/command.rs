@@ -1,0 +1,147 @@
+//! Command jobs: payload `{"argv": [...], "env": {...}}`; exit status 0 is success.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use flyjobs::config::{PoolMode, Wait};
+use flyjobs::job::Failure;
+use flyjobs::worker::{WorkerLease, WorkerOptions};
+use flyjobs::Client;
+use serde::Deserialize;
+use tokio::process::Command;
+use tracing::{info, warn};
+
+/// The payload of a command job.
+#[derive(Debug, Deserialize)]
+struct CommandJob {
+    argv: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// Build the payload for `argv`.
+pub fn payload(argv: &[String]) -> serde_json::Value {
+    serde_json::json!({ "argv": argv })
+}
+
+/// The command that runs this binary's worker (what the scaler puts in a machine's init.cmd).
+pub fn self_command() -> Vec<String> {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "flyjobs".into());
+    vec![exe, "worker".into()]
+}
+
+/// How long a stopping worker lets running jobs finish: `FLYJOBS_SHUTDOWN_TIMEOUT`, default 4 s
+/// (Fly's default kill timeout of 5 s minus a margin to release what is left).
+fn shutdown_timeout() -> Duration {
+    std::env::var("FLYJOBS_SHUTDOWN_TIMEOUT")
+        .ok()
+        .and_then(|v| flyjobs::config::parse_duration("FLYJOBS_SHUTDOWN_TIMEOUT", &v).ok())
+        .unwrap_or(Duration::from_secs(4))
+}
+
+/// Run a worker for command jobs until it is idle for `wait` or receives SIGTERM/SIGINT.
+pub async fn run_worker(
+    client: Client,
+    queues: Vec<String>,
+    concurrency: u32,
+    wait: Wait,
+    pool: PoolMode,
+) -> anyhow::Result<()> {
+    let worker = client
+        .worker(WorkerOptions { queues, concurrency, wait, pool, id: None })
+        .await
+        .context("starting the worker")?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let worker = worker.clone();
+        tasks.spawn(async move {
+            loop {
+                match worker.next().await {
+                    Ok(Some(lease)) => run_one(lease).await,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let signalled = tokio::select! {
+        _ = term.recv() => true,
+        _ = int.recv() => true,
+        () = async { while tasks.join_next().await.is_some() {} } => false,
+    };
+    if signalled {
+        info!(worker = worker.id(), "signal received: quiet, finishing running jobs");
+        worker.quiet();
+        let deadline = shutdown_timeout();
+        // Running jobs get until the deadline; whatever is left is released by stop().
+        let _ = tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await;
+        worker.stop(Duration::ZERO).await;
+        tasks.abort_all();
+    } else {
+        worker.stop(Duration::ZERO).await;
+    }
+    Ok(())
+}
+
+async fn run_one(lease: WorkerLease) {
+    let job = lease.job();
+    let id = job.id;
+    let parsed: Result<CommandJob, _> = serde_json::from_value(job.payload.clone());
+    let result = match parsed {
+        Err(e) => Err(Failure {
+            class: "FlyJobs::InvalidPayload".into(),
+            message: format!("a command job's payload must be {{\"argv\": [...]}}: {e}"),
+            backtrace: Vec::new(),
+        }),
+        Ok(cmd) if cmd.argv.is_empty() => Err(Failure {
+            class: "FlyJobs::InvalidPayload".into(),
+            message: "a command job needs a non-empty argv".into(),
+            backtrace: Vec::new(),
+        }),
+        Ok(cmd) => run_command(&cmd).await,
+    };
+    let outcome = match result {
+        Ok(()) => lease.complete().await.map(|()| "completed".to_string()),
+        Err(failure) => lease.fail(failure).await.map(|o| format!("{o:?}")),
+    };
+    match outcome {
+        Ok(o) => info!(job = %id, outcome = %o, "job finished"),
+        Err(e) => warn!(job = %id, error = %e, "could not record the job's outcome"),
+    }
+}
+
+async fn run_command(cmd: &CommandJob) -> Result<(), Failure> {
+    let output = Command::new(&cmd.argv[0])
+        .args(&cmd.argv[1..])
+        .envs(&cmd.env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::piped())
+        // A job released at shutdown must not keep running behind our back.
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| Failure {
+            class: "FlyJobs::CommandNotStarted".into(),
+            message: format!("could not start {:?}: {e}", cmd.argv[0]),
+            backtrace: Vec::new(),
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: Vec<String> = stderr.lines().rev().take(20).map(str::to_string).collect::<Vec<_>>().into_iter().rev().collect();
+    Err(Failure {
+        class: "FlyJobs::CommandFailed".into(),
+        message: match output.status.code() {
+            Some(code) => format!("{:?} exited with status {code}", cmd.argv[0]),
+            None => format!("{:?} was killed by a signal", cmd.argv[0]),
+        },
+        backtrace: tail,
+    })
+}

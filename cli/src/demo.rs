@@ -1,0 +1,220 @@
+//! `flyjobs demo`: the embedded default end to end. An in-process Machines API emulator whose
+//! machines are local processes, a SQLite queue, 200 command jobs of mixed length in two queues
+//! with different limits; live progress, then a summary read from the queue and from the
+//! emulator's billing ledger.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use flyjobs::job::{Job, JobState, NewJob};
+use flyjobs::machines::Machines;
+use flyjobs::machines::types::ListMachinesQuery;
+use flyjobs::{Client, Config};
+
+use crate::command::{payload, self_command};
+
+/// Options of the demo.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Jobs to enqueue.
+    #[arg(long, default_value_t = 200)]
+    jobs: u32,
+    /// `fly` (Fly-like boot latencies: create 1.5 s, start 0.3 s) or `none`.
+    #[arg(long, default_value = "fly")]
+    latency: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 150)]
+    timeout: u64,
+}
+
+const QUEUES: &str = "default:max_machines=4,concurrency=2,wait=2;reports:max_machines=2,concurrency=1,wait=2";
+
+/// Run the demo.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let db = format!("sqlite://{}/demo.sqlite3?mode=rwc", dir.path().display());
+    let config = Config::builder()
+        .database_url(db)
+        .queues(QUEUES)
+        .lease_duration(Duration::from_secs(10))
+        .build()?;
+    let client = Client::open(config).await?;
+
+    let mut settings = match args.latency.as_str() {
+        "fly" => flyjobs_emulator::EmulatorSettings::default(),
+        "none" => flyjobs_emulator::EmulatorSettings::for_tests(),
+        other => bail!("--latency must be fly or none, got {other:?}"),
+    };
+    settings.images.insert(flyjobs::fork::EMBEDDED_IMAGE.to_string(), std::env::current_dir()?);
+    let (emulator, machines, app) = flyjobs::embedded::start(settings).await?;
+    client.set_machines(machines.clone(), app.clone()).await;
+    client.set_default_worker_command(self_command()).await;
+
+    println!("flyjobs demo: embedded Machines API at {}, queue in SQLite", emulator.base_url());
+    println!("  queues: {}", QUEUES.replace(';', "  |  "));
+
+    let jobs = plan(args.jobs, dir.path());
+    let total = jobs.len();
+    let t0 = Instant::now();
+    client.enqueue_many(jobs).await.context("enqueue")?;
+    println!("  enqueued {total} command jobs in {:.0} ms; starting the scaler\n", t0.elapsed().as_secs_f64() * 1e3);
+    client.start_scaler().await?;
+
+    let mut peak: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let stats = client.store().stats().await?;
+        let (mut done, mut dead, mut pending) = (0, 0, 0);
+        for s in &stats {
+            done += s.completed;
+            dead += s.dead;
+            pending += s.ready + s.scheduled + s.running;
+        }
+        let per_queue = machines_per_queue(machines.as_ref(), &app).await.unwrap_or_default();
+        for (q, n) in &per_queue {
+            let p = peak.entry(q.clone()).or_default();
+            *p = (*p).max(*n);
+        }
+        let shown: Vec<String> = ["default", "reports"]
+            .iter()
+            .map(|q| format!("{q}: {} machines", per_queue.get(*q).copied().unwrap_or(0)))
+            .collect();
+        println!(
+            "  [{:>5.1}s] done {done:>3}/{total}  dead {dead}  pending {pending:>3}   {}",
+            t0.elapsed().as_secs_f64(),
+            shown.join("  ")
+        );
+        if pending == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            client.shutdown().await;
+            bail!("demo did not finish within {} s", args.timeout);
+        }
+    }
+    let elapsed = t0.elapsed();
+    client.shutdown().await;
+
+    let all = all_jobs(&client).await?;
+    let ledger = emulator.ledger();
+    summary(&all, &ledger, &peak, elapsed);
+    emulator.shutdown().await;
+    Ok(())
+}
+
+/// 200 jobs: most short (default), some long (reports), a few that fail once and succeed on
+/// their retry, two that always fail and end dead.
+fn plan(n: u32, dir: &std::path::Path) -> Vec<NewJob> {
+    let mut jobs = Vec::new();
+    for i in 0..n {
+        let (queue, secs, argv) = match i % 20 {
+            // A report: 0.5–2 s.
+            0..=3 => {
+                let s = 0.5 + f64::from(i % 7) * 0.25;
+                ("reports", s, vec!["sleep".into(), format!("{s:.2}")])
+            }
+            // Fails on its first attempt, succeeds on the retry (Sidekiq's curve: ~15–35 s later).
+            5 if i < 80 => {
+                let marker = dir.join(format!("once-{i}"));
+                let script = format!(
+                    "sleep 0.1; if [ -e '{m}' ]; then exit 0; else touch '{m}'; echo 'flaky: first attempt fails' >&2; exit 3; fi",
+                    m = marker.display()
+                );
+                ("default", 0.1, vec!["sh".into(), "-c".into(), script])
+            }
+            // Always fails; one attempt only, so it lands in the dead set.
+            7 if i < 40 => ("default", 0.0, vec!["sh".into(), "-c".into(), "echo 'broken job' >&2; exit 1".into()]),
+            _ => {
+                let s = 0.05 + f64::from(i % 11) * 0.05;
+                ("default", s, vec!["sleep".into(), format!("{s:.2}")])
+            }
+        };
+        let _ = secs;
+        let mut job = NewJob::new(queue, payload(&argv));
+        job.name = "command".into();
+        if argv[0] == "sh" && argv[2].starts_with("echo 'broken") {
+            job.max_attempts = Some(1);
+        }
+        jobs.push(job);
+    }
+    jobs
+}
+
+async fn machines_per_queue(machines: &dyn Machines, app: &str) -> flyjobs::Result<BTreeMap<String, usize>> {
+    let list = machines
+        .list_machines(
+            app,
+            &ListMachinesQuery {
+                metadata: BTreeMap::from([("flyjobs_role".to_string(), "worker".to_string())]),
+                ..ListMachinesQuery::default()
+            },
+        )
+        .await?;
+    let mut out = BTreeMap::new();
+    for m in list {
+        if matches!(m.state_str(), "created" | "starting" | "started") {
+            let q = m.metadata_value("flyjobs_queue").unwrap_or("?").to_string();
+            *out.entry(q).or_default() += 1;
+        }
+    }
+    Ok(out)
+}
+
+async fn all_jobs(client: &Client) -> anyhow::Result<Vec<Job>> {
+    let mut out = Vec::new();
+    for state in [JobState::Completed, JobState::Dead] {
+        let mut after = None;
+        loop {
+            let page = client
+                .store()
+                .list_jobs(flyjobs::store::JobFilter { state: Some(state), queue: None, limit: 500, after_id: after })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            out.extend(page);
+        }
+    }
+    Ok(out)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn summary(jobs: &[Job], ledger: &flyjobs_emulator::Ledger, peak: &BTreeMap<String, usize>, elapsed: Duration) {
+    let done = jobs.iter().filter(|j| j.state == JobState::Completed).count();
+    let retried = jobs.iter().filter(|j| j.state == JobState::Completed && j.attempts > 1).count();
+    let dead = jobs.iter().filter(|j| j.state == JobState::Dead).count();
+    // Enqueue → start of the first attempt: what a user waits for a machine.
+    let mut latency: Vec<f64> = jobs
+        .iter()
+        .filter(|j| j.attempts == 1)
+        .filter_map(|j| j.started_at.map(|s| (s - j.created_at).as_seconds_f64()))
+        .collect();
+    latency.sort_by(f64::total_cmp);
+    let busy: f64 = jobs
+        .iter()
+        .filter_map(|j| Some((j.finished_at? - j.started_at?).as_seconds_f64()))
+        .sum();
+    let billed = ledger.total_started_seconds + ledger.total_suspended_seconds;
+    println!("\nsummary ({:.1} s)", elapsed.as_secs_f64());
+    println!("  jobs done            {done} ({retried} after a retry)");
+    println!("  jobs failed (dead)   {dead}");
+    println!("  machines booted      {}", ledger.machines.len());
+    for (q, n) in peak {
+        println!("  peak machines {q:<8} {n}");
+    }
+    println!(
+        "  enqueue→start        p50 {:.2} s   p95 {:.2} s",
+        percentile(&latency, 0.50),
+        percentile(&latency, 0.95)
+    );
+    println!("  billed machine-s     {billed:.1} (emulator ledger: started + suspended)");
+    println!("  busy job-s           {busy:.1}   (utilisation {:.0}%)", if billed > 0.0 { busy / billed * 100.0 } else { 0.0 });
+}

@@ -1,0 +1,356 @@
+//! End to end: the real emulator (machines are real local processes running `flyjobs worker`),
+//! the real scaler and worker, SQLite and PostgreSQL queues.
+//!
+//! PostgreSQL tests need `FLYJOBS_TEST_DATABASE_URL` (scripts/with-postgres.sh sets it); they
+//! fail without it unless `FLYJOBS_SKIP_PG=1` says to skip them, loudly.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flyjobs::job::{JobId, JobState, NewJob};
+use flyjobs::machines::Machines;
+use flyjobs::scaler::{Scaler, ScalerOptions};
+use flyjobs::{Client, Config};
+use flyjobs_emulator::{EmulatorHandle, EmulatorSettings};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flyjobs");
+
+#[derive(Clone, Copy, Debug)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+struct Env {
+    client: Client,
+    emulator: EmulatorHandle,
+    machines: Arc<dyn Machines>,
+    app: String,
+    dir: tempfile::TempDir,
+}
+
+async fn database_url(db: Db, dir: &std::path::Path) -> Option<String> {
+    match db {
+        Db::Sqlite => Some(format!("sqlite://{}/q.sqlite3?mode=rwc", dir.display())),
+        Db::Postgres => {
+            let Ok(base) = std::env::var("FLYJOBS_TEST_DATABASE_URL") else {
+                assert!(
+                    std::env::var("FLYJOBS_SKIP_PG").is_ok(),
+                    "FLYJOBS_TEST_DATABASE_URL is unset: run through scripts/with-postgres.sh (or set FLYJOBS_SKIP_PG=1 to skip)"
+                );
+                eprintln!("SKIPPED: PostgreSQL test (FLYJOBS_SKIP_PG=1)");
+                return None;
+            };
+            Some(flyjobs::testing::fresh_postgres_database(&base).await.expect("fresh database"))
+        }
+    }
+}
+
+async fn setup(db: Db, queues: &str, settings: EmulatorSettings) -> Option<Env> {
+    setup_with(db, queues, settings, |b| b).await
+}
+
+async fn setup_with(
+    db: Db,
+    queues: &str,
+    settings: EmulatorSettings,
+    tweak: impl FnOnce(flyjobs::ConfigBuilder) -> flyjobs::ConfigBuilder,
+) -> Option<Env> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_url(db, dir.path()).await?;
+    let config = tweak(Config::builder())
+        .database_url(url)
+        .queues(queues)
+        .lease_duration(Duration::from_secs(2))
+        .boot_timeout(Duration::from_secs(30))
+        .lookup(|_| None)
+        .build()
+        .unwrap();
+    let client = Client::open(config).await.unwrap();
+    let mut settings = settings;
+    settings.images.insert(flyjobs::fork::EMBEDDED_IMAGE.to_string(), dir.path().to_path_buf());
+    let (emulator, machines, app) = flyjobs::embedded::start(settings).await.unwrap();
+    client.set_machines(machines.clone(), app.clone()).await;
+    client.set_default_worker_command(vec![BIN.to_string(), "worker".into()]).await;
+    Some(Env { client, emulator, machines, app, dir })
+}
+
+fn fast() -> EmulatorSettings {
+    EmulatorSettings::for_tests()
+}
+
+impl Env {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn enqueue_sh(&self, queue: &str, script: &str) -> JobId {
+        let mut job = NewJob::new(queue, serde_json::json!({"argv": ["sh", "-c", script]}));
+        job.name = "command".into();
+        self.client.enqueue(job).await.unwrap().id
+    }
+
+    async fn scaler(&self) -> Arc<Scaler> {
+        Arc::new(
+            self.client
+                .build_scaler(ScalerOptions { interval: Duration::from_millis(200), ..ScalerOptions::default() })
+                .await
+                .unwrap(),
+        )
+    }
+
+    async fn state(&self, id: JobId) -> JobState {
+        self.client.store().get_job(id).await.unwrap().unwrap().state
+    }
+
+    async fn wait_state(&self, id: JobId, want: JobState, within: Duration) {
+        let until = Instant::now() + within;
+        loop {
+            let s = self.state(id).await;
+            if s == want {
+                return;
+            }
+            assert!(Instant::now() < until, "job {id} is {s:?}, wanted {want:?} within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Worker machines that are active (created, starting, started), per the emulator.
+    fn active_machines(&self) -> Vec<flyjobs_emulator::MachineSnapshot> {
+        self.emulator
+            .machines(&self.app)
+            .into_iter()
+            .filter(|m| matches!(m.state.as_str(), "created" | "starting" | "started"))
+            .collect()
+    }
+}
+
+async fn boots_a_machine_for_a_new_job(db: Db) {
+    let Some(env) = setup(db, "default:max_machines=2,wait=1", fast()).await else { return };
+    assert!(env.emulator.machines(&env.app).is_empty(), "nothing runs before a job arrives");
+    let out = env.path("ran");
+    let id = env.enqueue_sh("default", &format!("echo hello > '{}'", out.display())).await;
+    let handle = env.scaler().await.spawn();
+    env.wait_state(id, JobState::Completed, Duration::from_secs(30)).await;
+    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "hello");
+    let machines = env.emulator.machines(&env.app);
+    assert_eq!(machines.len(), 1, "one job, one machine: {machines:?}");
+    handle.stop().await;
+    env.emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_boots_a_machine_for_a_new_job() {
+    boots_a_machine_for_a_new_job(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_boots_a_machine_for_a_new_job() {
+    boots_a_machine_for_a_new_job(Db::Postgres).await;
+}
+
+async fn thousand_jobs_never_exceed_max_machines(db: Db) {
+    let Some(env) = setup(db, "bulk:max_machines=3,concurrency=2,wait=1", fast()).await else { return };
+    let jobs: Vec<NewJob> = (0..1000)
+        .map(|_| {
+            let mut j = NewJob::new("bulk", serde_json::json!({"argv": ["true"]}));
+            j.name = "command".into();
+            j
+        })
+        .collect();
+    env.client.enqueue_many(jobs).await.unwrap();
+    let handle = env.scaler().await.spawn();
+    let until = Instant::now() + Duration::from_secs(240);
+    let mut peak = 0;
+    loop {
+        let active = env.active_machines().len();
+        peak = peak.max(active);
+        assert!(active <= 3, "{active} machines of a max_machines=3 queue are running");
+        let stats = env.client.store().stats().await.unwrap();
+        let s = stats.iter().find(|s| s.queue == "bulk").unwrap();
+        if s.completed == 1000 {
+            break;
+        }
+        assert!(Instant::now() < until, "not done in time: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(peak >= 2, "a burst of 1000 jobs should get more than one machine (peak {peak})");
+    handle.stop().await;
+    env.emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_thousand_jobs_never_exceed_max_machines() {
+    thousand_jobs_never_exceed_max_machines(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_thousand_jobs_never_exceed_max_machines() {
+    thousand_jobs_never_exceed_max_machines(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_leave_after_wait_and_forever_keeps_min_machines() {
+    let Some(env) = setup(Db::Sqlite, "brief:wait=1;always:min_machines=1,wait=forever", fast()).await else {
+        return;
+    };
+    let handle = env.scaler().await.spawn();
+    let id = env.enqueue_sh("brief", "true").await;
+    env.wait_state(id, JobState::Completed, Duration::from_secs(30)).await;
+    // The brief worker leaves about 1 s after its last job; auto_destroy removes its machine.
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let brief = env
+            .active_machines()
+            .into_iter()
+            .filter(|m| m.metadata.get("flyjobs_queue").map(String::as_str) == Some("brief"))
+            .count();
+        if brief == 0 {
+            break;
+        }
+        assert!(Instant::now() < until, "brief worker still running long after wait=1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The forever queue keeps exactly one machine although it never had a job.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let always: Vec<_> = env
+        .active_machines()
+        .into_iter()
+        .filter(|m| m.metadata.get("flyjobs_queue").map(String::as_str) == Some("always"))
+        .collect();
+    assert_eq!(always.len(), 1, "min_machines=1 with wait=forever keeps one machine: {always:?}");
+    assert_eq!(always[0].state, "started");
+    handle.stop().await;
+    env.emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_job_gets_a_machine_when_due_and_not_before() {
+    let Some(env) = setup(Db::Sqlite, "later:wait=1", fast()).await else { return };
+    let handle = env.scaler().await.spawn();
+    let run_at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let mut job = NewJob::new("later", serde_json::json!({"argv": ["true"]}));
+    job.name = "command".into();
+    job.run_at = Some(run_at);
+    let id = env.client.enqueue(job).await.unwrap().id;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(env.emulator.machines(&env.app).is_empty(), "a machine was booted before the job was due");
+    env.wait_state(id, JobState::Completed, Duration::from_secs(30)).await;
+    let job = env.client.store().get_job(id).await.unwrap().unwrap();
+    assert!(job.started_at.unwrap() >= run_at, "started {:?} before run_at {run_at}", job.started_at);
+    handle.stop().await;
+    env.emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_mid_job_never_loses_it() {
+    let Some(env) = setup(Db::Sqlite, "term:wait=1", fast()).await else { return };
+    let started = env.path("started");
+    let done = env.path("done");
+    // Longer than the worker's shutdown grace (FLYJOBS_SHUTDOWN_TIMEOUT default 4 s): released.
+    let id = env
+        .enqueue_sh(
+            "term",
+            &format!("echo x >> '{}'; sleep 6; echo x >> '{}'", started.display(), done.display()),
+        )
+        .await;
+    let handle = env.scaler().await.spawn();
+    let until = Instant::now() + Duration::from_secs(30);
+    while !started.exists() {
+        assert!(Instant::now() < until, "job never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = env.active_machines();
+    assert_eq!(first.len(), 1);
+    // What Fly sends on stop.
+    let stop = flyjobs::machines::types::StopRequest {
+        signal: Some("SIGTERM".into()),
+        timeout: Some("10s".into()),
+        ..Default::default()
+    };
+    env.machines.stop_machine(&env.app, &first[0].id, &stop, None).await.unwrap();
+    env.wait_state(id, JobState::Completed, Duration::from_secs(60)).await;
+    let runs = std::fs::read_to_string(&started).unwrap().lines().count();
+    assert!(runs >= 2, "the released job ran again (runs: {runs})");
+    let job = env.client.store().get_job(id).await.unwrap().unwrap();
+    assert!(job.last_error.is_none(), "a release is not a failure: {:?}", job.last_error);
+    handle.stop().await;
+    env.emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkilled_machine_job_runs_again_elsewhere() {
+    let Some(env) = setup(Db::Sqlite, "kill:wait=2", fast()).await else { return };
+    let started = env.path("started");
+    let id = env
+        .enqueue_sh("kill", &format!("echo $FLY_MACHINE_ID >> '{}'; sleep 2", started.display()))
+        .await;
+    let handle = env.scaler().await.spawn();
+    let until = Instant::now() + Duration::from_secs(30);
+    while !started.exists() {
+        assert!(Instant::now() < until, "job never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let victim = env.active_machines().pop().expect("a running machine");
+    let pid = victim.pid.expect("a started machine has a process");
+    // The whole machine dies at once: its process group.
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    env.wait_state(id, JobState::Completed, Duration::from_secs(60)).await;
+    let machines: Vec<String> = std::fs::read_to_string(&started).unwrap().lines().map(str::to_string).collect();
+    assert!(machines.len() >= 2, "ran again: {machines:?}");
+    assert_ne!(machines[0], machines[machines.len() - 1], "the second run was on another machine");
+    handle.stop().await;
+    env.emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn suspended_pool_machine_is_resumed_instead_of_created() {
+    let Some(env) = setup(Db::Sqlite, "pool:wait=1,pool=suspend,max_machines=1", fast()).await else {
+        return;
+    };
+    let scaler = env.scaler().await;
+    let a = env.enqueue_sh("pool", "true").await;
+    let first = scaler.tick().await.unwrap();
+    assert_eq!(first.created.get("pool"), Some(&1));
+    env.wait_state(a, JobState::Completed, Duration::from_secs(30)).await;
+    // Idle for wait=1: the worker suspends its own machine.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ms = env.emulator.machines(&env.app);
+        if ms.len() == 1 && ms[0].state == "suspended" {
+            break;
+        }
+        assert!(Instant::now() < until, "worker never suspended itself: {ms:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = env.enqueue_sh("pool", "true").await;
+    let second = scaler.tick().await.unwrap();
+    assert_eq!(second.resumed.get("pool"), Some(&1), "{second:?}");
+    assert!(second.created.is_empty(), "no new machine while a suspended one exists: {second:?}");
+    env.wait_state(b, JobState::Completed, Duration::from_secs(30)).await;
+    assert_eq!(env.emulator.machines(&env.app).len(), 1, "still one machine");
+    env.emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_request_carries_no_token() {
+    let canary = "FlyV1 fm2_canary-token-5f2e";
+    let Some(env) = setup_with(Db::Sqlite, "secret:wait=1", fast(), |b| b.api_token(canary)).await else {
+        return;
+    };
+    let id = env.enqueue_sh("secret", "env > env.txt").await;
+    let handle = env.scaler().await.spawn();
+    env.wait_state(id, JobState::Completed, Duration::from_secs(30)).await;
+    let child_env = std::fs::read_to_string(env.path("env.txt")).unwrap();
+    assert!(!child_env.contains("canary-token"), "the token reached the machine");
+    assert!(!child_env.contains("FLY_API_TOKEN"), "the token variable reached the machine");
+    // The create request as the emulator stored it: only flyjobs' own settings in config.env.
+    let m = &env.emulator.machines(&env.app)[0];
+    let config = serde_json::to_string(&m.config).unwrap();
+    assert!(!config.contains("canary-token"), "token in the create request: {config}");
+    let keys: Vec<&String> = m.env.keys().collect();
+    assert!(keys.iter().all(|k| k.starts_with("FLYJOBS_")), "only flyjobs settings in config.env: {keys:?}");
+    handle.stop().await;
+    env.emulator.shutdown().await;
+}

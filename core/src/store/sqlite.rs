@@ -1,0 +1,761 @@
+//! The SQLite store (embedded default: one host, e.g. a laptop with the emulator).
+//!
+//! WAL journal (readers do not block the writer), a busy timeout, and every write in a
+//! `BEGIN IMMEDIATE` transaction: SQLite has one writer at a time, and taking the write lock up
+//! front means two claimers never both read the same ready rows and then race to update them.
+//! Wake-ups are in-process only (other processes sharing the file poll).
+//!
+//! Times are stored as INTEGER microseconds since the Unix epoch (exact comparison and order).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    ClaimRequest, JobFilter, JobNotifier, Lease, QueueStats, ReapCounts, Signal, Store,
+    StoreOptions, WorkerInfo, WorkerState, add, db_err, lease_lost_message, lease_mismatch,
+    page_limit, parse_worker_state, validate_new,
+};
+use crate::config::redact_url;
+use crate::error::{Error, ErrorKind, Result};
+use crate::job::{Failure, Job, JobId, JobState, NewJob, validate_queue};
+use crate::retry::{Outcome, RetryPolicy};
+
+/// Numbered migrations, applied in order once per database file.
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("migrations/sqlite/0001_init.sql"))];
+
+/// The SQLite implementation of [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    opts: StoreOptions,
+    signal: Signal,
+}
+
+fn us(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_us(v: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(v).unwrap_or_default()
+}
+
+impl SqliteStore {
+    /// Open (creating if missing) the database at `url` and run migrations.
+    pub async fn open(url: &str, opts: StoreOptions) -> Result<Self> {
+        let redacted = redact_url(url);
+        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        let co = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::config(format!("invalid SQLite URL {redacted:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(if memory {
+                SqliteJournalMode::Memory
+            } else {
+                SqliteJournalMode::Wal
+            })
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30));
+        // Each connection to `:memory:` is its own database: keep exactly one, forever.
+        let max = if memory {
+            1
+        } else {
+            opts.max_connections.unwrap_or(4).max(1)
+        };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .min_connections(if memory { 1 } else { 0 })
+            .idle_timeout(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(3600))
+            })
+            .acquire_timeout(opts.connect_timeout.max(Duration::from_secs(30)))
+            .connect_with(co)
+            .await
+            .map_err(|e| {
+                Error::store(format!("cannot open SQLite database {redacted}: {e}")).with_source(e)
+            })?;
+        migrate(&pool).await?;
+        Ok(SqliteStore {
+            pool,
+            opts,
+            signal: Signal::new(),
+        })
+    }
+
+    /// The underlying pool (for tests and tools).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn begin(&self, what: &str) -> Result<Transaction<'static, Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err(what))
+    }
+
+    async fn current(&self, id: JobId) -> Result<Option<(JobState, i64)>> {
+        let row = sqlx::query("SELECT state, lease_token FROM flyjobs_jobs WHERE id = ?1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err("look up job"))?;
+        row.map(|r| -> Result<_> {
+            let st: String = get(&r, "state")?;
+            Ok((st.parse()?, get(&r, "lease_token")?))
+        })
+        .transpose()
+    }
+
+    async fn insert(
+        tx: &mut Transaction<'static, Sqlite>,
+        job: &NewJob,
+        payload: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Job> {
+        let run_at = job.run_at.map_or(now, super::trunc);
+        let state = if run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Ready
+        };
+        // Inside BEGIN IMMEDIATE nobody else writes, so "insert or return the pending holder of
+        // the unique key" needs no retry loop.
+        let row = sqlx::query(
+            "INSERT INTO flyjobs_jobs (queue, name, payload, state, priority, run_at, \
+             max_attempts, image_ref, unique_key, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
+             AND state IN ('scheduled','ready','running') DO NOTHING RETURNING *",
+        )
+        .bind(&job.queue)
+        .bind(&job.name)
+        .bind(payload)
+        .bind(state.as_str())
+        .bind(job.priority)
+        .bind(us(run_at))
+        .bind(job.max_attempts.map(i64::from))
+        .bind(&job.image_ref)
+        .bind(&job.unique_key)
+        .bind(us(now))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_err("enqueue"))?;
+        if let Some(row) = row {
+            return job_from_row(&row);
+        }
+        let row = sqlx::query(
+            "SELECT * FROM flyjobs_jobs WHERE unique_key = ?1 \
+             AND state IN ('scheduled','ready','running')",
+        )
+        .bind(&job.unique_key)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_err("enqueue"))?;
+        job_from_row(&row)
+    }
+}
+
+/// Apply pending migrations (BEGIN IMMEDIATE serializes concurrent openers of one file).
+async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(db_err("migrate"))?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS flyjobs_schema_migrations (\
+         version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err("migrate: bookkeeping table"))?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM flyjobs_schema_migrations")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err("migrate: read versions"))?;
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        sqlx::raw_sql(*sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(&format!("migrate: {version:04}_{name}")))?;
+        sqlx::query(
+            "INSERT INTO flyjobs_schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+        )
+        .bind(version)
+        .bind(name)
+        .bind(us(super::now()))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("migrate: record version"))?;
+    }
+    tx.commit().await.map_err(db_err("migrate: commit"))?;
+    Ok(())
+}
+
+fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
+    row: &'r SqliteRow,
+    col: &str,
+) -> Result<T> {
+    row.try_get(col).map_err(db_err("decode row"))
+}
+
+fn opt_time(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
+    Ok(get::<Option<i64>>(row, col)?.map(from_us))
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<Job> {
+    let state: String = get(row, "state")?;
+    let payload: String = get(row, "payload")?;
+    let last_error: Option<String> = get(row, "last_error")?;
+    Ok(Job {
+        id: JobId(get(row, "id")?),
+        queue: get(row, "queue")?,
+        name: get(row, "name")?,
+        payload: serde_json::from_str(&payload)?,
+        state: state.parse()?,
+        priority: get(row, "priority")?,
+        run_at: from_us(get(row, "run_at")?),
+        attempts: get::<i64>(row, "attempts")?.max(0) as u32,
+        max_attempts: get::<Option<i64>>(row, "max_attempts")?.map(|m| m.max(0) as u32),
+        lost_leases: get::<i64>(row, "lost_leases")?.max(0) as u32,
+        last_error: last_error.map(|s| serde_json::from_str(&s)).transpose()?,
+        image_ref: get(row, "image_ref")?,
+        unique_key: get(row, "unique_key")?,
+        created_at: from_us(get(row, "created_at")?),
+        started_at: opt_time(row, "started_at")?,
+        finished_at: opt_time(row, "finished_at")?,
+        lease_owner: get(row, "lease_owner")?,
+        lease_expires_at: opt_time(row, "lease_expires_at")?,
+        lease_token: get(row, "lease_token")?,
+    })
+}
+
+fn worker_from_row(row: &SqliteRow) -> Result<WorkerInfo> {
+    let queues: String = get(row, "queues")?;
+    let state: String = get(row, "state")?;
+    Ok(WorkerInfo {
+        id: get(row, "id")?,
+        queues: serde_json::from_str(&queues)?,
+        concurrency: get::<i64>(row, "concurrency")?.max(0) as u32,
+        image_ref: get(row, "image_ref")?,
+        state: parse_worker_state(&state)?,
+        running: get::<i64>(row, "running")?.max(0) as u32,
+        started_at: from_us(get(row, "started_at")?),
+        last_heartbeat_at: from_us(get(row, "last_heartbeat_at")?),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn enqueue(&self, job: NewJob) -> Result<Job> {
+        Ok(self.enqueue_many(vec![job]).await?.remove(0))
+    }
+
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>> {
+        let payloads = jobs
+            .iter()
+            .map(|j| validate_new(j, self.opts.max_payload_bytes))
+            .collect::<Result<Vec<_>>>()?;
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = super::now();
+        let mut tx = self.begin("enqueue").await?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for (job, payload) in jobs.iter().zip(&payloads) {
+            out.push(Self::insert(&mut tx, job, payload, now).await?);
+        }
+        tx.commit().await.map_err(db_err("enqueue: commit"))?;
+        self.signal.wake();
+        Ok(out)
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Lease>> {
+        for q in &req.queues {
+            validate_queue(q)?;
+        }
+        if req.limit == 0 || req.queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = super::now();
+        let expires = add(now, req.lease);
+        let mut tx = self.begin("claim").await?;
+        let rows = sqlx::query(
+            "UPDATE flyjobs_jobs SET state = 'running', attempts = attempts + 1, \
+               lease_owner = ?4, lease_expires_at = ?5, lease_token = lease_token + 1, \
+               started_at = ?2 \
+             WHERE id IN (SELECT id FROM flyjobs_jobs \
+               WHERE state IN ('scheduled','ready') \
+               AND queue IN (SELECT value FROM json_each(?1)) AND run_at <= ?2 \
+               ORDER BY priority, run_at, id LIMIT ?3) \
+             RETURNING *",
+        )
+        .bind(serde_json::to_string(&req.queues)?)
+        .bind(us(now))
+        .bind(page_limit(req.limit))
+        .bind(&req.owner)
+        .bind(us(expires))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err("claim"))?;
+        tx.commit().await.map_err(db_err("claim: commit"))?;
+        let expires = from_us(us(expires));
+        let mut leases = rows
+            .iter()
+            .map(|r| {
+                let job = job_from_row(r)?;
+                Ok(Lease {
+                    token: job.lease_token,
+                    owner: req.owner.clone(),
+                    expires_at: expires,
+                    job,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        leases.sort_by(|a, b| {
+            (a.job.priority, a.job.run_at, a.job.id).cmp(&(b.job.priority, b.job.run_at, b.job.id))
+        });
+        Ok(leases)
+    }
+
+    async fn extend(&self, id: JobId, token: i64, lease: Duration) -> Result<DateTime<Utc>> {
+        let expires = add(super::now(), lease);
+        let n = sqlx::query(
+            "UPDATE flyjobs_jobs SET lease_expires_at = ?3 \
+             WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+        )
+        .bind(id.0)
+        .bind(token)
+        .bind(us(expires))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("extend"))?
+        .rows_affected();
+        if n == 0 {
+            return Err(lease_mismatch("extend", id, self.current(id).await?));
+        }
+        Ok(from_us(us(expires)))
+    }
+
+    async fn complete(&self, id: JobId, token: i64) -> Result<Job> {
+        let row = sqlx::query(
+            "UPDATE flyjobs_jobs SET state = 'completed', finished_at = ?3, lease_expires_at = NULL \
+             WHERE id = ?1 AND state = 'running' AND lease_token = ?2 RETURNING *",
+        )
+        .bind(id.0)
+        .bind(token)
+        .bind(us(super::now()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("complete"))?;
+        match row {
+            Some(r) => job_from_row(&r),
+            None => Err(lease_mismatch("complete", id, self.current(id).await?)),
+        }
+    }
+
+    async fn fail(
+        &self,
+        id: JobId,
+        token: i64,
+        failure: Failure,
+        policy: &RetryPolicy,
+    ) -> Result<Outcome> {
+        let now = super::now();
+        let mut tx = self.begin("fail").await?;
+        let row = sqlx::query(
+            "SELECT attempts, max_attempts FROM flyjobs_jobs \
+             WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+        )
+        .bind(id.0)
+        .bind(token)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err("fail"))?;
+        let Some(row) = row else {
+            drop(tx);
+            return Err(lease_mismatch("fail", id, self.current(id).await?));
+        };
+        let attempts = get::<i64>(&row, "attempts")?.max(0) as u32;
+        let max = get::<Option<i64>>(&row, "max_attempts")?.map(|m| m.max(1) as u32);
+        let outcome = super::trunc_outcome(policy.decide(attempts, max, now, &mut rand::rng()));
+        let err = serde_json::to_string(&failure)?;
+        let q = match outcome {
+            Outcome::Retry { at } => sqlx::query(
+                "UPDATE flyjobs_jobs SET state = 'scheduled', run_at = ?2, last_error = ?3, \
+                 lease_expires_at = NULL WHERE id = ?1",
+            )
+            .bind(id.0)
+            .bind(us(at))
+            .bind(err),
+            _ => sqlx::query(
+                "UPDATE flyjobs_jobs SET state = 'dead', finished_at = ?2, last_error = ?3, \
+                 lease_expires_at = NULL WHERE id = ?1",
+            )
+            .bind(id.0)
+            .bind(us(now))
+            .bind(err),
+        };
+        q.execute(&mut *tx).await.map_err(db_err("fail"))?;
+        tx.commit().await.map_err(db_err("fail: commit"))?;
+        Ok(outcome)
+    }
+
+    async fn discard(
+        &self,
+        id: JobId,
+        token: Option<i64>,
+        failure: Option<Failure>,
+    ) -> Result<Job> {
+        let mut tx = self.begin("discard").await?;
+        let cur = sqlx::query("SELECT state, lease_token FROM flyjobs_jobs WHERE id = ?1")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err("discard"))?;
+        let Some(cur) = cur else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("discard: job {id} not found"),
+            ));
+        };
+        let state: JobState = get::<String>(&cur, "state")?.parse()?;
+        let cur_token: i64 = get(&cur, "lease_token")?;
+        let allowed = match state {
+            JobState::Running => token == Some(cur_token),
+            JobState::Scheduled | JobState::Ready | JobState::Dead => {
+                token.is_none() || token == Some(cur_token)
+            }
+            _ => false,
+        };
+        if !allowed {
+            return Err(lease_mismatch("discard", id, Some((state, cur_token))));
+        }
+        let err = failure.as_ref().map(serde_json::to_string).transpose()?;
+        let row = sqlx::query(
+            "UPDATE flyjobs_jobs SET state = 'discarded', finished_at = ?2, \
+             last_error = COALESCE(?3, last_error), lease_expires_at = NULL \
+             WHERE id = ?1 RETURNING *",
+        )
+        .bind(id.0)
+        .bind(us(super::now()))
+        .bind(err)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err("discard"))?;
+        tx.commit().await.map_err(db_err("discard: commit"))?;
+        job_from_row(&row)
+    }
+
+    async fn retry_dead(&self, id: JobId) -> Result<Job> {
+        let row = sqlx::query(
+            "UPDATE flyjobs_jobs SET state = 'ready', attempts = 0, lost_leases = 0, run_at = ?2, \
+             finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = ?1 AND state IN ('dead','discarded') RETURNING *",
+        )
+        .bind(id.0)
+        .bind(us(super::now()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("retry"))?;
+        match row {
+            Some(r) => {
+                self.signal.wake();
+                job_from_row(&r)
+            }
+            None => Err(lease_mismatch("retry", id, self.current(id).await?)),
+        }
+    }
+
+    async fn release(&self, id: JobId, token: i64) -> Result<Job> {
+        let row = sqlx::query(
+            "UPDATE flyjobs_jobs SET state = 'ready', attempts = MAX(attempts - 1, 0), \
+             lease_owner = NULL, lease_expires_at = NULL, started_at = NULL \
+             WHERE id = ?1 AND state = 'running' AND lease_token = ?2 RETURNING *",
+        )
+        .bind(id.0)
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("release"))?;
+        match row {
+            Some(r) => {
+                self.signal.wake();
+                job_from_row(&r)
+            }
+            None => Err(lease_mismatch("release", id, self.current(id).await?)),
+        }
+    }
+
+    async fn reap_expired(&self, now: DateTime<Utc>) -> Result<ReapCounts> {
+        let rows = sqlx::query(
+            "UPDATE flyjobs_jobs SET \
+               lost_leases = lost_leases + 1, \
+               state = CASE WHEN lost_leases + 1 >= ?2 OR attempts >= COALESCE(max_attempts, ?3) \
+                       THEN 'dead' ELSE 'ready' END, \
+               finished_at = CASE WHEN lost_leases + 1 >= ?2 OR attempts >= COALESCE(max_attempts, ?3) \
+                       THEN ?1 ELSE NULL END, \
+               last_error = json_object('class', 'FlyJobs::LeaseLost', 'message', \
+                   ?4 || ': worker ' || COALESCE(lease_owner, '?') || ', attempt ' || attempts \
+                   || ', lost lease ' || (lost_leases + 1) || ' of at most ' || ?2, \
+                   'backtrace', json('[]')), \
+               lease_expires_at = NULL \
+             WHERE state = 'running' AND lease_expires_at < ?1 \
+             RETURNING state",
+        )
+        .bind(us(now))
+        .bind(i64::from(self.opts.max_lost_leases.max(1)))
+        .bind(i64::from(self.opts.default_max_attempts.max(1)))
+        .bind(lease_lost_message())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("reap"))?;
+        let mut counts = ReapCounts::default();
+        for r in &rows {
+            if get::<String>(r, "state")? == "dead" {
+                counts.dead += 1;
+            } else {
+                counts.retried += 1;
+            }
+        }
+        if counts.retried > 0 {
+            self.signal.wake();
+        }
+        Ok(counts)
+    }
+
+    async fn promote_scheduled(&self, now: DateTime<Utc>) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE flyjobs_jobs SET state = 'ready' WHERE state = 'scheduled' AND run_at <= ?1",
+        )
+        .bind(us(now))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("promote"))?
+        .rows_affected();
+        if n > 0 {
+            self.signal.wake();
+        }
+        Ok(n)
+    }
+
+    async fn register_worker(&self, w: WorkerInfo) -> Result<()> {
+        for q in &w.queues {
+            validate_queue(q)?;
+        }
+        let now = us(super::now());
+        sqlx::query(
+            "INSERT INTO flyjobs_workers (id, queues, concurrency, image_ref, state, running, \
+             started_at, last_heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
+             ON CONFLICT (id) DO UPDATE SET queues = excluded.queues, \
+             concurrency = excluded.concurrency, image_ref = excluded.image_ref, \
+             state = excluded.state, running = excluded.running, \
+             started_at = excluded.started_at, last_heartbeat_at = excluded.last_heartbeat_at",
+        )
+        .bind(&w.id)
+        .bind(serde_json::to_string(&w.queues)?)
+        .bind(i64::from(w.concurrency))
+        .bind(&w.image_ref)
+        .bind(w.state.as_str())
+        .bind(i64::from(w.running))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("register worker"))?;
+        Ok(())
+    }
+
+    async fn heartbeat_worker(&self, id: &str, running: u32) -> Result<()> {
+        let n = sqlx::query(
+            "UPDATE flyjobs_workers SET running = ?2, last_heartbeat_at = ?3, \
+             state = CASE WHEN state = 'stopping' THEN state WHEN ?2 > 0 THEN 'live' ELSE 'idle' END \
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(i64::from(running))
+        .bind(us(super::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("heartbeat"))?
+        .rows_affected();
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("heartbeat: worker {id:?} is not registered"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn set_worker_state(&self, id: &str, state: WorkerState) -> Result<()> {
+        let n = sqlx::query("UPDATE flyjobs_workers SET state = ?2 WHERE id = ?1")
+            .bind(id)
+            .bind(state.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("set worker state"))?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("worker {id:?} is not registered"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn deregister_worker(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM flyjobs_workers WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("deregister worker"))?;
+        Ok(())
+    }
+
+    async fn prune_workers(&self, before: DateTime<Utc>) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM flyjobs_workers WHERE last_heartbeat_at < ?1")
+                .bind(us(before))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err("prune workers"))?
+                .rows_affected(),
+        )
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        let rows = sqlx::query("SELECT * FROM flyjobs_workers ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("list workers"))?;
+        rows.iter().map(worker_from_row).collect()
+    }
+
+    async fn stats(&self) -> Result<Vec<QueueStats>> {
+        let now = super::now();
+        let rows = sqlx::query(
+            "SELECT queue, \
+               count(*) FILTER (WHERE state IN ('scheduled','ready') AND run_at <= ?1) AS ready, \
+               count(*) FILTER (WHERE state IN ('scheduled','ready') AND run_at > ?1) AS scheduled, \
+               count(*) FILTER (WHERE state = 'running') AS running, \
+               count(*) FILTER (WHERE state = 'dead') AS dead, \
+               count(*) FILTER (WHERE state = 'completed') AS completed, \
+               count(*) FILTER (WHERE state = 'discarded') AS discarded, \
+               min(run_at) FILTER (WHERE state IN ('scheduled','ready') AND run_at <= ?1) AS oldest, \
+               min(run_at) FILTER (WHERE state IN ('scheduled','ready') AND run_at > ?1) AS next \
+             FROM flyjobs_jobs GROUP BY queue ORDER BY queue",
+        )
+        .bind(us(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("stats"))?;
+        rows.iter()
+            .map(|r| {
+                let oldest = opt_time(r, "oldest")?;
+                Ok(QueueStats {
+                    queue: get(r, "queue")?,
+                    ready: get::<i64>(r, "ready")? as u64,
+                    scheduled: get::<i64>(r, "scheduled")? as u64,
+                    running: get::<i64>(r, "running")? as u64,
+                    dead: get::<i64>(r, "dead")? as u64,
+                    completed: get::<i64>(r, "completed")? as u64,
+                    discarded: get::<i64>(r, "discarded")? as u64,
+                    oldest_ready_age: oldest.map(|o| (now - o).to_std().unwrap_or_default()),
+                    next_scheduled_at: opt_time(r, "next")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list_jobs(&self, f: JobFilter) -> Result<Vec<Job>> {
+        let rows = sqlx::query(
+            "SELECT * FROM flyjobs_jobs WHERE (?1 IS NULL OR state = ?1) \
+             AND (?2 IS NULL OR queue = ?2) AND id > ?3 ORDER BY id LIMIT ?4",
+        )
+        .bind(f.state.map(|s| s.as_str()))
+        .bind(f.queue)
+        .bind(f.after_id.map_or(0, |i| i.0))
+        .bind(page_limit(f.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("list jobs"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        sqlx::query("SELECT * FROM flyjobs_jobs WHERE id = ?1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err("get job"))?
+            .as_ref()
+            .map(job_from_row)
+            .transpose()
+    }
+
+    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM flyjobs_jobs WHERE state IN ('completed','dead','discarded') \
+             AND finished_at < ?1",
+        )
+        .bind(us(before))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("prune"))?
+        .rows_affected())
+    }
+
+    async fn try_acquire_leader(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool> {
+        let now = super::now();
+        let row = sqlx::query(
+            "INSERT INTO flyjobs_locks (name, owner, expires_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
+             WHERE flyjobs_locks.owner = excluded.owner OR flyjobs_locks.expires_at < ?4 \
+             RETURNING owner",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(us(add(now, ttl)))
+        .bind(us(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("leader lock"))?;
+        Ok(row.is_some())
+    }
+
+    async fn release_leader(&self, name: &str, owner: &str) -> Result<()> {
+        sqlx::query("DELETE FROM flyjobs_locks WHERE name = ?1 AND owner = ?2")
+            .bind(name)
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("leader unlock"))?;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> JobNotifier {
+        self.signal.subscribe()
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,417 @@
+//! The loop inside a worker machine: claim → lease → hand the job to the language → complete /
+//! fail; heartbeats; idle exit.
+//!
+//! The API is pull-style so that Rust never calls into Ruby, Python or JavaScript from one of
+//! its own threads: the language calls [`Worker::next`] (with its GVL/GIL released while it
+//! waits), runs the job itself, then calls [`WorkerLease::complete`] or [`WorkerLease::fail`].
+//! Meanwhile a background task keeps every running job's lease alive and the worker's
+//! registration fresh, so a job may run far longer than one lease.
+//!
+//! Lifecycle (Sidekiq's words): [`Worker::quiet`] stops claiming; [`Worker::stop`] waits for
+//! running jobs until a deadline, then gives the rest back ([`crate::store::Store::release`])
+//! and deregisters. With `wait`, [`Worker::next`] returns `None` once the worker has been idle
+//! that long; a `suspend` pool member instead suspends its own machine and carries on when it is
+//! resumed.
+//!
+//! ```no_run
+//! # async fn run(client: flyjobs::Client) -> flyjobs::Result<()> {
+//! use flyjobs::worker::WorkerOptions;
+//! let worker = client.worker(WorkerOptions::new(["default"])).await?;
+//! while let Some(lease) = worker.next().await? {
+//!     println!("running {}", lease.job().name);
+//!     lease.complete().await?;
+//! }
+//! worker.stop(std::time::Duration::from_secs(10)).await;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, PoolMode, Wait};
+use crate::error::{Error, ErrorKind, Result};
+use crate::job::{Failure, Job, JobId};
+use crate::machines::Machines;
+use crate::retry::{Outcome, RetryPolicy};
+use crate::store::{ClaimRequest, Lease, Store, WorkerInfo, WorkerState};
+
+/// Longest a blocking wait sleeps before looking again (so signals and `quiet` are seen).
+const POLL: Duration = Duration::from_secs(2);
+
+/// What a worker serves and how.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Queues to claim from, in no particular order (priority decides).
+    pub queues: Vec<String>,
+    /// Jobs run at once (the language runs that many threads/tasks calling `next`).
+    pub concurrency: u32,
+    /// How long to linger idle.
+    pub wait: Wait,
+    /// What to do when leaving idle: exit (`None`/`Stop`) or suspend the machine (`Suspend`).
+    pub pool: PoolMode,
+    /// The worker's id in the registry: the machine id on Fly, else `host-pid`.
+    pub id: Option<String>,
+}
+
+impl WorkerOptions {
+    /// Options for `queues`: concurrency 1, wait 600 s, no pool.
+    pub fn new<I, S>(queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        WorkerOptions {
+            queues: queues.into_iter().map(Into::into).collect(),
+            concurrency: 1,
+            wait: Wait::Idle(Duration::from_secs(600)),
+            pool: PoolMode::None,
+            id: None,
+        }
+    }
+}
+
+struct Running {
+    token: i64,
+    lost: bool,
+}
+
+struct Inner {
+    id: String,
+    opts: WorkerOptions,
+    store: Arc<dyn Store>,
+    retry: RetryPolicy,
+    lease_duration: Duration,
+    image_ref: Option<String>,
+    /// The machine's own API (tokenless in-machine socket), to suspend itself; None off Fly.
+    self_api: Option<(Arc<dyn Machines>, String, String)>,
+    running: Mutex<HashMap<JobId, Running>>,
+    last_activity: Mutex<Instant>,
+    quiet: CancellationToken,
+    closed: CancellationToken,
+}
+
+/// A worker: claims jobs of its queues for the language to run.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.inner.id).field("queues", &self.inner.opts.queues).finish()
+    }
+}
+
+impl Worker {
+    /// Register a worker and start its keep-alive task. Use [`crate::Client::worker`].
+    pub(crate) async fn start(
+        config: &Config,
+        store: Arc<dyn Store>,
+        self_api: Option<(Arc<dyn Machines>, String, String)>,
+        opts: WorkerOptions,
+    ) -> Result<Worker> {
+        if opts.queues.is_empty() {
+            return Err(Error::config("a worker needs at least one queue"));
+        }
+        for q in &opts.queues {
+            crate::job::validate_queue(q)?;
+        }
+        if opts.concurrency == 0 {
+            return Err(Error::config("worker concurrency must be >= 1"));
+        }
+        let id = opts.id.clone().or_else(|| config.machine_id().map(str::to_string)).unwrap_or_else(|| {
+            format!("{}-{}", hostname(), std::process::id())
+        });
+        let inner = Arc::new(Inner {
+            id: id.clone(),
+            store: store.clone(),
+            retry: RetryPolicy::default(),
+            lease_duration: config.lease_duration(),
+            image_ref: config.image_ref().map(str::to_string),
+            self_api,
+            running: Mutex::new(HashMap::new()),
+            last_activity: Mutex::new(Instant::now()),
+            quiet: CancellationToken::new(),
+            closed: CancellationToken::new(),
+            opts,
+        });
+        inner.register(WorkerState::Idle).await?;
+        info!(worker = %id, queues = ?inner.opts.queues, concurrency = inner.opts.concurrency, "worker registered");
+        tokio::spawn(keep_alive(Arc::downgrade(&inner), inner.closed.clone()));
+        Ok(Worker { inner })
+    }
+
+    /// The worker's id in the registry.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Wait for the next job; `None` means the worker should leave (idle `wait` elapsed, or
+    /// quiet/stopping). Store outages are retried here, with backoff, for up to a minute.
+    pub async fn next(&self) -> Result<Option<WorkerLease>> {
+        let inner = &self.inner;
+        let mut failures = 0u32;
+        loop {
+            if inner.quiet.is_cancelled() {
+                return Ok(None);
+            }
+            // Subscribe before claiming: a wake-up between an empty claim and the wait below
+            // is remembered, not lost.
+            let mut wakeups = inner.store.subscribe();
+            let claimed = inner
+                .store
+                .claim(ClaimRequest {
+                    queues: inner.opts.queues.clone(),
+                    limit: 1,
+                    owner: inner.id.clone(),
+                    lease: inner.lease_duration,
+                })
+                .await;
+            match claimed {
+                Ok(mut leases) => {
+                    failures = 0;
+                    if let Some(lease) = leases.pop() {
+                        // Claimed after quiet began: give it back untouched.
+                        if inner.quiet.is_cancelled() {
+                            let _ = inner.store.release(lease.job.id, lease.token).await;
+                            return Ok(None);
+                        }
+                        inner.touch();
+                        inner.lock_running().insert(lease.job.id, Running { token: lease.token, lost: false });
+                        debug!(worker = %inner.id, job = %lease.job.id, "claimed");
+                        return Ok(Some(WorkerLease { worker: inner.clone(), lease: Some(lease) }));
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    warn!(worker = %inner.id, error = %e, failures, "claim failed; retrying");
+                    if failures >= 30 {
+                        return Err(e);
+                    }
+                }
+            }
+            if let Wait::Idle(wait) = inner.opts.wait {
+                let idle_for = inner.idle_for();
+                if let Some(idle_for) = idle_for
+                    && idle_for >= wait
+                {
+                    if inner.opts.pool == PoolMode::Suspend && inner.self_api.is_some() {
+                        inner.suspend_self().await;
+                        continue;
+                    }
+                    info!(worker = %inner.id, ?wait, "idle; leaving");
+                    return Ok(None);
+                }
+            }
+            let nap = if failures > 0 {
+                Duration::from_millis(200 * u64::from(failures.min(10)))
+            } else {
+                POLL
+            };
+            tokio::select! {
+                _ = wakeups.wait(nap) => {}
+                () = inner.quiet.cancelled() => {}
+            }
+        }
+    }
+
+    /// Stop claiming new jobs; running ones continue.
+    pub fn quiet(&self) {
+        if !self.inner.quiet.is_cancelled() {
+            info!(worker = %self.inner.id, "quiet: claiming nothing new");
+            self.inner.quiet.cancel();
+            let (store, id) = (self.inner.store.clone(), self.inner.id.clone());
+            crate::runtime::handle().spawn(async move {
+                let _ = store.set_worker_state(&id, WorkerState::Stopping).await;
+            });
+        }
+    }
+
+    /// Whether the worker is quiet or stopping (jobs may check it to cut long work short).
+    pub fn stopping(&self) -> bool {
+        self.inner.quiet.is_cancelled()
+    }
+
+    /// Jobs currently running here.
+    pub fn running(&self) -> usize {
+        self.inner.lock_running().len()
+    }
+
+    /// Graceful stop: quiet, wait up to `deadline` for running jobs, release the rest (they run
+    /// again elsewhere, untouched), deregister. Safe to call more than once.
+    pub async fn stop(&self, deadline: Duration) {
+        self.quiet();
+        let until = Instant::now() + deadline;
+        while self.running() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left: Vec<(JobId, i64)> =
+            self.inner.lock_running().drain().map(|(id, r)| (id, r.token)).collect();
+        for (id, token) in left {
+            match self.inner.store.release(id, token).await {
+                Ok(_) => info!(worker = %self.inner.id, job = %id, "released unfinished job"),
+                Err(e) => warn!(worker = %self.inner.id, job = %id, error = %e, "release failed; the lease will expire"),
+            }
+        }
+        if !self.inner.closed.is_cancelled() {
+            self.inner.closed.cancel();
+            if let Err(e) = self.inner.store.deregister_worker(&self.inner.id).await {
+                warn!(worker = %self.inner.id, error = %e, "deregister failed");
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn touch(&self) {
+        *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// How long nothing has run here; None while a job runs.
+    fn idle_for(&self) -> Option<Duration> {
+        if !self.lock_running().is_empty() {
+            return None;
+        }
+        Some(self.last_activity.lock().unwrap_or_else(|p| p.into_inner()).elapsed())
+    }
+
+    async fn register(&self, state: WorkerState) -> Result<()> {
+        let mut info = WorkerInfo::new(self.id.clone(), self.opts.queues.clone(), self.opts.concurrency);
+        info.image_ref = self.image_ref.clone();
+        info.state = state;
+        self.store.register_worker(info).await
+    }
+
+    fn finish(&self, id: JobId) {
+        self.lock_running().remove(&id);
+        self.touch();
+    }
+
+    /// Suspend this machine (a warm pool member). The call may never answer before the
+    /// machine freezes; when it is resumed the loop simply carries on.
+    async fn suspend_self(&self) {
+        let Some((api, app, machine)) = &self.self_api else { return };
+        info!(worker = %self.id, "idle; suspending this machine");
+        let _ = self.register(WorkerState::Suspended).await;
+        if let Err(e) = api.suspend_machine(app, machine, None).await {
+            warn!(worker = %self.id, error = %e, "suspend failed; staying up");
+        }
+        // Resumed (or the suspend failed): count idleness from now, and say we are back.
+        self.touch();
+        let _ = self.register(WorkerState::Idle).await;
+    }
+}
+
+/// Heartbeat the registration and extend the lease of every running job, every third of the
+/// lease duration, until the worker closes.
+async fn keep_alive(inner: std::sync::Weak<Inner>, closed: CancellationToken) {
+    loop {
+        let period = match inner.upgrade() {
+            Some(i) => i.lease_duration / 3,
+            None => return,
+        };
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let jobs: Vec<(JobId, i64)> = inner
+            .lock_running()
+            .iter()
+            .filter(|(_, r)| !r.lost)
+            .map(|(id, r)| (*id, r.token))
+            .collect();
+        if let Err(e) = inner.store.heartbeat_worker(&inner.id, jobs.len() as u32).await {
+            warn!(worker = %inner.id, error = %e, "heartbeat failed");
+        }
+        for (id, token) in jobs {
+            match inner.store.extend(id, token, inner.lease_duration).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Conflict => {
+                    warn!(worker = %inner.id, job = %id, "lease lost (reaped); its result will be refused");
+                    if let Some(r) = inner.lock_running().get_mut(&id) {
+                        r.lost = true;
+                    }
+                }
+                Err(e) => warn!(worker = %inner.id, job = %id, error = %e, "lease extension failed"),
+            }
+        }
+    }
+}
+
+/// A claimed job, leased to this worker until completed, failed or released. Dropping it
+/// without an outcome releases it.
+pub struct WorkerLease {
+    worker: Arc<Inner>,
+    lease: Option<Lease>,
+}
+
+impl std::fmt::Debug for WorkerLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerLease").field("job", &self.lease.as_ref().map(|l| l.job.id)).finish()
+    }
+}
+
+impl WorkerLease {
+    /// The job to run.
+    pub fn job(&self) -> &Job {
+        &self.lease.as_ref().expect("a lease holds its job until consumed").job
+    }
+
+    fn take(&mut self) -> Lease {
+        self.lease.take().expect("a lease is consumed once")
+    }
+
+    /// The job succeeded.
+    pub async fn complete(mut self) -> Result<()> {
+        let lease = self.take();
+        let r = self.worker.store.complete(lease.job.id, lease.token).await;
+        self.worker.finish(lease.job.id);
+        r.map(drop)
+    }
+
+    /// The job raised: record `failure`; the retry policy decides between another attempt
+    /// (with backoff) and the dead set.
+    pub async fn fail(mut self, failure: Failure) -> Result<Outcome> {
+        let lease = self.take();
+        let r = self.worker.store.fail(lease.job.id, lease.token, failure, &self.worker.retry).await;
+        self.worker.finish(lease.job.id);
+        r
+    }
+
+    /// Give the job back untouched (its attempt does not count): for a graceful stop.
+    pub async fn release(mut self) -> Result<()> {
+        let lease = self.take();
+        let r = self.worker.store.release(lease.job.id, lease.token).await;
+        self.worker.finish(lease.job.id);
+        r.map(drop)
+    }
+}
+
+impl Drop for WorkerLease {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            let worker = self.worker.clone();
+            // Not consumed (the language side lost it): hand it back rather than wait for the
+            // lease to expire.
+            crate::runtime::handle().spawn(async move {
+                let _ = worker.store.release(lease.job.id, lease.token).await;
+                worker.finish(lease.job.id);
+            });
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "local".into())
+}

@@ -1,0 +1,863 @@
+//! The store contract: every case runs against SQLite (a temp file) and PostgreSQL (a fresh
+//! schema per test, from FLYJOBS_TEST_DATABASE_URL; see store_support for the skip policy).
+
+mod store_support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use flyjobs::ErrorKind;
+use flyjobs::job::{Failure, JobState, NewJob};
+use flyjobs::retry::{Backoff, Outcome, RetryPolicy};
+use flyjobs::store::{ClaimRequest, JobFilter, Store, StoreOptions, WorkerInfo, WorkerState};
+use serde_json::json;
+
+/// Contract tests run with a small payload limit so the over-limit case is cheap.
+const LIMIT: usize = 4096;
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        max_payload_bytes: LIMIT,
+        max_lost_leases: 3,
+        ..Default::default()
+    }
+}
+
+fn claim(queues: &[&str], limit: usize, owner: &str) -> ClaimRequest {
+    ClaimRequest::new(
+        queues.iter().copied(),
+        limit,
+        owner,
+        Duration::from_secs(60),
+    )
+}
+
+fn immediate_retry(max: u32) -> RetryPolicy {
+    RetryPolicy::new(max, Backoff::Fixed(Duration::ZERO)).unwrap()
+}
+
+macro_rules! contract {
+    ($backend:ident: $($name:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(fx) = super::store_support::$backend(super::opts()).await else {
+                        return;
+                    };
+                    super::cases::$name(fx.store.clone()).await;
+                    fx.store.close().await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        contract!(sqlite: $($name),*);
+        contract!(postgres: $($name),*);
+    };
+}
+
+both!(
+    enqueue_round_trips,
+    scheduled_jobs_wait_for_run_at,
+    claim_orders_by_priority_run_at_id,
+    claim_respects_queues_and_limit,
+    stale_token_is_refused,
+    fail_retries_then_dies,
+    release_gives_job_back_untouched,
+    extend_moves_expiry,
+    reaped_job_is_claimed_again_and_late_complete_refused,
+    lost_leases_end_in_dead,
+    enqueue_many_is_all_or_nothing,
+    unique_key_dedupes_pending,
+    bad_input_is_rejected_cleanly,
+    discard_rules,
+    workers_registry,
+    stats_per_queue,
+    list_and_get,
+    prune_finished_jobs,
+    leader_lock,
+    enqueue_wakes_subscribers,
+    concurrent_claimers_take_each_job_once,
+);
+
+mod cases {
+    use super::*;
+
+    pub async fn enqueue_round_trips(s: Arc<dyn Store>) {
+        let job = s
+            .enqueue(
+                NewJob::new("mail", json!({"user": 42, "tags": ["a", "ü"]}))
+                    .name("WelcomeMailer")
+                    .priority(3)
+                    .max_attempts(7)
+                    .image_ref("registry.fly.io/app:v1"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(job.state, JobState::Ready);
+        assert_eq!(job.attempts, 0);
+        let got = s.get_job(job.id).await.unwrap().unwrap();
+        assert_eq!(got, job);
+        assert_eq!(got.payload, json!({"user": 42, "tags": ["a", "ü"]}));
+        assert_eq!(got.name, "WelcomeMailer");
+        assert_eq!(got.priority, 3);
+        assert_eq!(got.max_attempts, Some(7));
+        assert_eq!(got.image_ref.as_deref(), Some("registry.fly.io/app:v1"));
+        assert!(got.last_error.is_none() && got.lease_owner.is_none());
+    }
+
+    pub async fn scheduled_jobs_wait_for_run_at(s: Arc<dyn Store>) {
+        let later = s
+            .enqueue(NewJob::new("q", json!(1)).run_at(Utc::now() + chrono::Duration::hours(1)))
+            .await
+            .unwrap();
+        assert_eq!(later.state, JobState::Scheduled);
+        let due = s
+            .enqueue(NewJob::new("q", json!(2)).run_at(Utc::now() - chrono::Duration::seconds(5)))
+            .await
+            .unwrap();
+        assert_eq!(due.state, JobState::Ready);
+        let got = s.claim(claim(&["q"], 10, "w")).await.unwrap();
+        assert_eq!(
+            got.iter().map(|l| l.job.id).collect::<Vec<_>>(),
+            vec![due.id]
+        );
+        // Promotion relabels due scheduled jobs only.
+        assert_eq!(s.promote_scheduled(Utc::now()).await.unwrap(), 0);
+        assert_eq!(
+            s.promote_scheduled(Utc::now() + chrono::Duration::hours(2))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.get_job(later.id).await.unwrap().unwrap().state,
+            JobState::Ready
+        );
+    }
+
+    pub async fn claim_orders_by_priority_run_at_id(s: Arc<dyn Store>) {
+        let t = Utc::now() - chrono::Duration::minutes(10);
+        let a = s
+            .enqueue(NewJob::new("q", json!("a")).priority(5))
+            .await
+            .unwrap();
+        let b = s
+            .enqueue(NewJob::new("q", json!("b")).priority(-1))
+            .await
+            .unwrap();
+        let c = s
+            .enqueue(NewJob::new("q", json!("c")).priority(5).run_at(t))
+            .await
+            .unwrap();
+        let d = s
+            .enqueue(NewJob::new("q", json!("d")).priority(5))
+            .await
+            .unwrap();
+        let got: Vec<_> = s
+            .claim(claim(&["q"], 10, "w"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.job.id)
+            .collect();
+        assert_eq!(got, vec![b.id, c.id, a.id, d.id]);
+    }
+
+    pub async fn claim_respects_queues_and_limit(s: Arc<dyn Store>) {
+        for i in 0..5 {
+            s.enqueue(NewJob::new("a", json!(i))).await.unwrap();
+            s.enqueue(NewJob::new("b", json!(i))).await.unwrap();
+        }
+        let got = s.claim(claim(&["a"], 3, "w1")).await.unwrap();
+        assert_eq!(got.len(), 3);
+        for l in &got {
+            assert_eq!(l.job.queue, "a");
+            assert_eq!(l.job.state, JobState::Running);
+            assert_eq!(l.job.attempts, 1);
+            assert_eq!(l.owner, "w1");
+            assert_eq!(l.job.lease_owner.as_deref(), Some("w1"));
+            assert!(l.expires_at > Utc::now() + chrono::Duration::seconds(50));
+        }
+        assert_eq!(
+            s.claim(claim(&["a", "b"], 100, "w2")).await.unwrap().len(),
+            7
+        );
+        assert!(
+            s.claim(claim(&["a", "b"], 100, "w2"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(s.claim(claim(&["a"], 0, "w2")).await.unwrap().is_empty());
+        let e = s.claim(claim(&["bad queue"], 1, "w")).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+    }
+
+    pub async fn stale_token_is_refused(s: Arc<dyn Store>) {
+        let j = s.enqueue(NewJob::new("q", json!(1))).await.unwrap();
+        let l = s.claim(claim(&["q"], 1, "w")).await.unwrap().remove(0);
+        let e = s.complete(j.id, l.token + 1).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        assert_eq!(
+            s.get_job(j.id).await.unwrap().unwrap(),
+            l.job,
+            "nothing changed"
+        );
+        let done = s.complete(j.id, l.token).await.unwrap();
+        assert_eq!(done.state, JobState::Completed);
+        assert!(done.finished_at.is_some());
+        let e = s.complete(j.id, l.token).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        let e = s
+            .complete(flyjobs::job::JobId(999_999), 1)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        let e = s
+            .fail(
+                j.id,
+                l.token,
+                Failure::new("E", "x"),
+                &RetryPolicy::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+    }
+
+    pub async fn fail_retries_then_dies(s: Arc<dyn Store>) {
+        // Default Sidekiq policy: the first retry is 15–24 s away.
+        let j = s.enqueue(NewJob::new("q", json!(1))).await.unwrap();
+        let l = s.claim(claim(&["q"], 1, "w")).await.unwrap().remove(0);
+        let before = Utc::now();
+        let fail = Failure::new("RuntimeError", "boom").with_backtrace(vec!["a.rb:1".into()]);
+        let out = s
+            .fail(j.id, l.token, fail.clone(), &RetryPolicy::default())
+            .await
+            .unwrap();
+        let Outcome::Retry { at } = out else {
+            panic!("{out:?}")
+        };
+        assert!(at >= before + chrono::Duration::seconds(15));
+        assert!(at <= Utc::now() + chrono::Duration::seconds(25));
+        let got = s.get_job(j.id).await.unwrap().unwrap();
+        assert_eq!(got.state, JobState::Scheduled);
+        assert_eq!(got.last_error, Some(fail));
+        assert!(s.claim(claim(&["q"], 1, "w")).await.unwrap().is_empty());
+
+        // Job-level max_attempts = 2 with immediate retries: fail, fail → dead.
+        let j = s
+            .enqueue(NewJob::new("r", json!(2)).max_attempts(2))
+            .await
+            .unwrap();
+        let p = immediate_retry(25);
+        let l = s.claim(claim(&["r"], 1, "w")).await.unwrap().remove(0);
+        assert!(matches!(
+            s.fail(j.id, l.token, Failure::new("E", "1"), &p)
+                .await
+                .unwrap(),
+            Outcome::Retry { .. }
+        ));
+        let l = s.claim(claim(&["r"], 1, "w")).await.unwrap().remove(0);
+        assert_eq!(l.job.attempts, 2);
+        assert_eq!(
+            s.fail(j.id, l.token, Failure::new("E", "2"), &p)
+                .await
+                .unwrap(),
+            Outcome::Dead
+        );
+        let dead = s.get_job(j.id).await.unwrap().unwrap();
+        assert_eq!(dead.state, JobState::Dead);
+        assert!(dead.finished_at.is_some());
+        assert_eq!(dead.last_error.unwrap().message, "2");
+        let again = s.retry_dead(j.id).await.unwrap();
+        assert_eq!((again.state, again.attempts), (JobState::Ready, 0));
+        assert_eq!(
+            s.retry_dead(j.id).await.unwrap_err().kind(),
+            ErrorKind::Conflict
+        );
+    }
+
+    pub async fn release_gives_job_back_untouched(s: Arc<dyn Store>) {
+        let j = s.enqueue(NewJob::new("q", json!(1))).await.unwrap();
+        let l = s.claim(claim(&["q"], 1, "w")).await.unwrap().remove(0);
+        assert_eq!(
+            s.release(j.id, l.token + 7).await.unwrap_err().kind(),
+            ErrorKind::Conflict
+        );
+        let r = s.release(j.id, l.token).await.unwrap();
+        assert_eq!((r.state, r.attempts), (JobState::Ready, 0));
+        assert!(r.lease_expires_at.is_none());
+        let l2 = s.claim(claim(&["q"], 1, "w2")).await.unwrap().remove(0);
+        assert_eq!(l2.job.attempts, 1);
+        assert!(l2.token > l.token);
+    }
+
+    pub async fn extend_moves_expiry(s: Arc<dyn Store>) {
+        s.enqueue(NewJob::new("q", json!(1))).await.unwrap();
+        let l = s
+            .claim(ClaimRequest::new(["q"], 1, "w", Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .remove(0);
+        let new = s
+            .extend(l.job.id, l.token, Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert!(new > l.expires_at + chrono::Duration::seconds(500));
+        let got = s.get_job(l.job.id).await.unwrap().unwrap();
+        assert_eq!(got.lease_expires_at, Some(new));
+        // An extended lease is not reaped at the old expiry.
+        let reaped = s
+            .reap_expired(l.expires_at + chrono::Duration::seconds(1))
+            .await
+            .unwrap();
+        assert_eq!(reaped.retried + reaped.dead, 0);
+        let e = s
+            .extend(l.job.id, l.token - 1, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+    }
+
+    pub async fn reaped_job_is_claimed_again_and_late_complete_refused(s: Arc<dyn Store>) {
+        let j = s.enqueue(NewJob::new("q", json!(1))).await.unwrap();
+        // Worker A claims with a short lease, then goes silent (no extend, no heartbeat).
+        let a = s
+            .claim(ClaimRequest::new(
+                ["q"],
+                1,
+                "worker-a",
+                Duration::from_millis(200),
+            ))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            s.reap_expired(Utc::now()).await.unwrap().retried,
+            0,
+            "not yet expired"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let counts = s.reap_expired(Utc::now()).await.unwrap();
+        assert_eq!((counts.retried, counts.dead), (1, 0));
+        let got = s.get_job(j.id).await.unwrap().unwrap();
+        assert_eq!(got.state, JobState::Ready);
+        assert_eq!(got.attempts, 1, "the lost run counts");
+        assert_eq!(got.lost_leases, 1);
+        let err = got.last_error.unwrap();
+        assert_eq!(err.class, Failure::LEASE_LOST);
+        assert!(err.message.contains("worker-a"), "{}", err.message);
+
+        let b = s
+            .claim(claim(&["q"], 1, "worker-b"))
+            .await
+            .unwrap()
+            .remove(0);
+        assert!(b.token > a.token);
+        assert_eq!(b.job.attempts, 2);
+        // A comes back late: refused, and B's run is untouched.
+        let e = s.complete(j.id, a.token).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        let e = s
+            .fail(
+                j.id,
+                a.token,
+                Failure::new("E", "late"),
+                &RetryPolicy::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert_eq!(
+            s.extend(j.id, a.token, Duration::from_secs(9))
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Conflict
+        );
+        assert_eq!(s.get_job(j.id).await.unwrap().unwrap(), b.job);
+        assert_eq!(
+            s.complete(j.id, b.token).await.unwrap().state,
+            JobState::Completed
+        );
+    }
+
+    pub async fn lost_leases_end_in_dead(s: Arc<dyn Store>) {
+        // max_lost_leases = 3 (contract options).
+        let j = s.enqueue(NewJob::new("q", json!(1))).await.unwrap();
+        for round in 1..=3 {
+            let l = s.claim(claim(&["q"], 1, "w")).await.unwrap().remove(0);
+            assert_eq!(l.job.id, j.id);
+            let c = s
+                .reap_expired(Utc::now() + chrono::Duration::hours(1))
+                .await
+                .unwrap();
+            if round < 3 {
+                assert_eq!((c.retried, c.dead), (1, 0), "round {round}");
+            } else {
+                assert_eq!((c.retried, c.dead), (0, 1), "round {round}");
+            }
+        }
+        let dead = s.get_job(j.id).await.unwrap().unwrap();
+        assert_eq!(dead.state, JobState::Dead);
+        let err = dead.last_error.unwrap();
+        assert_eq!(err.class, "FlyJobs::LeaseLost");
+        assert!(
+            err.message.contains("lost lease 3 of at most 3"),
+            "{}",
+            err.message
+        );
+        // Attempts exhausted also ends in dead on a lost lease.
+        let k = s
+            .enqueue(NewJob::new("q2", json!(1)).max_attempts(1))
+            .await
+            .unwrap();
+        s.claim(claim(&["q2"], 1, "w")).await.unwrap();
+        let c = s
+            .reap_expired(Utc::now() + chrono::Duration::hours(1))
+            .await
+            .unwrap();
+        assert_eq!(c.dead, 1);
+        assert_eq!(
+            s.get_job(k.id).await.unwrap().unwrap().state,
+            JobState::Dead
+        );
+    }
+
+    pub async fn enqueue_many_is_all_or_nothing(s: Arc<dyn Store>) {
+        let bad = vec![
+            NewJob::new("ok", json!(1)),
+            NewJob::new("not ok!", json!(2)),
+        ];
+        assert_eq!(
+            s.enqueue_many(bad).await.unwrap_err().kind(),
+            ErrorKind::Invalid
+        );
+        let too_big = vec![
+            NewJob::new("ok", json!(1)),
+            NewJob::new("ok", json!("x".repeat(LIMIT + 1))),
+        ];
+        assert_eq!(
+            s.enqueue_many(too_big).await.unwrap_err().kind(),
+            ErrorKind::Invalid
+        );
+        assert!(
+            s.list_jobs(JobFilter::default()).await.unwrap().is_empty(),
+            "nothing written"
+        );
+        let jobs = s
+            .enqueue_many((0..100).map(|i| NewJob::new("ok", json!(i))).collect())
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 100);
+        assert!(jobs.windows(2).all(|w| w[0].id < w[1].id));
+        assert_eq!(jobs[42].payload, json!(42));
+        assert!(s.enqueue_many(vec![]).await.unwrap().is_empty());
+    }
+
+    pub async fn unique_key_dedupes_pending(s: Arc<dyn Store>) {
+        let a = s
+            .enqueue(NewJob::new("q", json!(1)).unique_key("user:1"))
+            .await
+            .unwrap();
+        let b = s
+            .enqueue(NewJob::new("q", json!(2)).unique_key("user:1"))
+            .await
+            .unwrap();
+        assert_eq!(a.id, b.id);
+        assert_eq!(b.payload, json!(1));
+        let batch = s
+            .enqueue_many(vec![
+                NewJob::new("q", json!(3)).unique_key("user:2"),
+                NewJob::new("q", json!(4)).unique_key("user:2"),
+                NewJob::new("q", json!(5)).unique_key("user:1"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(batch[0].id, batch[1].id);
+        assert_eq!(batch[2].id, a.id);
+        // Still pending while running; free again once finished.
+        let l = s.claim(claim(&["q"], 1, "w")).await.unwrap().remove(0);
+        assert_eq!(l.job.id, a.id);
+        assert_eq!(
+            s.enqueue(NewJob::new("q", json!(6)).unique_key("user:1"))
+                .await
+                .unwrap()
+                .id,
+            a.id
+        );
+        s.complete(l.job.id, l.token).await.unwrap();
+        let c = s
+            .enqueue(NewJob::new("q", json!(7)).unique_key("user:1"))
+            .await
+            .unwrap();
+        assert_ne!(c.id, a.id);
+    }
+
+    pub async fn bad_input_is_rejected_cleanly(s: Arc<dyn Store>) {
+        let big = json!("x".repeat(LIMIT));
+        let size = serde_json::to_string(&big).unwrap().len();
+        let e = s.enqueue(NewJob::new("q", big)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+        assert!(
+            e.message().contains(&LIMIT.to_string()),
+            "names the limit: {e}"
+        );
+        assert!(
+            e.message().contains(&size.to_string()),
+            "names the size: {e}"
+        );
+        for q in ["", "has space", &"x".repeat(65), "semi;colon"] {
+            let e = s.enqueue(NewJob::new(q, json!(1))).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid);
+            assert!(
+                e.message().contains(&format!("{q:?}")),
+                "names the queue: {e}"
+            );
+        }
+        let e = s
+            .enqueue(NewJob::new("q", json!(1)).max_attempts(0))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+        assert!(
+            s.list_jobs(JobFilter::default()).await.unwrap().is_empty(),
+            "nothing written"
+        );
+        // Exactly at the limit is fine.
+        let at_limit = json!("x".repeat(LIMIT - 2));
+        s.enqueue(NewJob::new("q", at_limit)).await.unwrap();
+    }
+
+    pub async fn discard_rules(s: Arc<dyn Store>) {
+        let waiting = s.enqueue(NewJob::new("q", json!(1))).await.unwrap();
+        let d = s.discard(waiting.id, None, None).await.unwrap();
+        assert_eq!(d.state, JobState::Discarded);
+        assert!(d.finished_at.is_some());
+        let running = s.enqueue(NewJob::new("q", json!(2))).await.unwrap();
+        let l = s.claim(claim(&["q"], 1, "w")).await.unwrap().remove(0);
+        assert_eq!(l.job.id, running.id);
+        assert_eq!(
+            s.discard(running.id, None, None).await.unwrap_err().kind(),
+            ErrorKind::Conflict
+        );
+        let d = s
+            .discard(
+                running.id,
+                Some(l.token),
+                Some(Failure::new("ActiveJob::DeserializationError", "gone")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(d.state, JobState::Discarded);
+        assert_eq!(
+            d.last_error.unwrap().class,
+            "ActiveJob::DeserializationError"
+        );
+        assert_eq!(
+            s.discard(running.id, None, None).await.unwrap_err().kind(),
+            ErrorKind::Conflict
+        );
+        assert_eq!(
+            s.discard(flyjobs::job::JobId(424_242), None, None)
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            s.retry_dead(running.id).await.unwrap().state,
+            JobState::Ready
+        );
+    }
+
+    pub async fn workers_registry(s: Arc<dyn Store>) {
+        let mut w = WorkerInfo::new("m-1", ["default", "mail"], 4);
+        w.image_ref = Some("img:1".into());
+        s.register_worker(w).await.unwrap();
+        s.register_worker(WorkerInfo::new("m-2", ["default"], 1))
+            .await
+            .unwrap();
+        let ws = s.workers().await.unwrap();
+        assert_eq!(ws.len(), 2);
+        assert_eq!(ws[0].id, "m-1");
+        assert_eq!(ws[0].queues, vec!["default", "mail"]);
+        assert_eq!((ws[0].concurrency, ws[0].state), (4, WorkerState::Booting));
+        assert_eq!(ws[0].image_ref.as_deref(), Some("img:1"));
+        s.heartbeat_worker("m-1", 3).await.unwrap();
+        let w1 = s.workers().await.unwrap().remove(0);
+        assert_eq!((w1.state, w1.running), (WorkerState::Live, 3));
+        assert!(w1.last_heartbeat_at >= ws[0].last_heartbeat_at);
+        s.heartbeat_worker("m-1", 0).await.unwrap();
+        assert_eq!(s.workers().await.unwrap()[0].state, WorkerState::Idle);
+        s.set_worker_state("m-1", WorkerState::Stopping)
+            .await
+            .unwrap();
+        s.heartbeat_worker("m-1", 2).await.unwrap();
+        assert_eq!(s.workers().await.unwrap()[0].state, WorkerState::Stopping);
+        assert_eq!(
+            s.heartbeat_worker("nope", 1).await.unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        s.deregister_worker("m-2").await.unwrap();
+        assert_eq!(s.workers().await.unwrap().len(), 1);
+        assert_eq!(
+            s.prune_workers(Utc::now() - chrono::Duration::hours(1))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            s.prune_workers(Utc::now() + chrono::Duration::seconds(1))
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(s.workers().await.unwrap().is_empty());
+    }
+
+    pub async fn stats_per_queue(s: Arc<dyn Store>) {
+        let past = Utc::now() - chrono::Duration::seconds(30);
+        let future = Utc::now() + chrono::Duration::hours(1);
+        s.enqueue(NewJob::new("a", json!(1)).run_at(past))
+            .await
+            .unwrap();
+        s.enqueue(NewJob::new("a", json!(2))).await.unwrap();
+        s.enqueue(NewJob::new("a", json!(3)).run_at(future))
+            .await
+            .unwrap();
+        s.enqueue(NewJob::new("a", json!(4)).priority(-10))
+            .await
+            .unwrap();
+        s.enqueue(NewJob::new("b", json!(5))).await.unwrap();
+        let l = s.claim(claim(&["a"], 1, "w")).await.unwrap().remove(0); // the priority -10 one
+        s.complete(l.job.id, l.token).await.unwrap();
+        let l = s.claim(claim(&["b"], 1, "w")).await.unwrap().remove(0);
+        s.fail(
+            l.job.id,
+            l.token,
+            Failure::new("E", "x"),
+            &immediate_retry(1),
+        )
+        .await
+        .unwrap();
+        s.enqueue(NewJob::new("b", json!(6))).await.unwrap();
+        s.claim(claim(&["b"], 1, "w")).await.unwrap();
+
+        let st = s.stats().await.unwrap();
+        assert_eq!(st.len(), 2);
+        let a = &st[0];
+        assert_eq!(a.queue, "a");
+        assert_eq!(
+            (a.ready, a.scheduled, a.running, a.completed, a.dead),
+            (2, 1, 0, 1, 0)
+        );
+        assert!(a.oldest_ready_age.unwrap() >= Duration::from_secs(29));
+        assert_eq!(a.next_scheduled_at.unwrap().timestamp(), future.timestamp());
+        let b = &st[1];
+        assert_eq!(
+            (b.ready, b.scheduled, b.running, b.completed, b.dead),
+            (0, 0, 1, 0, 1)
+        );
+        assert!(b.oldest_ready_age.is_none() && b.next_scheduled_at.is_none());
+    }
+
+    pub async fn list_and_get(s: Arc<dyn Store>) {
+        let jobs = s
+            .enqueue_many(
+                (0..25)
+                    .map(|i| NewJob::new(if i % 2 == 0 { "even" } else { "odd" }, json!(i)))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let page1 = s
+            .list_jobs(JobFilter {
+                queue: Some("even".into()),
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page1.len(), 5);
+        let page2 = s
+            .list_jobs(JobFilter {
+                queue: Some("even".into()),
+                limit: 100,
+                after_id: Some(page1[4].id),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page2.len(), 8);
+        assert!(page2[0].id > page1[4].id);
+        s.claim(claim(&["odd"], 3, "w")).await.unwrap();
+        let running = s
+            .list_jobs(JobFilter {
+                state: Some(JobState::Running),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(running.len(), 3);
+        assert!(running.iter().all(|j| j.queue == "odd"));
+        assert_eq!(
+            s.get_job(jobs[3].id).await.unwrap().unwrap().payload,
+            json!(3)
+        );
+        assert!(
+            s.get_job(flyjobs::job::JobId(123_456_789))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    pub async fn prune_finished_jobs(s: Arc<dyn Store>) {
+        for i in 0..3 {
+            s.enqueue(NewJob::new("q", json!(i))).await.unwrap();
+        }
+        for l in s.claim(claim(&["q"], 2, "w")).await.unwrap() {
+            s.complete(l.job.id, l.token).await.unwrap();
+        }
+        assert_eq!(
+            s.prune_finished(Utc::now() - chrono::Duration::hours(1))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            s.prune_finished(Utc::now() + chrono::Duration::seconds(1))
+                .await
+                .unwrap(),
+            2
+        );
+        let left = s.list_jobs(JobFilter::default()).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].state, JobState::Ready);
+    }
+
+    pub async fn leader_lock(s: Arc<dyn Store>) {
+        let ttl = Duration::from_millis(300);
+        assert!(s.try_acquire_leader("scaler", "a", ttl).await.unwrap());
+        assert!(!s.try_acquire_leader("scaler", "b", ttl).await.unwrap());
+        assert!(
+            s.try_acquire_leader("scaler", "a", ttl).await.unwrap(),
+            "renew"
+        );
+        assert!(
+            s.try_acquire_leader("other", "b", ttl).await.unwrap(),
+            "locks are per name"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            s.try_acquire_leader("scaler", "b", ttl).await.unwrap(),
+            "expired lock is taken over"
+        );
+        assert!(!s.try_acquire_leader("scaler", "a", ttl).await.unwrap());
+        s.release_leader("scaler", "a").await.unwrap(); // not the holder: no effect
+        assert!(!s.try_acquire_leader("scaler", "a", ttl).await.unwrap());
+        s.release_leader("scaler", "b").await.unwrap();
+        assert!(s.try_acquire_leader("scaler", "a", ttl).await.unwrap());
+    }
+
+    pub async fn enqueue_wakes_subscribers(s: Arc<dyn Store>) {
+        let mut n = s.subscribe();
+        // Drain start-up wake-ups (the Postgres listener signals when it connects).
+        while n.wait(Duration::from_millis(300)).await {}
+        assert!(!n.wait(Duration::from_millis(50)).await);
+        let s2 = s.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s2.enqueue(NewJob::new("q", json!(1))).await.unwrap();
+        });
+        assert!(n.wait(Duration::from_secs(5)).await);
+        // A signal sent before wait() is not lost.
+        s.enqueue(NewJob::new("q", json!(2))).await.unwrap();
+        assert!(n.wait(Duration::from_millis(10)).await);
+    }
+
+    pub async fn concurrent_claimers_take_each_job_once(s: Arc<dyn Store>) {
+        const N: usize = 1000;
+        for chunk in (0..N).collect::<Vec<_>>().chunks(250) {
+            s.enqueue_many(chunk.iter().map(|i| NewJob::new("c", json!(i))).collect())
+                .await
+                .unwrap();
+        }
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    let got = s.claim(claim(&["c"], 10, &format!("w{w}"))).await.unwrap();
+                    if got.is_empty() {
+                        break;
+                    }
+                    for l in got {
+                        s.complete(l.job.id, l.token).await.unwrap();
+                        seen.push(l.job.id);
+                    }
+                }
+                seen
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        assert_eq!(all.len(), N);
+        assert_eq!(all.iter().collect::<HashSet<_>>().len(), N);
+        let st = s.stats().await.unwrap();
+        assert_eq!(st[0].completed, N as u64);
+    }
+}
+
+#[tokio::test]
+async fn unreachable_database_error_hides_password() {
+    let opts = StoreOptions {
+        connect_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let e = flyjobs::store::open("postgres://app:hunter2@127.0.0.1:1/jobs", opts)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Store);
+    let text = format!("{e} {e:?}");
+    assert!(text.contains("127.0.0.1:1"), "names the URL: {text}");
+    assert!(!text.contains("hunter2"), "no password: {text}");
+    let e = flyjobs::store::open("mysql://u:pw@h/db", StoreOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(!e.to_string().contains("pw@"), "{e}");
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_and_reopen() {
+    let s = flyjobs::store::open("sqlite::memory:", StoreOptions::default())
+        .await
+        .unwrap();
+    s.enqueue(NewJob::new("q", json!(1))).await.unwrap();
+    assert_eq!(s.claim(claim(&["q"], 5, "w")).await.unwrap().len(), 1);
+    // Reopening a file keeps its jobs and does not re-run migrations.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("x.db").display());
+    let a = flyjobs::store::open(&url, StoreOptions::default())
+        .await
+        .unwrap();
+    a.enqueue(NewJob::new("q", json!(1))).await.unwrap();
+    a.close().await;
+    let b = flyjobs::store::open(&url, StoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(b.list_jobs(JobFilter::default()).await.unwrap().len(), 1);
+}
