@@ -27,20 +27,28 @@ N = Integer(ENV.fetch("N", "1000"))
 WARMUP = 100
 ActiveJob::Base.logger = Logger.new(nil)
 Sidekiq.logger.level = Logger::WARN
+Redis.silence_deprecations = true if Redis.respond_to?(:silence_deprecations=)
 
 class BenchJob < ActiveJob::Base
   queue_as :bench
   def perform(user_id, note); end
 end
 
-def measure(label)
-  WARMUP.times { |i| BenchJob.perform_later(i, "warm-up") }
+def measure(label, what = "perform_later", &block)
+  block ||= ->(i, note) { BenchJob.perform_later(i, note) }
+  WARMUP.times { |i| block.call(i, "warm-up") }
   t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-  N.times { |i| BenchJob.perform_later(i, "a short note") }
+  N.times { |i| block.call(i, "a short note") }
   elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0
   us = elapsed * 1e6 / N
-  printf("%-28s %8.1f µs/perform_later  (%d enqueues in %.3f s, %.0f/s)\n", label, us, N, elapsed, N / elapsed)
+  printf("%-34s %8.1f µs/%s  (%d in %.3f s, %.0f/s)\n", label, us, what, N, elapsed, N / elapsed)
   [label, us]
+end
+
+# The same job through FlyJobs::Client#enqueue directly (no Active Job): the binding + core + store.
+def measure_raw(label, client)
+  payload = BenchJob.new(1, "a short note").serialize
+  measure(label, "enqueue") { |_i, _note| client.enqueue(queue: "bench", payload: payload, name: "BenchJob") }
 end
 
 results = []
@@ -49,12 +57,14 @@ begin
   FlyJobs::Client.open(database_url: "sqlite://#{tmp}/bench.sqlite3?mode=rwc") do |client|
     ActiveJob::Base.queue_adapter = ActiveJob::QueueAdapters::FlyMachineAdapter.new(client: client)
     results << measure("flyjobs (SQLite)")
+    results << measure_raw("  FlyJobs::Client#enqueue (SQLite)", client)
   end
 
   if (pg = ENV["FLYJOBS_TEST_DATABASE_URL"] || ENV["FLYJOBS_BENCH_PG_URL"])
     FlyJobs::Client.open(database_url: pg) do |client|
       ActiveJob::Base.queue_adapter = ActiveJob::QueueAdapters::FlyMachineAdapter.new(client: client)
       results << measure("flyjobs (PostgreSQL)")
+      results << measure_raw("  FlyJobs::Client#enqueue (PostgreSQL)", client)
     end
   else
     warn "no FLYJOBS_TEST_DATABASE_URL: skipping PostgreSQL (run under scripts/with-postgres.sh)"
@@ -81,6 +91,6 @@ ensure
 end
 
 puts
-puts "| backend | µs per perform_later (mean of #{N}) |"
+puts "| backend | µs per call (mean of #{N}) |"
 puts "|---|---:|"
-results.each { |label, us| printf("| %s | %.1f |\n", label, us) }
+results.each { |label, us| printf("| %s | %.1f |\n", label.strip, us) }
