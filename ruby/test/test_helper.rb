@@ -8,13 +8,30 @@ require "minitest/autorun"
 require "tmpdir"
 require "fileutils"
 require "json"
+require "securerandom"
 require "flyjobs"
 
 module FlyJobsTestHelpers
-  # A client on a fresh SQLite queue; no scaler (nothing boots machines in unit tests).
+  # A client on a fresh SQLite queue, or with FLYJOBS_TEST_STORE=postgres on the PostgreSQL of
+  # FLYJOBS_TEST_DATABASE_URL (shared: tests use their own queue names, see #q). No scaler:
+  # nothing boots machines in unit tests.
   def open_client(**opts, &block)
-    @tmpdir ||= Dir.mktmpdir("flyjobs-test")
-    FlyJobs::Client.open(database_url: "sqlite://#{@tmpdir}/queue.db", **opts, &block)
+    FlyJobs::Client.open(database_url: test_database_url, **opts, &block)
+  end
+
+  def test_database_url
+    if ENV["FLYJOBS_TEST_STORE"] == "postgres"
+      ENV.fetch("FLYJOBS_TEST_DATABASE_URL") { raise "FLYJOBS_TEST_STORE=postgres needs FLYJOBS_TEST_DATABASE_URL" }
+    else
+      @tmpdir ||= Dir.mktmpdir("flyjobs-test")
+      "sqlite://#{@tmpdir}/queue.db"
+    end
+  end
+
+  # A queue name of this test alone (the PostgreSQL database is shared by the whole run).
+  def q(name)
+    @queue_suffix ||= SecureRandom.hex(4)
+    "#{name}-#{@queue_suffix}"
   end
 
   def teardown_tmpdir
