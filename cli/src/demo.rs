@@ -46,7 +46,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "none" => flyjobs_emulator::EmulatorSettings::for_tests(),
         other => bail!("--latency must be fly or none, got {other:?}"),
     };
-    settings.images.insert(flyjobs::fork::EMBEDDED_IMAGE.to_string(), std::env::current_dir()?);
+    settings.images.insert(
+        flyjobs::fork::EMBEDDED_IMAGE.to_string(),
+        flyjobs_emulator::Image { dir: std::env::current_dir()?, cmd: Vec::new() },
+    );
     let (emulator, machines, app) = flyjobs::embedded::start(settings).await?;
     client.set_machines(machines.clone(), app.clone()).await;
     client.set_default_worker_command(self_command()).await;
@@ -202,7 +205,7 @@ fn summary(jobs: &[Job], ledger: &flyjobs_emulator::Ledger, peak: &BTreeMap<Stri
         .iter()
         .filter_map(|j| Some((j.finished_at? - j.started_at?).as_seconds_f64()))
         .sum();
-    let billed = ledger.total_started_seconds + ledger.total_suspended_seconds;
+    let billed = ledger.started_s + ledger.suspended_s;
     println!("\nsummary ({:.1} s)", elapsed.as_secs_f64());
     println!("  jobs done            {done} ({retried} after a retry)");
     println!("  jobs failed (dead)   {dead}");

@@ -6,7 +6,6 @@
 mod command;
 mod demo;
 
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -229,12 +228,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "none" => flyjobs_emulator::EmulatorSettings::for_tests(),
                 other => bail!("--latency must be fly or none, got {other:?}"),
             };
-            settings.port = port;
+            settings.port = Some(port);
             for spec in images {
                 let (image, dir) = spec
                     .rsplit_once('=')
                     .with_context(|| format!("--image must be REF=DIR, got {spec:?}"))?;
-                settings.images.insert(image.to_string(), dir.into());
+                settings
+                    .images
+                    .insert(image.to_string(), flyjobs_emulator::Image { dir: dir.into(), cmd: Vec::new() });
             }
             let handle = flyjobs_emulator::Emulator::start(settings).await.context("emulator")?;
             println!("flyjobs emulator: Machines API on {}/v1 (Ctrl-C to stop)", handle.base_url());
@@ -273,7 +274,3 @@ async fn status(client: Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seconds as a short human string.
-pub(crate) fn secs(d: Duration) -> String {
-    format!("{:.2}s", d.as_secs_f64())
-}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use flyjobs::job::{JobId, JobState, NewJob};
 use flyjobs::machines::Machines;
+use flyjobs::machines::types::{ListMachinesQuery, Machine};
 use flyjobs::scaler::{Scaler, ScalerOptions};
 use flyjobs::{Client, Config};
 use flyjobs_emulator::{EmulatorHandle, EmulatorSettings};
@@ -59,17 +60,19 @@ async fn setup_with(
 ) -> Option<Env> {
     let dir = tempfile::tempdir().unwrap();
     let url = database_url(db, dir.path()).await?;
-    let config = tweak(Config::builder())
+    let defaults = Config::builder()
         .database_url(url)
         .queues(queues)
         .lease_duration(Duration::from_secs(2))
         .boot_timeout(Duration::from_secs(30))
-        .lookup(|_| None)
-        .build()
-        .unwrap();
+        .lookup(|_| None);
+    let config = tweak(defaults).build().unwrap();
     let client = Client::open(config).await.unwrap();
     let mut settings = settings;
-    settings.images.insert(flyjobs::fork::EMBEDDED_IMAGE.to_string(), dir.path().to_path_buf());
+    settings.images.insert(
+        flyjobs::fork::EMBEDDED_IMAGE.to_string(),
+        flyjobs_emulator::Image { dir: dir.path().to_path_buf(), cmd: Vec::new() },
+    );
     let (emulator, machines, app) = flyjobs::embedded::start(settings).await.unwrap();
     client.set_machines(machines.clone(), app.clone()).await;
     client.set_default_worker_command(vec![BIN.to_string(), "worker".into()]).await;
@@ -122,6 +125,18 @@ impl Env {
             .machines(&self.app)
             .into_iter()
             .filter(|m| matches!(m.state.as_str(), "created" | "starting" | "started"))
+            .collect()
+    }
+
+    /// Active worker machines of `queue`, through the Machines API (config and metadata).
+    async fn active_of_queue(&self, queue: &str) -> Vec<Machine> {
+        self.machines
+            .list_machines(&self.app, &ListMachinesQuery::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| matches!(m.state_str(), "created" | "starting" | "started"))
+            .filter(|m| m.metadata_value("flyjobs_queue") == Some(queue))
             .collect()
     }
 }
@@ -201,11 +216,7 @@ async fn workers_leave_after_wait_and_forever_keeps_min_machines() {
     // The brief worker leaves about 1 s after its last job; auto_destroy removes its machine.
     let until = Instant::now() + Duration::from_secs(15);
     loop {
-        let brief = env
-            .active_machines()
-            .into_iter()
-            .filter(|m| m.metadata.get("flyjobs_queue").map(String::as_str) == Some("brief"))
-            .count();
+        let brief = env.active_of_queue("brief").await.len();
         if brief == 0 {
             break;
         }
@@ -214,13 +225,9 @@ async fn workers_leave_after_wait_and_forever_keeps_min_machines() {
     }
     // The forever queue keeps exactly one machine although it never had a job.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let always: Vec<_> = env
-        .active_machines()
-        .into_iter()
-        .filter(|m| m.metadata.get("flyjobs_queue").map(String::as_str) == Some("always"))
-        .collect();
+    let always = env.active_of_queue("always").await;
     assert_eq!(always.len(), 1, "min_machines=1 with wait=forever keeps one machine: {always:?}");
-    assert_eq!(always[0].state, "started");
+    assert_eq!(always[0].state_str(), "started");
     handle.stop().await;
     env.emulator.shutdown().await;
 }
@@ -346,11 +353,117 @@ async fn create_request_carries_no_token() {
     assert!(!child_env.contains("canary-token"), "the token reached the machine");
     assert!(!child_env.contains("FLY_API_TOKEN"), "the token variable reached the machine");
     // The create request as the emulator stored it: only flyjobs' own settings in config.env.
-    let m = &env.emulator.machines(&env.app)[0];
+    let m = &env.machines.list_machines(&env.app, &ListMachinesQuery::default()).await.unwrap()[0];
     let config = serde_json::to_string(&m.config).unwrap();
     assert!(!config.contains("canary-token"), "token in the create request: {config}");
-    let keys: Vec<&String> = m.env.keys().collect();
+    let keys: Vec<String> =
+        m.config.as_ref().and_then(|c| c.env.clone()).unwrap_or_default().into_keys().collect();
     assert!(keys.iter().all(|k| k.starts_with("FLYJOBS_")), "only flyjobs settings in config.env: {keys:?}");
     handle.stop().await;
+    env.emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_one_scaler_acts_per_store() {
+    let Some(env) = setup(Db::Sqlite, "one:max_machines=2,wait=1", fast()).await else { return };
+    let a = env.scaler().await;
+    let b = env.scaler().await;
+    for _ in 0..5 {
+        env.enqueue_sh("one", "sleep 1").await;
+    }
+    let (ra, rb) = tokio::join!(a.tick(), b.tick());
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(ra.leader != rb.leader, "exactly one leader: {ra:?} {rb:?}");
+    let created: u32 = ra.created.values().chain(rb.created.values()).sum();
+    assert_eq!(created, 2, "max_machines=2 honoured across both scalers");
+    // The follower stays a follower while the leader keeps ticking.
+    let (ra, rb) = tokio::join!(a.tick(), b.tick());
+    assert!(ra.unwrap().leader != rb.unwrap().leader);
+    env.emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_machine_that_never_registers_is_destroyed_after_boot_timeout() {
+    let Some(env) = setup_with(Db::Sqlite, "stuck:max_machines=1", fast(), |b| {
+        // A worker that hangs before registering (appended flags become $0, $1… of sh).
+        b.worker_command(vec!["sh".to_string(), "-c".to_string(), "sleep 60".to_string()])
+            .boot_timeout(Duration::from_secs(1))
+    })
+    .await
+    else {
+        return;
+    };
+    let scaler = env.scaler().await;
+    env.enqueue_sh("stuck", "true").await;
+    let first = scaler.tick().await.unwrap();
+    assert_eq!(first.created.get("stuck"), Some(&1));
+    let stuck_id = env.active_machines()[0].id.clone();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = scaler.tick().await.unwrap();
+    assert_eq!(second.destroyed, 1, "the machine that never registered goes: {second:?}");
+    // Destroyed with force; then the job still wants a machine: a new one is created.
+    let third = scaler.tick().await.unwrap();
+    let ids: Vec<String> = env.active_machines().into_iter().map(|m| m.id).collect();
+    assert!(!ids.contains(&stuck_id), "{ids:?}");
+    assert_eq!(second.created.get("stuck").or(third.created.get("stuck")), Some(&1));
+    env.emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_machine_of_an_older_release_is_not_reused() {
+    let mut settings = fast();
+    let dir2 = tempfile::tempdir().unwrap();
+    settings.images.insert("app:v2".into(), flyjobs_emulator::Image { dir: dir2.path().to_path_buf(), cmd: vec![] });
+    let Some(env) = setup(Db::Sqlite, "pinned:wait=1,pool=stop,max_machines=1", settings).await else {
+        return;
+    };
+    let old = env.scaler().await;
+    let a = env.enqueue_sh("pinned", "true").await;
+    old.tick().await.unwrap();
+    env.wait_state(a, JobState::Completed, Duration::from_secs(30)).await;
+    // wait=1, pool=stop: the worker exits and its machine stays stopped.
+    let until = Instant::now() + Duration::from_secs(20);
+    while env.emulator.machines(&env.app).first().map(|m| m.state.clone()) != Some("stopped".into()) {
+        assert!(Instant::now() < until, "{:?}", env.emulator.machines(&env.app));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let old_id = env.emulator.machines(&env.app)[0].id.clone();
+    drop(old);
+    // A deploy: the app now runs image app:v2.
+    let config = Config::builder()
+        .database_url(format!("sqlite://{}/q.sqlite3?mode=rwc", env.dir.path().display()))
+        .queues("pinned:wait=1,pool=stop,max_machines=1")
+        .image_ref("app:v2")
+        .lookup(|_| None)
+        .build()
+        .unwrap();
+    let v2 = Client::open(config).await.unwrap();
+    v2.set_machines(env.machines.clone(), env.app.clone()).await;
+    v2.set_default_worker_command(vec![BIN.to_string(), "worker".into()]).await;
+    let scaler = v2.build_scaler(ScalerOptions::default()).await.unwrap();
+    let b = env.enqueue_sh("pinned", "true").await;
+    // The old leader's lock has to lapse (5 intervals of 200 ms) before the new scaler acts.
+    let until = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let r = scaler.tick().await.unwrap();
+        if r.leader {
+            break r;
+        }
+        assert!(Instant::now() < until, "new scaler never became leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(report.destroyed, 1, "the old release's stopped machine is destroyed: {report:?}");
+    assert!(report.started.is_empty(), "old machine not reused: {report:?}");
+    assert_eq!(report.created.get("pinned"), Some(&1));
+    env.wait_state(b, JobState::Completed, Duration::from_secs(30)).await;
+    let m = env
+        .machines
+        .list_machines(&env.app, &ListMachinesQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.id != old_id)
+        .unwrap();
+    assert_eq!(m.metadata_value("flyjobs_release"), Some("app:v2"));
     env.emulator.shutdown().await;
 }

@@ -27,7 +27,7 @@ pub fn settings_from_env() -> Result<EmulatorSettings> {
         }
     };
     let dir = std::env::current_dir().map_err(|e| Error::config(format!("no current directory: {e}")))?;
-    s.images.insert(EMBEDDED_IMAGE.to_string(), dir);
+    s.images.insert(EMBEDDED_IMAGE.to_string(), flyjobs_emulator::Image { dir, cmd: Vec::new() });
     Ok(s)
 }
 

@@ -142,10 +142,12 @@ impl Scaler {
         template: Template,
         options: ScalerOptions,
     ) -> Scaler {
+        // Unique per scaler, not per process: two scalers in one process must not both lead.
         let owner = format!(
-            "{}-{}",
+            "{}-{}-{:08x}",
             config.machine_id().unwrap_or("local"),
-            std::process::id()
+            std::process::id(),
+            rand::random::<u32>()
         );
         Scaler {
             bucket: tokio::sync::Mutex::new(TokenBucket::new(options.create_rate, options.create_burst)),
@@ -229,9 +231,11 @@ impl Scaler {
         // Boot timeout and release pinning.
         let now = Utc::now();
         for m in &machines {
+            // Since the last state change: a pool machine started again boots anew.
             let age = m
-                .created_at
+                .updated_at
                 .as_deref()
+                .or(m.created_at.as_deref())
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| (now - t.with_timezone(&Utc)).to_std().unwrap_or_default())
                 .unwrap_or_default();
@@ -239,7 +243,7 @@ impl Scaler {
                 && !registered.contains(m.id.as_str());
             let old_release = matches!(m.state_str(), "stopped" | "suspended")
                 && m.metadata_value("flyjobs_release") != Some(self.template.release.as_str());
-            if (booting && age > self.config.boot_timeout() && m.updated_age(now) > self.config.boot_timeout())
+            if (booting && age > self.config.boot_timeout())
                 || old_release
             {
                 info!(machine = %m.id, state = m.state_str(), old_release, "destroying worker machine");
@@ -359,4 +363,22 @@ fn is_active(m: &Machine) -> bool {
 /// Whether workers of this pool mode leave their machine around for reuse.
 pub fn keeps_machines(pool: PoolMode) -> bool {
     pool != PoolMode::None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_allows_a_burst_then_the_rate() {
+        let mut b = TokenBucket::new(1.0, 3);
+        assert!(b.take() && b.take() && b.take(), "burst of 3");
+        assert!(!b.take(), "the 4th create in the same instant waits");
+        b.at -= Duration::from_millis(1100);
+        assert!(b.take(), "one more after a second");
+        assert!(!b.take());
+        b.at -= Duration::from_secs(60);
+        b.drain();
+        assert!(!b.take(), "drained after a 429: nothing until time passes");
+    }
 }

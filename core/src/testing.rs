@@ -12,7 +12,7 @@ pub async fn fresh_postgres_database(base_url: &str) -> Result<String> {
     let mut conn = sqlx::PgConnection::connect(base_url)
         .await
         .map_err(|e| Error::store(format!("cannot reach the test database: {e}")))?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await
         .map_err(|e| Error::store(format!("CREATE DATABASE {name}: {e}")))?;

@@ -283,6 +283,27 @@ mod cases {
             s.retry_dead(j.id).await.unwrap_err().kind(),
             ErrorKind::Conflict
         );
+
+        // Retrying a dead job whose unique key a newer pending job holds is a conflict.
+        let k = s
+            .enqueue(NewJob::new("u", json!(1)).unique_key("k").max_attempts(1))
+            .await
+            .unwrap();
+        let l = s.claim(claim(&["u"], 1, "w")).await.unwrap().remove(0);
+        let out = s
+            .fail(k.id, l.token, Failure::new("E", "x"), &p)
+            .await
+            .unwrap();
+        assert_eq!(out, Outcome::Dead);
+        s.enqueue(NewJob::new("u", json!(2)).unique_key("k"))
+            .await
+            .unwrap();
+        let e = s.retry_dead(k.id).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        assert_eq!(
+            s.get_job(k.id).await.unwrap().unwrap().state,
+            JobState::Dead
+        );
     }
 
     pub async fn release_gives_job_back_untouched(s: Arc<dyn Store>) {

@@ -72,6 +72,7 @@ pub(crate) fn router(ctx: Ctx) -> Router {
         .route(&format!("{m}/start"), post(start_machine))
         .route(&format!("{m}/stop"), post(stop_machine))
         .route(&format!("{m}/suspend"), post(suspend_machine))
+        .route(&format!("{m}/restart"), post(restart_machine))
         .route(&format!("{m}/wait"), get(wait_machine))
         .route(&format!("{m}/events"), get(machine_events))
         .route(
@@ -109,11 +110,9 @@ fn authorize(ctx: &Ctx, headers: &HeaderMap, app: Option<&str>) -> Result<String
         .ok_or_else(unauthorized)?;
     let mut s = raw.trim();
     loop {
-        let lower = s.to_ascii_lowercase();
-        if lower.starts_with("bearer ") {
-            s = s[7..].trim_start();
-        } else if lower.starts_with("flyv1 ") {
-            s = s[6..].trim_start();
+        let (word, rest) = s.split_once(char::is_whitespace).unwrap_or((s, ""));
+        if word.eq_ignore_ascii_case("bearer") || word.eq_ignore_ascii_case("flyv1") {
+            s = rest.trim_start();
         } else {
             break;
         }
@@ -615,6 +614,7 @@ async fn create_machine(
             events: Vec::new(),
             lease,
             proc: None,
+            last_pid: None,
             generation: 0,
             op_seq: 0,
             pending: Pending::None,
@@ -635,7 +635,7 @@ async fn create_machine(
     };
     ctx.shared.notify();
     if !skip_launch {
-        schedule_launch(&ctx.shared, &id);
+        schedule_launch(&ctx.shared, &id, 0);
     }
     let drop_it = {
         let mut f = ctx.shared.faults.lock().unwrap_or_else(|e| e.into_inner());
@@ -702,6 +702,8 @@ async fn update_machine(
         ));
     }
     let (cpus, memory_mb) = guest_size(&config);
+    // The old process is stopped as the old config says.
+    let stop = stop_settings(m, &Value::Null)?;
     m.instance_id = ulid::Ulid::new().to_string();
     m.config = config;
     m.cpus = cpus;
@@ -709,23 +711,29 @@ async fn update_machine(
     m.restart_count = 0;
     m.updated_at = SystemTime::now();
     m.event("update", "replacing", "user", json!({}));
-    let stop = stop_settings(m, &Value::Null)?;
     let has_proc = m.proc.is_some();
     let state = m.state.clone();
     if has_proc {
-        w.set_state(&id, "replacing");
         let pending = if skip_launch {
             Pending::Stop
         } else {
             Pending::Replace
         };
         stop_process(&ctx.shared, &mut w, &id, stop.0, stop.1, pending);
+        w.set_state(&id, "replacing");
     } else if !skip_launch || state == "starting" {
         let m = w.machines.get_mut(&id).expect("looked up above");
         m.op_seq += 1;
         m.launching = false;
+        let seq = m.op_seq;
         w.set_state(&id, "starting");
-        schedule_start(&ctx.shared, &id, ctx.shared.settings.latencies.start, false);
+        schedule_start(
+            &ctx.shared,
+            &id,
+            seq,
+            ctx.shared.settings.latencies.start,
+            false,
+        );
     }
     let v = w.machines[&id].to_json(None);
     drop(w);
@@ -812,14 +820,28 @@ async fn start_machine(
             let m = w.machines.get_mut(&id).expect("looked up above");
             m.op_seq += 1;
             m.restart_count = 0;
+            let seq = m.op_seq;
             w.set_state(&id, "starting");
-            schedule_start(&ctx.shared, &id, ctx.shared.settings.latencies.start, false);
+            schedule_start(
+                &ctx.shared,
+                &id,
+                seq,
+                ctx.shared.settings.latencies.start,
+                false,
+            );
         }
         "suspended" => {
             let m = w.machines.get_mut(&id).expect("looked up above");
             m.op_seq += 1;
+            let seq = m.op_seq;
             w.set_state(&id, "starting");
-            schedule_start(&ctx.shared, &id, ctx.shared.settings.latencies.resume, true);
+            schedule_start(
+                &ctx.shared,
+                &id,
+                seq,
+                ctx.shared.settings.latencies.resume,
+                true,
+            );
         }
         "replacing" => return Err(pre("machine getting replaced, refusing to start".into())),
         "started" | "starting" => {
@@ -860,11 +882,15 @@ async fn stop_machine(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     if m.proc.is_some() {
-        if m.state != "stopping" {
+        let first = m.state != "stopping";
+        if first {
             m.event("stop", "stopping", "user", json!({}));
+        }
+        // Before the state change: stop_process treats a suspended machine specially.
+        stop_process(&ctx.shared, &mut w, &id, sig, timeout, Pending::Stop);
+        if first {
             w.set_state(&id, "stopping");
         }
-        stop_process(&ctx.shared, &mut w, &id, sig, timeout, Pending::Stop);
     } else if m.state != "stopped" {
         // No process (created, still launching, failed): nothing to signal.
         m.op_seq += 1;
@@ -875,6 +901,44 @@ async fn stop_machine(
             w.set_state(&id, "stopped");
         }
     }
+    drop(w);
+    ctx.shared.notify();
+    ok_json(json!({"ok": true}))
+}
+
+/// X1: `?signal=&timeout=` (fly-go also sends `force_stop`, ignored): stop, then a fresh process
+/// of the same version.
+async fn restart_machine(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Path((app, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    preflight(&ctx, &headers, &app, "restart", &id).await?;
+    let pairs = query_pairs(&q);
+    let mut body = json!({});
+    if let Some(sig) = query_one(&pairs, "signal").filter(|s| !s.is_empty()) {
+        body["signal"] = json!(sig);
+    }
+    if let Some(t) = query_one(&pairs, "timeout").filter(|s| !s.is_empty()) {
+        body["timeout"] = json!(t);
+    }
+    let mut w = ctx.shared.world();
+    let m = live_machine(&ctx, &mut w, &app, &id)?;
+    check_lease(m, &headers)?;
+    let (sig, timeout) = stop_settings(m, &body)?;
+    if m.proc.is_none() || m.state != "started" {
+        return Err(err(
+            StatusCode::PRECONDITION_FAILED,
+            format!(
+                "failed_precondition: unable to restart machine from current state: '{}'",
+                m.state
+            ),
+        ));
+    }
+    m.event("restart", "restarting", "user", json!({}));
+    stop_process(&ctx.shared, &mut w, &id, sig, timeout, Pending::Replace);
+    w.set_state(&id, "restarting");
     drop(w);
     ctx.shared.notify();
     ok_json(json!({"ok": true}))

@@ -27,8 +27,25 @@
 //! emulator's base URL) and `FLY_API_SOCKET` (a unix socket serving the same API without a
 //! token: the stand-in for Fly's in-machine `/.fly/api`).
 //!
-//! Emulator-only endpoints (no `/v1`): `GET /emulator/ledger` (JSON [`Ledger`]) and
-//! `GET /emulator/apps/{app}/machines/{id}/logs` (the machine's stdout+stderr, text).
+//! Emulator-only endpoints (no `/v1`): `GET /emulator/ledger` (JSON [`Ledger`], no token) and
+//! `GET /emulator/apps/{app}/machines/{id}/logs` (the machine's stdout+stderr as text; same
+//! token rules as `/v1`, since logs may show what a machine prints about its env).
+//!
+//! No orphans: each machine is its own process group; children get `PR_SET_PDEATHSIG`
+//! (SIGKILL) from a dedicated spawner thread, and a watchdog `sh` kills every remaining group
+//! when the emulator dies, even by SIGKILL (grandchildren included). Shutdown and drop SIGKILL
+//! every group; a machine's leftover processes are killed when its main process exits.
+//!
+//! Where the emulator chooses (facts unconfirmed in machines-api.md §12): the 429 body
+//! `{"error":"rate limit exceeded"}`; destroy of a started machine without `force`/`kill` is
+//! 412 `failed_precondition: …`; `wait` ignores `version`/`from_event_id` and never answers 400
+//! for `stopped` without a version; an exit by signal reports `exit_code` 128+signal; the
+//! default lease TTL is 30 s; an API `stop` of an `auto_destroy` machine destroys it; a duplicate
+//! machine name is 409 `already_exists: …`; 403 for a token not scoped to the app; stop/start
+//! of a machine already stopped/started are 200 / 412 `machine still active, refusing to start`.
+//! Rate limits: 1 req/s burst 3 per (action, machine or app) for every action including `wait`,
+//! events, leases and metadata; get machine 5 req/s burst 10. The tokenless unix socket serves
+//! every app (Fly's `/.fly/api` is scoped to the machine's own app).
 
 mod api;
 mod lifecycle;
@@ -83,6 +100,7 @@ impl Emulator {
             spawner,
             base_url: base_url.clone(),
             socket_path: socket_path.clone(),
+            closing: Default::default(),
             settings,
         });
         {

@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub spawner: Spawner,
     pub base_url: String,
     pub socket_path: PathBuf,
+    /// Set at shutdown: no more processes are started (no restart of what shutdown killed).
+    pub closing: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -40,6 +42,10 @@ impl Shared {
 
     /// Kills every machine process (shutdown).
     pub fn kill_all(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Every group the spawner made, including one whose launch is still in flight.
+        self.spawner.kill_all();
         let w = self.world();
         for m in w.machines.values() {
             if let Some(p) = m.proc {
@@ -134,15 +140,21 @@ fn proc_spec(shared: &Shared, w: &World, id: &str) -> Result<ProcSpec, String> {
 
 /// Schedules the machine (now in `starting`) to be started after `delay`: a fresh process, or
 /// SIGCONT when `resume`.
-pub(crate) fn schedule_start(shared: &Arc<Shared>, id: &str, delay: Duration, resume: bool) {
+/// `seq` is the machine's `op_seq` at scheduling time (a later operation cancels this one).
+/// Never takes the world lock itself, so callers may hold it.
+pub(crate) fn schedule_start(
+    shared: &Arc<Shared>,
+    id: &str,
+    seq: u64,
+    delay: Duration,
+    resume: bool,
+) {
     let shared = shared.clone();
     let id = id.to_string();
-    let seq = shared.world().machines.get(&id).map(|m| m.op_seq);
     tokio::spawn(async move {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let Some(seq) = seq else { return };
         if resume {
             let mut w = shared.world();
             let Some(m) = w.machines.get_mut(&id) else {
@@ -165,12 +177,9 @@ pub(crate) fn schedule_start(shared: &Arc<Shared>, id: &str, delay: Duration, re
 }
 
 /// After the create latency, moves a freshly created machine to `starting` and launches it.
-pub(crate) fn schedule_launch(shared: &Arc<Shared>, id: &str) {
+pub(crate) fn schedule_launch(shared: &Arc<Shared>, id: &str, seq: u64) {
     let shared = shared.clone();
     let id = id.to_string();
-    let Some(seq) = shared.world().machines.get(&id).map(|m| m.op_seq) else {
-        return;
-    };
     tokio::spawn(async move {
         let delay = shared.settings.latencies.create;
         if !delay.is_zero() {
@@ -202,6 +211,9 @@ async fn launch(shared: &Arc<Shared>, id: &str, seq: u64) {
         }
         proc_spec(shared, &w, id)
     };
+    if shared.closing.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     let spawned = match spec {
         Ok(spec) => shared
             .spawner
@@ -232,14 +244,20 @@ async fn launch(shared: &Arc<Shared>, id: &str, seq: u64) {
         }
     };
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
-    if m.op_seq != seq || m.state != "starting" {
-        // Superseded (destroyed/stopped) while spawning.
+    if m.op_seq != seq
+        || m.state != "starting"
+        || shared.closing.load(std::sync::atomic::Ordering::SeqCst)
+    {
+        // Superseded (destroyed/stopped) while spawning; the kill_on_drop child is reaped by tokio.
         signal_group(pid, Signal::SIGKILL);
+        drop(w);
+        shared.spawner.forget(pid);
         return;
     }
     m.generation += 1;
     let generation = m.generation;
     m.proc = Some(ProcRec { pid, generation });
+    m.last_pid = Some(pid);
     m.event("start", "started", "flyd", json!({}));
     let log = m.log.clone();
     w.set_state(id, "started");
@@ -279,6 +297,7 @@ async fn launch(shared: &Arc<Shared>, id: &str, seq: u64) {
         let status = child.wait().await;
         // Whatever the init left behind dies with the "VM" (also closes the pipes).
         signal_group(pid, Signal::SIGKILL);
+        shared.spawner.forget(pid);
         for r in readers {
             let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
         }
@@ -338,7 +357,9 @@ fn on_exit(shared: &Arc<Shared>, id: &str, generation: u64, code: i32, sig: i32)
         .pointer("/restart/max_retries")
         .and_then(Value::as_u64)
         .unwrap_or(10) as u32;
+    let closing = shared.closing.load(std::sync::atomic::Ordering::SeqCst);
     let restarting = !requested_stop
+        && !closing
         && match policy {
             "always" => true,
             "on-failure" => code != 0 && m.restart_count < max_retries,
@@ -363,14 +384,16 @@ fn on_exit(shared: &Arc<Shared>, id: &str, generation: u64, code: i32, sig: i32)
     if restarting {
         m.restart_count += 1;
         m.op_seq += 1;
+        let seq = m.op_seq;
         w.set_state(id, "starting");
         drop(w);
-        schedule_start(shared, id, shared.settings.latencies.start, false);
-    } else if pending == Pending::Replace {
+        schedule_start(shared, id, seq, shared.settings.latencies.start, false);
+    } else if pending == Pending::Replace && !closing {
         m.op_seq += 1;
+        let seq = m.op_seq;
         w.set_state(id, "starting");
         drop(w);
-        schedule_start(shared, id, shared.settings.latencies.start, false);
+        schedule_start(shared, id, seq, shared.settings.latencies.start, false);
     } else if pending == Pending::Destroy || auto_destroy {
         finish_destroy(&mut w, id);
         drop(w);
@@ -390,6 +413,14 @@ pub(crate) fn finish_destroy(w: &mut World, id: &str) {
     m.lease = None;
     m.pending = Pending::None;
     m.destroyed_at = Some(Instant::now());
+    // Destroyed machines stay in the ledger forever; keep only the tail of their logs.
+    let tail = 64 * 1024;
+    let mut log = m.log.lock().unwrap_or_else(|e| e.into_inner());
+    if log.len() > tail {
+        let cut = log.len() - tail;
+        log.drain(..cut);
+    }
+    drop(log);
     m.event("destroy", "destroyed", "user", json!({}));
     w.set_state(id, "destroyed");
 }
@@ -417,7 +448,10 @@ pub(crate) fn stop_process(
         signal_group(p.pid, Signal::SIGCONT);
         return;
     }
-    signal_group(p.pid, sig);
+    // Like a container's init, the stop signal goes to the main process only: it decides what
+    // to tell its children (a worker lets running jobs finish). Only the SIGKILL after the
+    // timeout takes the whole group.
+    crate::process::signal_process(p.pid, sig);
     if m.state == "starting" {
         // Resuming from suspend: the group may still be SIGSTOPped.
         signal_group(p.pid, Signal::SIGCONT);

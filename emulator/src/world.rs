@@ -82,6 +82,8 @@ pub(crate) struct MachineRec {
     pub events: Vec<Value>,
     pub lease: Option<LeaseRec>,
     pub proc: Option<ProcRec>,
+    /// PID of the latest process, kept after it exits (tests check it is gone).
+    pub last_pid: Option<i32>,
     pub generation: u64,
     /// Bumped by every user operation that supersedes a pending start.
     pub op_seq: u64,
@@ -292,6 +294,8 @@ pub struct MachineSnapshot {
     pub version: String,
     /// PID (= process group ID) of the running process, if any.
     pub pid: Option<i32>,
+    /// PID of the latest process, also after it exited.
+    pub last_pid: Option<i32>,
     /// Restarts done by the restart policy.
     pub restart_count: u32,
 }
@@ -304,6 +308,7 @@ impl From<&MachineRec> for MachineSnapshot {
             state: m.state.clone(),
             version: m.instance_id.clone(),
             pid: m.proc.map(|p| p.pid),
+            last_pid: m.last_pid,
             restart_count: m.restart_count,
         }
     }

@@ -620,8 +620,7 @@ impl MachinesClient {
     }
 
     /// Send with retries under `policy` until success, a final error or the deadline.
-    /// `done_if_404_after_ambiguous`: for deletes, a 404 after an attempt that may have
-    /// succeeded means it did.
+    /// For a DELETE, a 404 after an attempt that may have succeeded means it did (`Ok(None)`).
     async fn call(
         &self,
         policy: Retry,
@@ -630,7 +629,6 @@ impl MachinesClient {
         body: Option<Bytes>,
         lease: Option<&str>,
         extra_timeout: Duration,
-        done_if_404_after_ambiguous: bool,
     ) -> Result<Option<HttpResponse>> {
         let span = tracing::debug_span!("machines", method = %method, path = %url.path());
         async {
@@ -649,7 +647,7 @@ impl MachinesClient {
                 match self.attempt(req, attempt).await {
                     Ok(resp) => return Ok(Some(resp)),
                     Err(f)
-                        if done_if_404_after_ambiguous
+                        if method == Method::DELETE
                             && ambiguous_seen
                             && f.error.status() == Some(404) =>
                     {
@@ -679,17 +677,9 @@ impl MachinesClient {
     ) -> Result<T> {
         let path = url.path().to_string();
         let resp = self
-            .call(
-                policy,
-                method.clone(),
-                url,
-                body,
-                lease,
-                extra_timeout,
-                false,
-            )
+            .call(policy, method.clone(), url, body, lease, extra_timeout)
             .await?
-            .expect("only deletes map 404 to None");
+            .expect("only DELETE maps 404 to None, and no DELETE decodes a body");
         decode(&method, &path, &resp)
     }
 
@@ -1027,7 +1017,6 @@ impl Machines for MachinesClient {
             Some(body),
             lease,
             Duration::ZERO,
-            false,
         )
         .await
         .map(drop)
@@ -1043,7 +1032,6 @@ impl Machines for MachinesClient {
             None,
             lease,
             Duration::ZERO,
-            false,
         )
         .await
         .map(drop)
@@ -1070,7 +1058,6 @@ impl Machines for MachinesClient {
             None,
             lease,
             Duration::ZERO,
-            true,
         )
         .await
         .map(drop)
@@ -1197,7 +1184,6 @@ impl Machines for MachinesClient {
             None,
             Some(nonce),
             Duration::ZERO,
-            true,
         )
         .await
         .map(drop)
@@ -1229,7 +1215,6 @@ impl Machines for MachinesClient {
             Some(body),
             None,
             Duration::ZERO,
-            false,
         )
         .await
         .map(drop)
@@ -1244,7 +1229,6 @@ impl Machines for MachinesClient {
             None,
             None,
             Duration::ZERO,
-            true,
         )
         .await
         .map(drop)

@@ -474,6 +474,16 @@ impl Machine {
     pub fn current_version(&self) -> Option<&str> {
         self.version.as_deref().or(self.instance_id.as_deref())
     }
+
+    /// The state's wire name (`""` when the answer had none).
+    pub fn state_str(&self) -> &str {
+        self.state.as_ref().map_or("", MachineState::as_str)
+    }
+
+    /// One value of `config.metadata`.
+    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+        self.config.as_ref()?.metadata.as_ref()?.get(key).map(String::as_str)
+    }
 }
 
 /// A machine event (`MachineEvent`).

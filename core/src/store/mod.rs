@@ -116,6 +116,8 @@ pub enum WorkerState {
     Idle,
     /// Quiet or stopping: takes no new jobs.
     Stopping,
+    /// Its machine suspended itself (a warm pool member); it carries on when resumed.
+    Suspended,
 }
 
 impl WorkerState {
@@ -126,6 +128,7 @@ impl WorkerState {
             WorkerState::Live => "live",
             WorkerState::Idle => "idle",
             WorkerState::Stopping => "stopping",
+            WorkerState::Suspended => "suspended",
         }
     }
 
@@ -135,6 +138,7 @@ impl WorkerState {
             WorkerState::Live,
             WorkerState::Idle,
             WorkerState::Stopping,
+            WorkerState::Suspended,
         ]
         .into_iter()
         .find(|w| w.as_str() == s)
@@ -440,8 +444,20 @@ pub(crate) fn db_err(what: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
         let retryable = matches!(
             e,
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-        ) || matches!(&e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08") || c == "40001" || c == "40P01"));
-        Error::store(format!("{what}: {e}"))
+        ) || matches!(&e, sqlx::Error::Database(d) if d.code().is_some_and(|c| {
+            c.starts_with("57") || c.starts_with("08") || c == "40001" || c == "40P01"
+        }));
+        // A unique violation (SQLSTATE 23505; SQLite extended code 2067) is a conflict with
+        // another pending job holding the same unique key (e.g. retrying a dead job whose key
+        // was reused).
+        let unique = matches!(&e, sqlx::Error::Database(d)
+            if d.code().is_some_and(|c| c == "23505" || c == "2067"));
+        let kind = if unique {
+            crate::ErrorKind::Conflict
+        } else {
+            crate::ErrorKind::Store
+        };
+        Error::new(kind, format!("{what}: {e}"))
             .with_source(e)
             .with_retryable(retryable)
     }
