@@ -18,13 +18,27 @@ pub struct RbClient {
 }
 
 /// One row of `_enqueue_many`: the positional arguments of `_enqueue`.
-type Row = (String, String, i32, Option<f64>, Option<u32>, Option<String>, Option<String>);
+type Row = (
+    String,
+    String,
+    i32,
+    Option<f64>,
+    Option<u32>,
+    Option<String>,
+    Option<String>,
+);
 
 impl RbClient {
     fn get(&self, ruby: &Ruby) -> Result<flyjobs::Client, Error> {
-        let guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.clone().ok_or_else(|| {
-            to_ruby(ruby, &flyjobs::Error::new(flyjobs::ErrorKind::Shutdown, "the client is closed"))
+            to_ruby(
+                ruby,
+                &flyjobs::Error::new(flyjobs::ErrorKind::Shutdown, "the client is closed"),
+            )
         })
     }
 
@@ -33,7 +47,9 @@ impl RbClient {
         guard(|ruby| {
             let config = crate::options::config(ruby, opts)?;
             let client = block(ruby, flyjobs::Client::open(config))?;
-            Ok(RbClient { inner: Mutex::new(Some(client)) })
+            Ok(RbClient {
+                inner: Mutex::new(Some(client)),
+            })
         })
     }
 
@@ -51,7 +67,18 @@ impl RbClient {
     ) -> Result<i64, Error> {
         guard(|ruby| {
             let client = self.get(ruby)?;
-            let job = new_job(ruby, (queue, payload, priority, run_at, max_attempts, name, unique_key))?;
+            let job = new_job(
+                ruby,
+                (
+                    queue,
+                    payload,
+                    priority,
+                    run_at,
+                    max_attempts,
+                    name,
+                    unique_key,
+                ),
+            )?;
             let stored = block(ruby, async move { client.enqueue(job).await })?;
             Ok(stored.id.0)
         })
@@ -92,7 +119,13 @@ impl RbClient {
 
     /// `#_worker(queues, concurrency, wait, pool)`: nil = the core's default for each; wait is
     /// seconds or a String ("600", "10m", "forever"); pool is "none", "stop" or "suspend".
-    fn worker(&self, queues: Vec<String>, concurrency: Option<u32>, wait: Value, pool: Option<String>) -> Result<RbWorker, Error> {
+    fn worker(
+        &self,
+        queues: Vec<String>,
+        concurrency: Option<u32>,
+        wait: Value,
+        pool: Option<String>,
+    ) -> Result<RbWorker, Error> {
         guard(|ruby| {
             let client = self.get(ruby)?;
             let mut options = flyjobs::worker::WorkerOptions::new(queues);
@@ -118,7 +151,9 @@ impl RbClient {
     fn job(&self, id: i64) -> Result<Option<String>, Error> {
         guard(|ruby| {
             let client = self.get(ruby)?;
-            let job = block(ruby, async move { client.store().get_job(flyjobs::job::JobId(id)).await })?;
+            let job = block(ruby, async move {
+                client.store().get_job(flyjobs::job::JobId(id)).await
+            })?;
             job.map(|j| serde_json::to_string(&j).map_err(|e| to_ruby(ruby, &e.into())))
                 .transpose()
         })
@@ -146,7 +181,11 @@ impl RbClient {
     /// `#_close`: idempotent.
     fn close(&self) -> Result<(), Error> {
         guard(|ruby| {
-            let taken = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            let taken = self
+                .inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
             if let Some(client) = taken {
                 block(ruby, async move {
                     client.shutdown().await;
@@ -192,7 +231,12 @@ fn timestamp(ruby: &Ruby, t: f64) -> Result<DateTime<Utc>, Error> {
     let secs = t.floor();
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let dt = DateTime::from_timestamp(secs as i64, ((t - secs) * 1e9) as u32);
-    dt.ok_or_else(|| to_ruby(ruby, &flyjobs::Error::invalid(format!("run_at {t} is out of range"))))
+    dt.ok_or_else(|| {
+        to_ruby(
+            ruby,
+            &flyjobs::Error::invalid(format!("run_at {t} is out of range")),
+        )
+    })
 }
 
 fn wait_arg(ruby: &Ruby, wait: Value) -> Result<Option<Wait>, Error> {
@@ -200,11 +244,18 @@ fn wait_arg(ruby: &Ruby, wait: Value) -> Result<Option<Wait>, Error> {
         return Ok(None);
     }
     if let Ok(s) = String::try_convert(wait) {
-        return Wait::parse("--wait", &s).map(Some).map_err(|e| to_ruby(ruby, &e));
+        return Wait::parse("--wait", &s)
+            .map(Some)
+            .map_err(|e| to_ruby(ruby, &e));
     }
     let secs = f64::try_convert(wait)?;
     if !(secs >= 0.0 && secs.is_finite()) {
-        return Err(to_ruby(ruby, &flyjobs::Error::config(format!("--wait must be seconds >= 0 or forever, got {secs}"))));
+        return Err(to_ruby(
+            ruby,
+            &flyjobs::Error::config(format!(
+                "--wait must be seconds >= 0 or forever, got {secs}"
+            )),
+        ));
     }
     Ok(Some(Wait::Idle(std::time::Duration::from_secs_f64(secs))))
 }
@@ -215,7 +266,10 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> Result<(), Error> {
     class.define_method("_enqueue", method!(RbClient::enqueue, 7))?;
     class.define_method("_enqueue_many", method!(RbClient::enqueue_many, 1))?;
     class.define_method("_start_scaler", method!(RbClient::start_scaler, 0))?;
-    class.define_method("_set_default_worker_command", method!(RbClient::set_default_worker_command, 1))?;
+    class.define_method(
+        "_set_default_worker_command",
+        method!(RbClient::set_default_worker_command, 1),
+    )?;
     class.define_method("_worker", method!(RbClient::worker, 4))?;
     class.define_method("_job", method!(RbClient::job, 1))?;
     class.define_method("_database_url", method!(RbClient::database_url, 0))?;

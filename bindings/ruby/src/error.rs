@@ -100,8 +100,14 @@ pub fn kinds() -> Vec<&'static str> {
 pub fn for_test(kind: String, message: String) -> Result<magnus::Exception, Error> {
     let ruby = Ruby::get().expect("called from Ruby");
     let Some(k) = flyjobs::ErrorKind::ALL.iter().find(|k| k.as_str() == kind) else {
-        return Err(Error::new(ruby.exception_arg_error(), format!("unknown kind {kind:?}")));
+        return Err(Error::new(
+            ruby.exception_arg_error(),
+            format!("unknown kind {kind:?}"),
+        ));
     };
     let err = to_ruby(&ruby, &flyjobs::Error::new(*k, message));
-    Ok(err.value().and_then(magnus::Exception::from_value).expect("to_ruby makes an exception"))
+    Ok(err
+        .value()
+        .and_then(magnus::Exception::from_value)
+        .expect("to_ruby makes an exception"))
 }

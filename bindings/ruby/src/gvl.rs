@@ -32,7 +32,10 @@ where
         std::ptr::null_mut()
     }
 
-    let mut payload = Payload { f: Some(f), out: None };
+    let mut payload = Payload {
+        f: Some(f),
+        out: None,
+    };
     // SAFETY: the trampoline matches the expected signature and only touches `payload`, which
     // outlives the call; no unblocking function (see above).
     unsafe {

@@ -16,16 +16,23 @@ mod gvl;
 mod options;
 mod worker;
 
-use magnus::{Error, Ruby, function, prelude::*};
+// `#[magnus::init]` generates the undocumented `Init_flyjobs_ruby` that Ruby calls on `require`
+// (a `#[no_mangle]` symbol, exported from the cdylib whatever the module's visibility).
+#[allow(missing_docs)]
+mod entry {
+    use magnus::{Error, Ruby, function, prelude::*};
 
-/// `require "flyjobs_ruby"`: defines `FlyJobs::Native` and its classes.
-#[magnus::init(name = "flyjobs_ruby")]
-fn init(ruby: &Ruby) -> Result<(), Error> {
-    let flyjobs = ruby.define_module("FlyJobs")?;
-    let native = flyjobs.define_module("Native")?;
-    native.define_singleton_method("_error_kinds", function!(error::kinds, 0))?;
-    native.define_singleton_method("_error_for_test", function!(error::for_test, 2))?;
-    client::define(ruby, native)?;
-    worker::define(ruby, native)?;
-    Ok(())
+    use crate::{client, error, worker};
+
+    /// `require "flyjobs_ruby"`: defines `FlyJobs::Native` and its classes.
+    #[magnus::init(name = "flyjobs_ruby")]
+    fn init(ruby: &Ruby) -> Result<(), Error> {
+        let flyjobs = ruby.define_module("FlyJobs")?;
+        let native = flyjobs.define_module("Native")?;
+        native.define_singleton_method("_error_kinds", function!(error::kinds, 0))?;
+        native.define_singleton_method("_error_for_test", function!(error::for_test, 2))?;
+        client::define(ruby, native)?;
+        worker::define(ruby, native)?;
+        Ok(())
+    }
 }

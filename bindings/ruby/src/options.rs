@@ -54,7 +54,11 @@ pub fn config(ruby: &Ruby, opts: RHash) -> Result<flyjobs::Config, Error> {
                 }
                 b
             }
-            _ => return Err(core(flyjobs::Error::config(format!("unknown flyjobs option {key:?}")))),
+            _ => {
+                return Err(core(flyjobs::Error::config(format!(
+                    "unknown flyjobs option {key:?}"
+                ))));
+            }
         };
     }
     b.build().map_err(core)
@@ -85,7 +89,10 @@ fn queue_spec(settings: RHash) -> Result<String, Error> {
 fn words(value: Value) -> Result<Vec<String>, Error> {
     match RArray::from_value(value) {
         Some(a) => a.to_vec::<String>(),
-        None => Ok(String::try_convert(value)?.split_whitespace().map(str::to_string).collect()),
+        None => Ok(String::try_convert(value)?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()),
     }
 }
 
@@ -96,6 +103,8 @@ fn duration(key: &str, value: Value) -> flyjobs::Result<Duration> {
     }
     match f64::try_convert(value) {
         Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(Duration::from_secs_f64(secs)),
-        _ => Err(flyjobs::Error::config(format!("{key} must be seconds or a duration like 10m"))),
+        _ => Err(flyjobs::Error::config(format!(
+            "{key} must be seconds or a duration like 10m"
+        ))),
     }
 }

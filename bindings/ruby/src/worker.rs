@@ -27,11 +27,17 @@ pub struct RbWorker {
 
 impl RbWorker {
     pub fn new(worker: flyjobs::worker::Worker, concurrency: u32) -> Self {
-        RbWorker { inner: worker, concurrency }
+        RbWorker {
+            inner: worker,
+            concurrency,
+        }
     }
 
     fn slot(&self) -> RbSlot {
-        RbSlot { worker: self.inner.clone(), pending: Mutex::new(None) }
+        RbSlot {
+            worker: self.inner.clone(),
+            pending: Mutex::new(None),
+        }
     }
 
     fn concurrency(&self) -> u32 {
@@ -46,7 +52,11 @@ impl RbWorker {
     fn stop(&self, seconds: f64) -> Result<(), Error> {
         guard(|ruby| {
             let w = self.inner.clone();
-            let deadline = Duration::from_secs_f64(if seconds.is_finite() { seconds.max(0.0) } else { 0.0 });
+            let deadline = Duration::from_secs_f64(if seconds.is_finite() {
+                seconds.max(0.0)
+            } else {
+                0.0
+            });
             block(ruby, async move {
                 w.stop(deadline).await;
                 Ok(())
@@ -70,7 +80,11 @@ impl RbSlot {
     /// `#_next(seconds) -> Lease | nil | false`.
     fn next(&self, seconds: f64) -> Result<Value, Error> {
         guard(|ruby| {
-            let taken = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            let taken = self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
             let mut handle = match taken {
                 Some(h) => h,
                 None => {
@@ -88,7 +102,10 @@ impl RbSlot {
             let (result, handle) = waited.map_err(|p| internal(ruby, &p))?;
             match result {
                 Err(_elapsed) => {
-                    *self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
+                    *self
+                        .pending
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
                     Ok(ruby.qfalse().as_value())
                 }
                 Ok(Err(join)) => Err(internal(ruby, &format!("worker task failed: {join}"))),
@@ -131,7 +148,16 @@ impl RbLease {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
             .ok_or_else(|| {
-                to_ruby(ruby, &flyjobs::Error::new(flyjobs::ErrorKind::Conflict, format!("job {} was already completed, failed or released", self.job_id)))
+                to_ruby(
+                    ruby,
+                    &flyjobs::Error::new(
+                        flyjobs::ErrorKind::Conflict,
+                        format!(
+                            "job {} was already completed, failed or released",
+                            self.job_id
+                        ),
+                    ),
+                )
             })
     }
 
@@ -159,10 +185,19 @@ impl RbLease {
     }
 
     /// `#_fail(class, message, backtrace) -> String`: what the retry policy decided.
-    fn fail(&self, class: String, message: String, backtrace: Vec<String>) -> Result<String, Error> {
+    fn fail(
+        &self,
+        class: String,
+        message: String,
+        backtrace: Vec<String>,
+    ) -> Result<String, Error> {
         guard(|ruby| {
             let lease = self.take(ruby)?;
-            let failure = flyjobs::job::Failure { class, message, backtrace };
+            let failure = flyjobs::job::Failure {
+                class,
+                message,
+                backtrace,
+            };
             let outcome = block(ruby, async move { lease.fail(failure).await })?;
             Ok(format!("{outcome:?}"))
         })
