@@ -74,6 +74,14 @@ class AdapterTest < Minitest::Test
     assert_equal [[1], [2]], ids.map { |id| @client.job(id)["payload"]["arguments"] }
   end
 
+  def test_enqueue_all_is_one_transaction
+    first = AdapterTestJob.perform_later(0).provider_job_id
+    jobs = [AdapterTestJob.new(1), AdapterTestJob.new(2).tap { |j| j.queue_name = "not a queue!" }]
+    assert_raises(FlyJobs::InvalidError) { @adapter.enqueue_all(jobs) }
+    assert_nil jobs.first.provider_job_id
+    assert_nil @client.job(first + 1), "the valid job of the failed batch must not have been written"
+  end
+
   def test_an_unserializable_argument_raises_and_writes_nothing
     first = AdapterTestJob.perform_later(1).provider_job_id
     assert_raises(ActiveJob::SerializationError) { AdapterTestJob.perform_later(Object.new) }
