@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
+use flyjobs::Client;
 use flyjobs::config::{PoolMode, Wait};
 use flyjobs::job::Failure;
 use flyjobs::worker::{WorkerLease, WorkerOptions};
-use flyjobs::Client;
 use serde::Deserialize;
 use tokio::process::Command;
 use tracing::{info, warn};
@@ -51,7 +51,13 @@ pub async fn run_worker(
     pool: PoolMode,
 ) -> anyhow::Result<()> {
     let worker = client
-        .worker(WorkerOptions { queues, concurrency, wait, pool, id: None })
+        .worker(WorkerOptions {
+            queues,
+            concurrency,
+            wait,
+            pool,
+            id: None,
+        })
         .await
         .context("starting the worker")?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -75,11 +81,17 @@ pub async fn run_worker(
         () = async { while tasks.join_next().await.is_some() {} } => false,
     };
     if signalled {
-        info!(worker = worker.id(), "signal received: quiet, finishing running jobs");
+        info!(
+            worker = worker.id(),
+            "signal received: quiet, finishing running jobs"
+        );
         worker.quiet();
         let deadline = shutdown_timeout();
         // Running jobs get until the deadline; whatever is left is released by stop().
-        let _ = tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         worker.stop(Duration::ZERO).await;
         tasks.abort_all();
     } else {
@@ -135,7 +147,15 @@ async fn run_command(cmd: &CommandJob) -> Result<(), Failure> {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let tail: Vec<String> = stderr.lines().rev().take(20).map(str::to_string).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: Vec<String> = stderr
+        .lines()
+        .rev()
+        .take(20)
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     Err(Failure {
         class: "FlyJobs::CommandFailed".into(),
         message: match output.status.code() {

@@ -28,7 +28,8 @@ pub struct DemoArgs {
     timeout: u64,
 }
 
-const QUEUES: &str = "default:max_machines=4,concurrency=2,wait=2;reports:max_machines=2,concurrency=1,wait=2";
+const QUEUES: &str =
+    "default:max_machines=4,concurrency=2,wait=2;reports:max_machines=2,concurrency=1,wait=2";
 
 /// Run the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -48,20 +49,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     settings.images.insert(
         flyjobs::fork::EMBEDDED_IMAGE.to_string(),
-        flyjobs_emulator::Image { dir: std::env::current_dir()?, cmd: Vec::new() },
+        flyjobs_emulator::Image {
+            dir: std::env::current_dir()?,
+            cmd: Vec::new(),
+        },
     );
     let (emulator, machines, app) = flyjobs::embedded::start(settings).await?;
     client.set_machines(machines.clone(), app.clone()).await;
     client.set_default_worker_command(self_command()).await;
 
-    println!("flyjobs demo: embedded Machines API at {}, queue in SQLite", emulator.base_url());
+    println!(
+        "flyjobs demo: embedded Machines API at {}, queue in SQLite",
+        emulator.base_url()
+    );
     println!("  queues: {}", QUEUES.replace(';', "  |  "));
 
     let jobs = plan(args.jobs, dir.path());
     let total = jobs.len();
     let t0 = Instant::now();
     client.enqueue_many(jobs).await.context("enqueue")?;
-    println!("  enqueued {total} command jobs in {:.0} ms; starting the scaler\n", t0.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "  enqueued {total} command jobs in {:.0} ms; starting the scaler\n",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     client.start_scaler().await?;
 
     let mut peak: BTreeMap<String, usize> = BTreeMap::new();
@@ -75,7 +85,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             dead += s.dead;
             pending += s.ready + s.scheduled + s.running;
         }
-        let per_queue = machines_per_queue(machines.as_ref(), &app).await.unwrap_or_default();
+        let per_queue = machines_per_queue(machines.as_ref(), &app)
+            .await
+            .unwrap_or_default();
         for (q, n) in &per_queue {
             let p = peak.entry(q.clone()).or_default();
             *p = (*p).max(*n);
@@ -128,7 +140,15 @@ fn plan(n: u32, dir: &std::path::Path) -> Vec<NewJob> {
                 ("default", 0.1, vec!["sh".into(), "-c".into(), script])
             }
             // Always fails; one attempt only, so it lands in the dead set.
-            7 if i < 40 => ("default", 0.0, vec!["sh".into(), "-c".into(), "echo 'broken job' >&2; exit 1".into()]),
+            7 if i < 40 => (
+                "default",
+                0.0,
+                vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo 'broken job' >&2; exit 1".into(),
+                ],
+            ),
             _ => {
                 let s = 0.05 + f64::from(i % 11) * 0.05;
                 ("default", s, vec!["sleep".into(), format!("{s:.2}")])
@@ -145,7 +165,10 @@ fn plan(n: u32, dir: &std::path::Path) -> Vec<NewJob> {
     jobs
 }
 
-async fn machines_per_queue(machines: &dyn Machines, app: &str) -> flyjobs::Result<BTreeMap<String, usize>> {
+async fn machines_per_queue(
+    machines: &dyn Machines,
+    app: &str,
+) -> flyjobs::Result<BTreeMap<String, usize>> {
     let list = machines
         .list_machines(
             app,
@@ -172,7 +195,12 @@ async fn all_jobs(client: &Client) -> anyhow::Result<Vec<Job>> {
         loop {
             let page = client
                 .store()
-                .list_jobs(flyjobs::store::JobFilter { state: Some(state), queue: None, limit: 500, after_id: after })
+                .list_jobs(flyjobs::store::JobFilter {
+                    state: Some(state),
+                    queue: None,
+                    limit: 500,
+                    after_id: after,
+                })
                 .await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id);
@@ -190,9 +218,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-fn summary(jobs: &[Job], ledger: &flyjobs_emulator::Ledger, peak: &BTreeMap<String, usize>, elapsed: Duration) {
-    let done = jobs.iter().filter(|j| j.state == JobState::Completed).count();
-    let retried = jobs.iter().filter(|j| j.state == JobState::Completed && j.attempts > 1).count();
+fn summary(
+    jobs: &[Job],
+    ledger: &flyjobs_emulator::Ledger,
+    peak: &BTreeMap<String, usize>,
+    elapsed: Duration,
+) {
+    let done = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Completed)
+        .count();
+    let retried = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Completed && j.attempts > 1)
+        .count();
     let dead = jobs.iter().filter(|j| j.state == JobState::Dead).count();
     // Enqueue → start of the first attempt: what a user waits for a machine.
     let mut latency: Vec<f64> = jobs
@@ -219,5 +258,12 @@ fn summary(jobs: &[Job], ledger: &flyjobs_emulator::Ledger, peak: &BTreeMap<Stri
         percentile(&latency, 0.95)
     );
     println!("  billed machine-s     {billed:.1} (emulator ledger: started + suspended)");
-    println!("  busy job-s           {busy:.1}   (utilisation {:.0}%)", if billed > 0.0 { busy / billed * 100.0 } else { 0.0 });
+    println!(
+        "  busy job-s           {busy:.1}   (utilisation {:.0}%)",
+        if billed > 0.0 {
+            busy / billed * 100.0
+        } else {
+            0.0
+        }
+    );
 }

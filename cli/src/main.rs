@@ -6,7 +6,6 @@
 mod command;
 mod demo;
 
-
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use flyjobs::config::{PoolMode, Wait};
@@ -15,7 +14,11 @@ use flyjobs::store::WorkerState;
 use flyjobs::{Client, Config};
 
 #[derive(Parser)]
-#[command(name = "flyjobs", version, about = "Background jobs on on-demand Fly Machines")]
+#[command(
+    name = "flyjobs",
+    version,
+    about = "Background jobs on on-demand Fly Machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -158,7 +161,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{report:?}");
                 return Ok(());
             }
-            client.set_default_worker_command(command::self_command()).await;
+            client
+                .set_default_worker_command(command::self_command())
+                .await;
             client.start_scaler().await.context("scaler")?;
             eprintln!("flyjobs: scaler running; Ctrl-C to stop");
             let _ = tokio::signal::ctrl_c().await;
@@ -188,7 +193,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status => status(open().await?).await,
-        Command::Jobs { state, queue, limit } => {
+        Command::Jobs {
+            state,
+            queue,
+            limit,
+        } => {
             let state: JobState = state.parse()?;
             let client = open().await?;
             let jobs = client
@@ -201,9 +210,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await
                 .context("list jobs")?;
-            println!("{:>8}  {:<12} {:<10} {:>8}  {:<20} error", "id", "queue", "name", "attempts", "run_at");
+            println!(
+                "{:>8}  {:<12} {:<10} {:>8}  {:<20} error",
+                "id", "queue", "name", "attempts", "run_at"
+            );
             for j in jobs {
-                let err = j.last_error.as_ref().map(|f| format!("{}: {}", f.class, f.message)).unwrap_or_default();
+                let err = j
+                    .last_error
+                    .as_ref()
+                    .map(|f| format!("{}: {}", f.class, f.message))
+                    .unwrap_or_default();
                 println!(
                     "{:>8}  {:<12} {:<10} {:>8}  {:<20} {}",
                     j.id,
@@ -218,11 +234,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Retry { id } => {
             let client = open().await?;
-            client.store().retry_dead(JobId(id)).await.context("retry")?;
+            client
+                .store()
+                .retry_dead(JobId(id))
+                .await
+                .context("retry")?;
             println!("job {id} is ready again");
             Ok(())
         }
-        Command::Emulator { port, latency, images } => {
+        Command::Emulator {
+            port,
+            latency,
+            images,
+        } => {
             let mut settings = match latency.as_str() {
                 "fly" => flyjobs_emulator::EmulatorSettings::default(),
                 "none" => flyjobs_emulator::EmulatorSettings::for_tests(),
@@ -233,12 +257,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let (image, dir) = spec
                     .rsplit_once('=')
                     .with_context(|| format!("--image must be REF=DIR, got {spec:?}"))?;
-                settings
-                    .images
-                    .insert(image.to_string(), flyjobs_emulator::Image { dir: dir.into(), cmd: Vec::new() });
+                settings.images.insert(
+                    image.to_string(),
+                    flyjobs_emulator::Image {
+                        dir: dir.into(),
+                        cmd: Vec::new(),
+                    },
+                );
             }
-            let handle = flyjobs_emulator::Emulator::start(settings).await.context("emulator")?;
-            println!("flyjobs emulator: Machines API on {}/v1 (Ctrl-C to stop)", handle.base_url());
+            let handle = flyjobs_emulator::Emulator::start(settings)
+                .await
+                .context("emulator")?;
+            println!(
+                "flyjobs emulator: Machines API on {}/v1 (Ctrl-C to stop)",
+                handle.base_url()
+            );
             let _ = tokio::signal::ctrl_c().await;
             handle.shutdown().await;
             Ok(())
@@ -255,9 +288,15 @@ async fn status(client: Client) -> anyhow::Result<()> {
         "queue", "ready", "scheduled", "running", "dead", "oldest", "workers", "idle", "suspended"
     );
     for s in stats {
-        let mine: Vec<_> = workers.iter().filter(|w| w.queues.contains(&s.queue)).collect();
+        let mine: Vec<_> = workers
+            .iter()
+            .filter(|w| w.queues.contains(&s.queue))
+            .collect();
         let idle = mine.iter().filter(|w| w.state == WorkerState::Idle).count();
-        let suspended = mine.iter().filter(|w| w.state == WorkerState::Suspended).count();
+        let suspended = mine
+            .iter()
+            .filter(|w| w.state == WorkerState::Suspended)
+            .count();
         println!(
             "{:<16} {:>7} {:>9} {:>7} {:>6} {:>10}   {:>7} {:>6} {:>9}",
             s.queue,
@@ -265,7 +304,9 @@ async fn status(client: Client) -> anyhow::Result<()> {
             s.scheduled,
             s.running,
             s.dead,
-            s.oldest_ready_age.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or_else(|| "-".into()),
+            s.oldest_ready_age
+                .map(|d| format!("{:.1}s", d.as_secs_f64()))
+                .unwrap_or_else(|| "-".into()),
             mine.len(),
             idle,
             suspended
@@ -273,4 +314,3 @@ async fn status(client: Client) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

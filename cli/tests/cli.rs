@@ -6,8 +6,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_flyjobs");
 
 fn flyjobs(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).current_dir(dir).env_clear().env("PATH", std::env::var("PATH").unwrap());
-    cmd.env("FLYJOBS_DATABASE_URL", format!("sqlite://{}/q.sqlite3?mode=rwc", dir.display()));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap());
+    cmd.env(
+        "FLYJOBS_DATABASE_URL",
+        format!("sqlite://{}/q.sqlite3?mode=rwc", dir.display()),
+    );
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -15,7 +21,12 @@ fn flyjobs(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output
 }
 
 fn stdout(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -23,28 +34,79 @@ fn stdout(o: &Output) -> String {
 fn enqueue_status_worker_dead_set_and_retry() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ok = stdout(&flyjobs(d, &["enqueue", "--queue", "mail", "--", "sh", "-c", "echo ran >> out.txt"], &[]));
-    assert!(ok.trim().parse::<i64>().is_ok(), "prints the job id: {ok:?}");
-    let bad = stdout(&flyjobs(d, &["enqueue", "--queue", "mail", "--max-attempts", "1", "--", "sh", "-c", "test -e fixed"], &[]));
+    let ok = stdout(&flyjobs(
+        d,
+        &[
+            "enqueue",
+            "--queue",
+            "mail",
+            "--",
+            "sh",
+            "-c",
+            "echo ran >> out.txt",
+        ],
+        &[],
+    ));
+    assert!(
+        ok.trim().parse::<i64>().is_ok(),
+        "prints the job id: {ok:?}"
+    );
+    let bad = stdout(&flyjobs(
+        d,
+        &[
+            "enqueue",
+            "--queue",
+            "mail",
+            "--max-attempts",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "test -e fixed",
+        ],
+        &[],
+    ));
     let bad_id = bad.trim().to_string();
-    stdout(&flyjobs(d, &["enqueue", "--queue", "mail", "--in", "1h", "--", "true"], &[]));
+    stdout(&flyjobs(
+        d,
+        &["enqueue", "--queue", "mail", "--in", "1h", "--", "true"],
+        &[],
+    ));
 
     let status = stdout(&flyjobs(d, &["status"], &[]));
     let mail = status.lines().find(|l| l.starts_with("mail")).unwrap();
     let cols: Vec<&str> = mail.split_whitespace().collect();
-    assert_eq!(&cols[1..5], ["2", "1", "0", "0"], "ready 2, scheduled 1, running 0, dead 0: {status}");
+    assert_eq!(
+        &cols[1..5],
+        ["2", "1", "0", "0"],
+        "ready 2, scheduled 1, running 0, dead 0: {status}"
+    );
 
     // A local worker drains the queue and leaves after 1 s idle.
-    stdout(&flyjobs(d, &["worker", "--queues", "mail", "--wait", "1"], &[]));
+    stdout(&flyjobs(
+        d,
+        &["worker", "--queues", "mail", "--wait", "1"],
+        &[],
+    ));
     assert_eq!(std::fs::read_to_string(d.join("out.txt")).unwrap(), "ran\n");
     let dead = stdout(&flyjobs(d, &["jobs", "--state", "dead"], &[]));
-    assert!(dead.contains(&bad_id) && dead.contains("FlyJobs::CommandFailed"), "{dead}");
+    assert!(
+        dead.contains(&bad_id) && dead.contains("FlyJobs::CommandFailed"),
+        "{dead}"
+    );
 
     std::fs::write(d.join("fixed"), "").unwrap();
     stdout(&flyjobs(d, &["retry", &bad_id], &[]));
-    stdout(&flyjobs(d, &["worker", "--queues", "mail", "--wait", "1"], &[]));
+    stdout(&flyjobs(
+        d,
+        &["worker", "--queues", "mail", "--wait", "1"],
+        &[],
+    ));
     let dead = stdout(&flyjobs(d, &["jobs", "--state", "dead"], &[]));
-    assert!(!dead.contains(&format!("\n{:>8}", bad_id)), "retried job left the dead set: {dead}");
+    assert!(
+        !dead.contains(&format!("\n{:>8}", bad_id)),
+        "retried job left the dead set: {dead}"
+    );
     let done = stdout(&flyjobs(d, &["jobs", "--state", "completed"], &[]));
     assert_eq!(done.lines().count(), 3, "header + 2 completed: {done}");
 }
@@ -55,8 +117,14 @@ fn bad_settings_fail_before_anything_starts() {
     for (env, needle) in [
         (("FLYJOBS_QUEUES", "mail:max_machines=-1"), "max_machines"),
         (("FLYJOBS_QUEUES", "mail:size=giant-3x"), "giant-3x"),
-        (("FLYJOBS_DATABASE_URL", "mysql://u:hunter2@db/x"), "FLYJOBS_DATABASE_URL"),
-        (("FLYJOBS_DATABASE_URL", "postgres://u:hunter2@127.0.0.1:1/x"), "127.0.0.1:1"),
+        (
+            ("FLYJOBS_DATABASE_URL", "mysql://u:hunter2@db/x"),
+            "FLYJOBS_DATABASE_URL",
+        ),
+        (
+            ("FLYJOBS_DATABASE_URL", "postgres://u:hunter2@127.0.0.1:1/x"),
+            "127.0.0.1:1",
+        ),
     ] {
         let o = flyjobs(dir.path(), &["status"], &[env]);
         assert!(!o.status.success(), "{env:?} accepted");
@@ -66,16 +134,27 @@ fn bad_settings_fail_before_anything_starts() {
     }
     let o = flyjobs(dir.path(), &["worker", "--wait", "soon"], &[]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--wait"));
-    let o = flyjobs(dir.path(), &["enqueue", "--queue", "bad queue!", "--", "true"], &[]);
+    let o = flyjobs(
+        dir.path(),
+        &["enqueue", "--queue", "bad queue!", "--", "true"],
+        &[],
+    );
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("bad queue!"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bad queue!"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
 fn on_fly_without_a_database_url_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(BIN);
-    cmd.args(["status"]).current_dir(dir.path()).env_clear().env("FLY_MACHINE_ID", "1857156b526dd8");
+    cmd.args(["status"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("FLY_MACHINE_ID", "1857156b526dd8");
     let o = cmd.output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("FLYJOBS_DATABASE_URL"));

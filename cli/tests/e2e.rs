@@ -43,7 +43,11 @@ async fn database_url(db: Db, dir: &std::path::Path) -> Option<String> {
                 eprintln!("SKIPPED: PostgreSQL test (FLYJOBS_SKIP_PG=1)");
                 return None;
             };
-            Some(flyjobs::testing::fresh_postgres_database(&base).await.expect("fresh database"))
+            Some(
+                flyjobs::testing::fresh_postgres_database(&base)
+                    .await
+                    .expect("fresh database"),
+            )
         }
     }
 }
@@ -71,12 +75,23 @@ async fn setup_with(
     let mut settings = settings;
     settings.images.insert(
         flyjobs::fork::EMBEDDED_IMAGE.to_string(),
-        flyjobs_emulator::Image { dir: dir.path().to_path_buf(), cmd: Vec::new() },
+        flyjobs_emulator::Image {
+            dir: dir.path().to_path_buf(),
+            cmd: Vec::new(),
+        },
     );
     let (emulator, machines, app) = flyjobs::embedded::start(settings).await.unwrap();
     client.set_machines(machines.clone(), app.clone()).await;
-    client.set_default_worker_command(vec![BIN.to_string(), "worker".into()]).await;
-    Some(Env { client, emulator, machines, app, dir })
+    client
+        .set_default_worker_command(vec![BIN.to_string(), "worker".into()])
+        .await;
+    Some(Env {
+        client,
+        emulator,
+        machines,
+        app,
+        dir,
+    })
 }
 
 fn fast() -> EmulatorSettings {
@@ -97,14 +112,23 @@ impl Env {
     async fn scaler(&self) -> Arc<Scaler> {
         Arc::new(
             self.client
-                .build_scaler(ScalerOptions { interval: Duration::from_millis(200), ..ScalerOptions::default() })
+                .build_scaler(ScalerOptions {
+                    interval: Duration::from_millis(200),
+                    ..ScalerOptions::default()
+                })
                 .await
                 .unwrap(),
         )
     }
 
     async fn state(&self, id: JobId) -> JobState {
-        self.client.store().get_job(id).await.unwrap().unwrap().state
+        self.client
+            .store()
+            .get_job(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
     }
 
     async fn wait_state(&self, id: JobId, want: JobState, within: Duration) {
@@ -114,7 +138,10 @@ impl Env {
             if s == want {
                 return;
             }
-            assert!(Instant::now() < until, "job {id} is {s:?}, wanted {want:?} within {within:?}");
+            assert!(
+                Instant::now() < until,
+                "job {id} is {s:?}, wanted {want:?} within {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -142,12 +169,20 @@ impl Env {
 }
 
 async fn boots_a_machine_for_a_new_job(db: Db) {
-    let Some(env) = setup(db, "default:max_machines=2,wait=1", fast()).await else { return };
-    assert!(env.emulator.machines(&env.app).is_empty(), "nothing runs before a job arrives");
+    let Some(env) = setup(db, "default:max_machines=2,wait=1", fast()).await else {
+        return;
+    };
+    assert!(
+        env.emulator.machines(&env.app).is_empty(),
+        "nothing runs before a job arrives"
+    );
     let out = env.path("ran");
-    let id = env.enqueue_sh("default", &format!("echo hello > '{}'", out.display())).await;
+    let id = env
+        .enqueue_sh("default", &format!("echo hello > '{}'", out.display()))
+        .await;
     let handle = env.scaler().await.spawn();
-    env.wait_state(id, JobState::Completed, Duration::from_secs(30)).await;
+    env.wait_state(id, JobState::Completed, Duration::from_secs(30))
+        .await;
     assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "hello");
     let machines = env.emulator.machines(&env.app);
     assert_eq!(machines.len(), 1, "one job, one machine: {machines:?}");
@@ -166,7 +201,9 @@ async fn postgres_boots_a_machine_for_a_new_job() {
 }
 
 async fn thousand_jobs_never_exceed_max_machines(db: Db) {
-    let Some(env) = setup(db, "bulk:max_machines=3,concurrency=2,wait=1", fast()).await else { return };
+    let Some(env) = setup(db, "bulk:max_machines=3,concurrency=2,wait=1", fast()).await else {
+        return;
+    };
     let jobs: Vec<NewJob> = (0..1000)
         .map(|_| {
             let mut j = NewJob::new("bulk", serde_json::json!({"argv": ["true"]}));
@@ -181,7 +218,10 @@ async fn thousand_jobs_never_exceed_max_machines(db: Db) {
     loop {
         let active = env.active_machines().len();
         peak = peak.max(active);
-        assert!(active <= 3, "{active} machines of a max_machines=3 queue are running");
+        assert!(
+            active <= 3,
+            "{active} machines of a max_machines=3 queue are running"
+        );
         let stats = env.client.store().stats().await.unwrap();
         let s = stats.iter().find(|s| s.queue == "bulk").unwrap();
         if s.completed == 1000 {
@@ -190,7 +230,10 @@ async fn thousand_jobs_never_exceed_max_machines(db: Db) {
         assert!(Instant::now() < until, "not done in time: {s:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(peak >= 2, "a burst of 1000 jobs should get more than one machine (peak {peak})");
+    assert!(
+        peak >= 2,
+        "a burst of 1000 jobs should get more than one machine (peak {peak})"
+    );
     handle.stop().await;
     env.emulator.shutdown().await;
 }
@@ -207,12 +250,19 @@ async fn postgres_thousand_jobs_never_exceed_max_machines() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn workers_leave_after_wait_and_forever_keeps_min_machines() {
-    let Some(env) = setup(Db::Sqlite, "brief:wait=1;always:min_machines=1,wait=forever", fast()).await else {
+    let Some(env) = setup(
+        Db::Sqlite,
+        "brief:wait=1;always:min_machines=1,wait=forever",
+        fast(),
+    )
+    .await
+    else {
         return;
     };
     let handle = env.scaler().await.spawn();
     let id = env.enqueue_sh("brief", "true").await;
-    env.wait_state(id, JobState::Completed, Duration::from_secs(30)).await;
+    env.wait_state(id, JobState::Completed, Duration::from_secs(30))
+        .await;
     // The brief worker leaves about 1 s after its last job; auto_destroy removes its machine.
     let until = Instant::now() + Duration::from_secs(15);
     loop {
@@ -220,13 +270,20 @@ async fn workers_leave_after_wait_and_forever_keeps_min_machines() {
         if brief == 0 {
             break;
         }
-        assert!(Instant::now() < until, "brief worker still running long after wait=1");
+        assert!(
+            Instant::now() < until,
+            "brief worker still running long after wait=1"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The forever queue keeps exactly one machine although it never had a job.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let always = env.active_of_queue("always").await;
-    assert_eq!(always.len(), 1, "min_machines=1 with wait=forever keeps one machine: {always:?}");
+    assert_eq!(
+        always.len(),
+        1,
+        "min_machines=1 with wait=forever keeps one machine: {always:?}"
+    );
     assert_eq!(always[0].state_str(), "started");
     handle.stop().await;
     env.emulator.shutdown().await;
@@ -234,7 +291,9 @@ async fn workers_leave_after_wait_and_forever_keeps_min_machines() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scheduled_job_gets_a_machine_when_due_and_not_before() {
-    let Some(env) = setup(Db::Sqlite, "later:wait=1", fast()).await else { return };
+    let Some(env) = setup(Db::Sqlite, "later:wait=1", fast()).await else {
+        return;
+    };
     let handle = env.scaler().await.spawn();
     let run_at = chrono::Utc::now() + chrono::Duration::seconds(3);
     let mut job = NewJob::new("later", serde_json::json!({"argv": ["true"]}));
@@ -242,24 +301,38 @@ async fn scheduled_job_gets_a_machine_when_due_and_not_before() {
     job.run_at = Some(run_at);
     let id = env.client.enqueue(job).await.unwrap().id;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(env.emulator.machines(&env.app).is_empty(), "a machine was booted before the job was due");
-    env.wait_state(id, JobState::Completed, Duration::from_secs(30)).await;
+    assert!(
+        env.emulator.machines(&env.app).is_empty(),
+        "a machine was booted before the job was due"
+    );
+    env.wait_state(id, JobState::Completed, Duration::from_secs(30))
+        .await;
     let job = env.client.store().get_job(id).await.unwrap().unwrap();
-    assert!(job.started_at.unwrap() >= run_at, "started {:?} before run_at {run_at}", job.started_at);
+    assert!(
+        job.started_at.unwrap() >= run_at,
+        "started {:?} before run_at {run_at}",
+        job.started_at
+    );
     handle.stop().await;
     env.emulator.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_mid_job_never_loses_it() {
-    let Some(env) = setup(Db::Sqlite, "term:wait=1", fast()).await else { return };
+    let Some(env) = setup(Db::Sqlite, "term:wait=1", fast()).await else {
+        return;
+    };
     let started = env.path("started");
     let done = env.path("done");
     // Longer than the worker's shutdown grace (FLYJOBS_SHUTDOWN_TIMEOUT default 4 s): released.
     let id = env
         .enqueue_sh(
             "term",
-            &format!("echo x >> '{}'; sleep 6; echo x >> '{}'", started.display(), done.display()),
+            &format!(
+                "echo x >> '{}'; sleep 6; echo x >> '{}'",
+                started.display(),
+                done.display()
+            ),
         )
         .await;
     let handle = env.scaler().await.spawn();
@@ -276,22 +349,35 @@ async fn sigterm_mid_job_never_loses_it() {
         timeout: Some("10s".into()),
         ..Default::default()
     };
-    env.machines.stop_machine(&env.app, &first[0].id, &stop, None).await.unwrap();
-    env.wait_state(id, JobState::Completed, Duration::from_secs(60)).await;
+    env.machines
+        .stop_machine(&env.app, &first[0].id, &stop, None)
+        .await
+        .unwrap();
+    env.wait_state(id, JobState::Completed, Duration::from_secs(60))
+        .await;
     let runs = std::fs::read_to_string(&started).unwrap().lines().count();
     assert!(runs >= 2, "the released job ran again (runs: {runs})");
     let job = env.client.store().get_job(id).await.unwrap().unwrap();
-    assert!(job.last_error.is_none(), "a release is not a failure: {:?}", job.last_error);
+    assert!(
+        job.last_error.is_none(),
+        "a release is not a failure: {:?}",
+        job.last_error
+    );
     handle.stop().await;
     env.emulator.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkilled_machine_job_runs_again_elsewhere() {
-    let Some(env) = setup(Db::Sqlite, "kill:wait=2", fast()).await else { return };
+    let Some(env) = setup(Db::Sqlite, "kill:wait=2", fast()).await else {
+        return;
+    };
     let started = env.path("started");
     let id = env
-        .enqueue_sh("kill", &format!("echo $FLY_MACHINE_ID >> '{}'; sleep 2", started.display()))
+        .enqueue_sh(
+            "kill",
+            &format!("echo $FLY_MACHINE_ID >> '{}'; sleep 2", started.display()),
+        )
         .await;
     let handle = env.scaler().await.spawn();
     let until = Instant::now() + Duration::from_secs(30);
@@ -302,25 +388,45 @@ async fn sigkilled_machine_job_runs_again_elsewhere() {
     let victim = env.active_machines().pop().expect("a running machine");
     let pid = victim.pid.expect("a started machine has a process");
     // The whole machine dies at once: its process group.
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    env.wait_state(id, JobState::Completed, Duration::from_secs(60)).await;
-    let machines: Vec<String> = std::fs::read_to_string(&started).unwrap().lines().map(str::to_string).collect();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    env.wait_state(id, JobState::Completed, Duration::from_secs(60))
+        .await;
+    let machines: Vec<String> = std::fs::read_to_string(&started)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert!(machines.len() >= 2, "ran again: {machines:?}");
-    assert_ne!(machines[0], machines[machines.len() - 1], "the second run was on another machine");
+    assert_ne!(
+        machines[0],
+        machines[machines.len() - 1],
+        "the second run was on another machine"
+    );
     handle.stop().await;
     env.emulator.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn suspended_pool_machine_is_resumed_instead_of_created() {
-    let Some(env) = setup(Db::Sqlite, "pool:wait=1,pool=suspend,max_machines=1", fast()).await else {
+    let Some(env) = setup(
+        Db::Sqlite,
+        "pool:wait=1,pool=suspend,max_machines=1",
+        fast(),
+    )
+    .await
+    else {
         return;
     };
     let scaler = env.scaler().await;
     let a = env.enqueue_sh("pool", "true").await;
     let first = scaler.tick().await.unwrap();
     assert_eq!(first.created.get("pool"), Some(&1));
-    env.wait_state(a, JobState::Completed, Duration::from_secs(30)).await;
+    env.wait_state(a, JobState::Completed, Duration::from_secs(30))
+        .await;
     // Idle for wait=1: the worker suspends its own machine.
     let until = Instant::now() + Duration::from_secs(20);
     loop {
@@ -328,44 +434,80 @@ async fn suspended_pool_machine_is_resumed_instead_of_created() {
         if ms.len() == 1 && ms[0].state == "suspended" {
             break;
         }
-        assert!(Instant::now() < until, "worker never suspended itself: {ms:?}");
+        assert!(
+            Instant::now() < until,
+            "worker never suspended itself: {ms:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let b = env.enqueue_sh("pool", "true").await;
     let second = scaler.tick().await.unwrap();
     assert_eq!(second.resumed.get("pool"), Some(&1), "{second:?}");
-    assert!(second.created.is_empty(), "no new machine while a suspended one exists: {second:?}");
-    env.wait_state(b, JobState::Completed, Duration::from_secs(30)).await;
-    assert_eq!(env.emulator.machines(&env.app).len(), 1, "still one machine");
+    assert!(
+        second.created.is_empty(),
+        "no new machine while a suspended one exists: {second:?}"
+    );
+    env.wait_state(b, JobState::Completed, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        env.emulator.machines(&env.app).len(),
+        1,
+        "still one machine"
+    );
     env.emulator.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_request_carries_no_token() {
     let canary = "FlyV1 fm2_canary-token-5f2e";
-    let Some(env) = setup_with(Db::Sqlite, "secret:wait=1", fast(), |b| b.api_token(canary)).await else {
+    let Some(env) = setup_with(Db::Sqlite, "secret:wait=1", fast(), |b| b.api_token(canary)).await
+    else {
         return;
     };
     let id = env.enqueue_sh("secret", "env > env.txt").await;
     let handle = env.scaler().await.spawn();
-    env.wait_state(id, JobState::Completed, Duration::from_secs(30)).await;
+    env.wait_state(id, JobState::Completed, Duration::from_secs(30))
+        .await;
     let child_env = std::fs::read_to_string(env.path("env.txt")).unwrap();
-    assert!(!child_env.contains("canary-token"), "the token reached the machine");
-    assert!(!child_env.contains("FLY_API_TOKEN"), "the token variable reached the machine");
+    assert!(
+        !child_env.contains("canary-token"),
+        "the token reached the machine"
+    );
+    assert!(
+        !child_env.contains("FLY_API_TOKEN"),
+        "the token variable reached the machine"
+    );
     // The create request as the emulator stored it: only flyjobs' own settings in config.env.
-    let m = &env.machines.list_machines(&env.app, &ListMachinesQuery::default()).await.unwrap()[0];
+    let m = &env
+        .machines
+        .list_machines(&env.app, &ListMachinesQuery::default())
+        .await
+        .unwrap()[0];
     let config = serde_json::to_string(&m.config).unwrap();
-    assert!(!config.contains("canary-token"), "token in the create request: {config}");
-    let keys: Vec<String> =
-        m.config.as_ref().and_then(|c| c.env.clone()).unwrap_or_default().into_keys().collect();
-    assert!(keys.iter().all(|k| k.starts_with("FLYJOBS_")), "only flyjobs settings in config.env: {keys:?}");
+    assert!(
+        !config.contains("canary-token"),
+        "token in the create request: {config}"
+    );
+    let keys: Vec<String> = m
+        .config
+        .as_ref()
+        .and_then(|c| c.env.clone())
+        .unwrap_or_default()
+        .into_keys()
+        .collect();
+    assert!(
+        keys.iter().all(|k| k.starts_with("FLYJOBS_")),
+        "only flyjobs settings in config.env: {keys:?}"
+    );
     handle.stop().await;
     env.emulator.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_one_scaler_acts_per_store() {
-    let Some(env) = setup(Db::Sqlite, "one:max_machines=2,wait=1", fast()).await else { return };
+    let Some(env) = setup(Db::Sqlite, "one:max_machines=2,wait=1", fast()).await else {
+        return;
+    };
     let a = env.scaler().await;
     let b = env.scaler().await;
     for _ in 0..5 {
@@ -386,8 +528,12 @@ async fn only_one_scaler_acts_per_store() {
 async fn a_machine_that_never_registers_is_destroyed_after_boot_timeout() {
     let Some(env) = setup_with(Db::Sqlite, "stuck:max_machines=1", fast(), |b| {
         // A worker that hangs before registering (appended flags become $0, $1… of sh).
-        b.worker_command(vec!["sh".to_string(), "-c".to_string(), "sleep 60".to_string()])
-            .boot_timeout(Duration::from_secs(1))
+        b.worker_command(vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            "sleep 60".to_string(),
+        ])
+        .boot_timeout(Duration::from_secs(1))
     })
     .await
     else {
@@ -400,12 +546,18 @@ async fn a_machine_that_never_registers_is_destroyed_after_boot_timeout() {
     let stuck_id = env.active_machines()[0].id.clone();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let second = scaler.tick().await.unwrap();
-    assert_eq!(second.destroyed, 1, "the machine that never registered goes: {second:?}");
+    assert_eq!(
+        second.destroyed, 1,
+        "the machine that never registered goes: {second:?}"
+    );
     // Destroyed with force; then the job still wants a machine: a new one is created.
     let third = scaler.tick().await.unwrap();
     let ids: Vec<String> = env.active_machines().into_iter().map(|m| m.id).collect();
     assert!(!ids.contains(&stuck_id), "{ids:?}");
-    assert_eq!(second.created.get("stuck").or(third.created.get("stuck")), Some(&1));
+    assert_eq!(
+        second.created.get("stuck").or(third.created.get("stuck")),
+        Some(&1)
+    );
     env.emulator.shutdown().await;
 }
 
@@ -413,25 +565,51 @@ async fn a_machine_that_never_registers_is_destroyed_after_boot_timeout() {
 async fn a_pool_machine_of_an_older_release_is_not_reused() {
     let mut settings = fast();
     let dir2 = tempfile::tempdir().unwrap();
-    settings.images.insert("app:v2".into(), flyjobs_emulator::Image { dir: dir2.path().to_path_buf(), cmd: vec![] });
-    let Some(env) = setup(Db::Sqlite, "pinned:wait=1,pool=stop,max_machines=1", settings).await else {
+    settings.images.insert(
+        "app:v2".into(),
+        flyjobs_emulator::Image {
+            dir: dir2.path().to_path_buf(),
+            cmd: vec![],
+        },
+    );
+    let Some(env) = setup(
+        Db::Sqlite,
+        "pinned:wait=1,pool=stop,max_machines=1",
+        settings,
+    )
+    .await
+    else {
         return;
     };
     let old = env.scaler().await;
     let a = env.enqueue_sh("pinned", "true").await;
     old.tick().await.unwrap();
-    env.wait_state(a, JobState::Completed, Duration::from_secs(30)).await;
+    env.wait_state(a, JobState::Completed, Duration::from_secs(30))
+        .await;
     // wait=1, pool=stop: the worker exits and its machine stays stopped.
     let until = Instant::now() + Duration::from_secs(20);
-    while env.emulator.machines(&env.app).first().map(|m| m.state.clone()) != Some("stopped".into()) {
-        assert!(Instant::now() < until, "{:?}", env.emulator.machines(&env.app));
+    while env
+        .emulator
+        .machines(&env.app)
+        .first()
+        .map(|m| m.state.clone())
+        != Some("stopped".into())
+    {
+        assert!(
+            Instant::now() < until,
+            "{:?}",
+            env.emulator.machines(&env.app)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let old_id = env.emulator.machines(&env.app)[0].id.clone();
     drop(old);
     // A deploy: the app now runs image app:v2.
     let config = Config::builder()
-        .database_url(format!("sqlite://{}/q.sqlite3?mode=rwc", env.dir.path().display()))
+        .database_url(format!(
+            "sqlite://{}/q.sqlite3?mode=rwc",
+            env.dir.path().display()
+        ))
         .queues("pinned:wait=1,pool=stop,max_machines=1")
         .image_ref("app:v2")
         .lookup(|_| None)
@@ -439,7 +617,8 @@ async fn a_pool_machine_of_an_older_release_is_not_reused() {
         .unwrap();
     let v2 = Client::open(config).await.unwrap();
     v2.set_machines(env.machines.clone(), env.app.clone()).await;
-    v2.set_default_worker_command(vec![BIN.to_string(), "worker".into()]).await;
+    v2.set_default_worker_command(vec![BIN.to_string(), "worker".into()])
+        .await;
     let scaler = v2.build_scaler(ScalerOptions::default()).await.unwrap();
     let b = env.enqueue_sh("pinned", "true").await;
     // The old leader's lock has to lapse (5 intervals of 200 ms) before the new scaler acts.
@@ -452,10 +631,17 @@ async fn a_pool_machine_of_an_older_release_is_not_reused() {
         assert!(Instant::now() < until, "new scaler never became leader");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(report.destroyed, 1, "the old release's stopped machine is destroyed: {report:?}");
-    assert!(report.started.is_empty(), "old machine not reused: {report:?}");
+    assert_eq!(
+        report.destroyed, 1,
+        "the old release's stopped machine is destroyed: {report:?}"
+    );
+    assert!(
+        report.started.is_empty(),
+        "old machine not reused: {report:?}"
+    );
     assert_eq!(report.created.get("pinned"), Some(&1));
-    env.wait_state(b, JobState::Completed, Duration::from_secs(30)).await;
+    env.wait_state(b, JobState::Completed, Duration::from_secs(30))
+        .await;
     let m = env
         .machines
         .list_machines(&env.app, &ListMachinesQuery::default())

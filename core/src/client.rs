@@ -44,15 +44,21 @@ struct Inner {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
 /// The database URL used when `FLYJOBS_DATABASE_URL` is unset off Fly: a SQLite file in the
 /// current directory (shared with the local worker processes, which run there too).
 pub fn default_database_url() -> Result<String> {
-    let dir = std::env::current_dir().map_err(|e| Error::config(format!("no current directory: {e}")))?;
-    Ok(format!("sqlite://{}/flyjobs.sqlite3?mode=rwc", dir.display()))
+    let dir =
+        std::env::current_dir().map_err(|e| Error::config(format!("no current directory: {e}")))?;
+    Ok(format!(
+        "sqlite://{}/flyjobs.sqlite3?mode=rwc",
+        dir.display()
+    ))
 }
 
 impl Client {
@@ -71,7 +77,9 @@ impl Client {
         };
         let store = store::open(&url, store::StoreOptions::from_config(&config)).await?;
         let mut client = Client::with_store(config, store);
-        Arc::get_mut(&mut client.inner).expect("not shared yet").database_url = Some(url);
+        Arc::get_mut(&mut client.inner)
+            .expect("not shared yet")
+            .database_url = Some(url);
         Ok(client)
     }
 
@@ -121,7 +129,10 @@ impl Client {
 
     /// Enqueue many jobs in one transaction: all or none.
     pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>> {
-        self.inner.store.enqueue_many(jobs.into_iter().map(|j| self.prepare(j)).collect()).await
+        self.inner
+            .store
+            .enqueue_many(jobs.into_iter().map(|j| self.prepare(j)).collect())
+            .await
     }
 
     fn prepare(&self, mut job: NewJob) -> NewJob {
@@ -149,7 +160,10 @@ impl Client {
         if !std::path::Path::new(&socket).exists() {
             return None;
         }
-        let api = MachinesClient::builder().base_url(format!("unix:{socket}")).build().ok()?;
+        let api = MachinesClient::builder()
+            .base_url(format!("unix:{socket}"))
+            .build()
+            .ok()?;
         Some((Arc::new(api), app.to_string(), id.to_string()))
     }
 
@@ -220,7 +234,9 @@ impl Client {
     /// [`Client::start_scaler`] with explicit loop options.
     pub async fn start_scaler_with(&self, options: ScalerOptions) -> Result<()> {
         if std::env::var_os("FLYJOBS_WORKER").is_some() {
-            return Err(Error::config("the scaler does not run inside a worker machine (FLYJOBS_WORKER is set)"));
+            return Err(Error::config(
+                "the scaler does not run inside a worker machine (FLYJOBS_WORKER is set)",
+            ));
         }
         let mut slot = self.inner.scaler.lock().await;
         if slot.is_some() {
@@ -235,10 +251,22 @@ impl Client {
     pub async fn build_scaler(&self, options: ScalerOptions) -> Result<Scaler> {
         let (machines, app) = self.machines().await?;
         let command = self.inner.default_worker_command.lock().await.clone();
-        let template =
-            crate::fork::template(&self.inner.config, machines.as_ref(), &command, self.embedded_worker_env()).await?;
+        let template = crate::fork::template(
+            &self.inner.config,
+            machines.as_ref(),
+            &command,
+            self.embedded_worker_env(),
+        )
+        .await?;
         info!(app = %app, release = %template.release, command = ?template.command, "scaler ready");
-        Ok(Scaler::new(self.inner.config.clone(), self.inner.store.clone(), machines, app, template, options))
+        Ok(Scaler::new(
+            self.inner.config.clone(),
+            self.inner.store.clone(),
+            machines,
+            app,
+            template,
+            options,
+        ))
     }
 
     /// Stop the scaler (if running) and the embedded emulator (if started): its machines die.
@@ -255,6 +283,11 @@ impl Client {
     /// The embedded emulator's base URL, once started.
     #[cfg(feature = "embedded")]
     pub async fn emulator_url(&self) -> Option<String> {
-        self.inner.emulator.lock().await.as_ref().map(|e| e.base_url().to_string())
+        self.inner
+            .emulator
+            .lock()
+            .await
+            .as_ref()
+            .map(|e| e.base_url().to_string())
     }
 }

@@ -254,17 +254,28 @@ impl MachineSize {
             } else {
                 return Err(bad());
             };
-        let cpus: u32 = n.strip_suffix('x').and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+        let cpus: u32 = n
+            .strip_suffix('x')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(bad)?;
         if !allowed.contains(&cpus) {
             return Err(bad());
         }
-        Ok(MachineSize { cpu_kind: kind.into(), cpus, memory_mb: cpus * per_cpu })
+        Ok(MachineSize {
+            cpu_kind: kind.into(),
+            cpus,
+            memory_mb: cpus * per_cpu,
+        })
     }
 }
 
 impl Default for MachineSize {
     fn default() -> Self {
-        MachineSize { cpu_kind: "shared".into(), cpus: 1, memory_mb: 256 }
+        MachineSize {
+            cpu_kind: "shared".into(),
+            cpus: 1,
+            memory_mb: 256,
+        }
     }
 }
 
@@ -311,9 +322,9 @@ impl QueueSettings {
         let mut cpus = None;
         let mut memory = None;
         for pair in pairs.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').ok_or_else(|| {
-                Error::config(format!("{var}: expected key=value, got {pair:?}"))
-            })?;
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| Error::config(format!("{var}: expected key=value, got {pair:?}")))?;
             let (k, v) = (k.trim(), v.trim());
             let num = |v: &str| -> Result<u32> {
                 v.parse::<u32>().map_err(|_| {
@@ -366,7 +377,9 @@ impl QueueSettings {
             )));
         }
         if self.size.cpus == 0 || self.size.memory_mb == 0 {
-            return Err(Error::config(format!("{var}: cpus and memory_mb must be >= 1")));
+            return Err(Error::config(format!(
+                "{var}: cpus and memory_mb must be >= 1"
+            )));
         }
         if self.max_attempts == 0 {
             return Err(Error::config(format!("{var}: max_attempts must be >= 1")));
@@ -493,7 +506,10 @@ impl ConfigBuilder {
 
     /// Read env vars through `lookup` instead of the process environment (tests pass a map).
     #[must_use]
-    pub fn lookup(mut self, lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+    pub fn lookup(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
         self.lookup = Some(Box::new(lookup));
         self
     }
@@ -512,7 +528,9 @@ impl ConfigBuilder {
         let api_hostname = pick(&self.api_hostname, "FLY_API_HOSTNAME")
             .unwrap_or_else(|| DEFAULT_API_HOSTNAME.to_string());
         let parsed = url::Url::parse(&api_hostname).map_err(|e| {
-            Error::config(format!("FLY_API_HOSTNAME is not a URL ({e}): {api_hostname:?}"))
+            Error::config(format!(
+                "FLY_API_HOSTNAME is not a URL ({e}): {api_hostname:?}"
+            ))
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(Error::config(format!(
@@ -567,17 +585,23 @@ impl ConfigBuilder {
             },
         };
         let words = |v: String| -> Vec<String> {
-            v.split([',', ' ']).filter(|w| !w.is_empty()).map(str::to_string).collect()
+            v.split([',', ' '])
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect()
         };
-        let worker_command = self
-            .worker_command
-            .clone()
-            .or_else(|| env("FLYJOBS_WORKER_COMMAND").map(|v| v.split_whitespace().map(str::to_string).collect()));
+        let worker_command = self.worker_command.clone().or_else(|| {
+            env("FLYJOBS_WORKER_COMMAND")
+                .map(|v| v.split_whitespace().map(str::to_string).collect())
+        });
         if worker_command.as_ref().is_some_and(Vec::is_empty) {
             return Err(Error::config("FLYJOBS_WORKER_COMMAND is empty"));
         }
-        let env_allowlist =
-            self.env_allowlist.clone().or_else(|| env("FLYJOBS_ENV_ALLOWLIST").map(words)).unwrap_or_default();
+        let env_allowlist = self
+            .env_allowlist
+            .clone()
+            .or_else(|| env("FLYJOBS_ENV_ALLOWLIST").map(words))
+            .unwrap_or_default();
         let dur = |explicit: Option<Duration>, var: &str, default: u64| -> Result<Duration> {
             match explicit {
                 Some(d) => Ok(d),
@@ -618,7 +642,9 @@ impl ConfigBuilder {
 /// Parse a positive integer setting, naming the variable on error.
 pub fn parse_positive(var: &str, value: &str) -> Result<usize> {
     value.trim().parse::<usize>().map_err(|_| {
-        Error::config(format!("{var} must be a non-negative integer, got {value:?}"))
+        Error::config(format!(
+            "{var} must be a non-negative integer, got {value:?}"
+        ))
     })
 }
 
@@ -629,7 +655,9 @@ pub fn parse_duration(var: &str, value: &str) -> Result<Duration> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(v).map_err(|e| {
-        Error::config(format!("{var} must be seconds or a duration like 10m, got {value:?} ({e})"))
+        Error::config(format!(
+            "{var} must be seconds or a duration like 10m, got {value:?} ({e})"
+        ))
     })
 }
 
@@ -655,9 +683,13 @@ mod tests {
     use std::collections::HashMap;
 
     fn build(pairs: &[(&str, &str)]) -> Result<Config> {
-        let env: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Config::builder().lookup(move |k| env.get(k).cloned()).build()
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::builder()
+            .lookup(move |k| env.get(k).cloned())
+            .build()
     }
 
     #[test]
@@ -706,10 +738,20 @@ mod tests {
         )])
         .unwrap();
         let mail = c.queue("mail");
-        assert_eq!((mail.max_machines, mail.min_machines, mail.concurrency), (2, 1, 2));
+        assert_eq!(
+            (mail.max_machines, mail.min_machines, mail.concurrency),
+            (2, 1, 2)
+        );
         assert_eq!(mail.wait, Wait::Forever);
         assert_eq!(mail.pool, PoolMode::Suspend);
-        assert_eq!(c.queue("img").size, MachineSize { cpu_kind: "performance".into(), cpus: 2, memory_mb: 4096 });
+        assert_eq!(
+            c.queue("img").size,
+            MachineSize {
+                cpu_kind: "performance".into(),
+                cpus: 2,
+                memory_mb: 4096
+            }
+        );
         assert_eq!(c.queue("unlisted").concurrency, 2);
         assert_eq!(c.queue("unlisted").max_machines, 5);
     }
@@ -733,7 +775,10 @@ mod tests {
     #[test]
     fn presets() {
         assert_eq!(MachineSize::preset("shared-cpu-2x").unwrap().memory_mb, 512);
-        assert_eq!(MachineSize::preset("performance-4x").unwrap().memory_mb, 8192);
+        assert_eq!(
+            MachineSize::preset("performance-4x").unwrap().memory_mb,
+            8192
+        );
         assert!(MachineSize::preset("shared-cpu-3x").is_err());
     }
 

@@ -26,13 +26,22 @@ pub fn settings_from_env() -> Result<EmulatorSettings> {
             )));
         }
     };
-    let dir = std::env::current_dir().map_err(|e| Error::config(format!("no current directory: {e}")))?;
-    s.images.insert(EMBEDDED_IMAGE.to_string(), flyjobs_emulator::Image { dir, cmd: Vec::new() });
+    let dir =
+        std::env::current_dir().map_err(|e| Error::config(format!("no current directory: {e}")))?;
+    s.images.insert(
+        EMBEDDED_IMAGE.to_string(),
+        flyjobs_emulator::Image {
+            dir,
+            cmd: Vec::new(),
+        },
+    );
     Ok(s)
 }
 
 /// Start an emulator with `settings`, create the embedded app, and return a client for it.
-pub async fn start(settings: EmulatorSettings) -> Result<(EmulatorHandle, Arc<dyn Machines>, String)> {
+pub async fn start(
+    settings: EmulatorSettings,
+) -> Result<(EmulatorHandle, Arc<dyn Machines>, String)> {
     let handle = Emulator::start(settings)
         .await
         .map_err(|e| Error::config(format!("could not start the embedded emulator: {e}")))?;

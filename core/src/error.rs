@@ -270,7 +270,11 @@ mod tests {
     #[test]
     fn kind_names_are_unique_and_snake_case() {
         let mut names: Vec<_> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ErrorKind::ALL.len());
@@ -280,6 +284,10 @@ mod tests {
     fn retryable_defaults_follow_kind() {
         assert!(Error::new(ErrorKind::RateLimited, "x").is_retryable());
         assert!(!Error::new(ErrorKind::Conflict, "x").is_retryable());
-        assert!(Error::new(ErrorKind::Api, "x").with_retryable(true).is_retryable());
+        assert!(
+            Error::new(ErrorKind::Api, "x")
+                .with_retryable(true)
+                .is_retryable()
+        );
     }
 }

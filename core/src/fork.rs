@@ -44,16 +44,25 @@ pub async fn template(
     default_command: &[String],
     extra_env: BTreeMap<String, String>,
 ) -> Result<Template> {
-    let command = config.worker_command().map(<[String]>::to_vec).unwrap_or_else(|| default_command.to_vec());
+    let command = config
+        .worker_command()
+        .map(<[String]>::to_vec)
+        .unwrap_or_else(|| default_command.to_vec());
     if command.is_empty() {
-        return Err(Error::config("no worker command: set FLYJOBS_WORKER_COMMAND"));
+        return Err(Error::config(
+            "no worker command: set FLYJOBS_WORKER_COMMAND",
+        ));
     }
     let (mut machine_config, region) = match (config.on_fly(), config.worker_app()) {
         // A separate worker app has its own image and secrets; the parent's config is not
         // its business beyond the image.
         (true, _) => {
-            let app = config.app_name().ok_or_else(|| Error::config("FLY_APP_NAME is not set"))?;
-            let id = config.machine_id().expect("on_fly() means FLY_MACHINE_ID is set");
+            let app = config
+                .app_name()
+                .ok_or_else(|| Error::config("FLY_APP_NAME is not set"))?;
+            let id = config
+                .machine_id()
+                .expect("on_fly() means FLY_MACHINE_ID is set");
             let parent = machines.get_machine(app, id).await?;
             let mut c = parent.config.unwrap_or_default();
             strip_for_worker(&mut c);
@@ -61,14 +70,22 @@ pub async fn template(
         }
         (false, _) => {
             let image = config.image_ref().unwrap_or(EMBEDDED_IMAGE).to_string();
-            (MachineConfig { image: Some(image), ..MachineConfig::default() }, config.region().map(str::to_string))
+            (
+                MachineConfig {
+                    image: Some(image),
+                    ..MachineConfig::default()
+                },
+                config.region().map(str::to_string),
+            )
         }
     };
     let release = machine_config
         .image
         .clone()
         .or_else(|| config.image_ref().map(str::to_string))
-        .ok_or_else(|| Error::config("FLY_IMAGE_REF is not set and the parent machine has no image"))?;
+        .ok_or_else(|| {
+            Error::config("FLY_IMAGE_REF is not set and the parent machine has no image")
+        })?;
     machine_config.image = Some(release.clone());
     let env = machine_config.env.get_or_insert_with(Default::default);
     for name in config.env_allowlist() {
@@ -77,7 +94,12 @@ pub async fn template(
         }
     }
     env.extend(extra_env);
-    Ok(Template { config: machine_config, region, release, command })
+    Ok(Template {
+        config: machine_config,
+        region,
+        release,
+        command,
+    })
 }
 
 /// Remove what a worker must not inherit from the parent's config.
@@ -114,7 +136,10 @@ impl Template {
             "--pool".to_string(),
             settings.pool.as_str().to_string(),
         ]);
-        c.init = Some(MachineInit { cmd: Some(cmd), ..MachineInit::default() });
+        c.init = Some(MachineInit {
+            cmd: Some(cmd),
+            ..MachineInit::default()
+        });
         c.guest = Some(Guest {
             cpu_kind: Some(settings.size.cpu_kind.clone()),
             cpus: Some(settings.size.cpus),
@@ -123,13 +148,19 @@ impl Template {
         });
         // A worker's exit is its decision (idle, or done): never restart it. One-shot workers
         // are destroyed when they exit; pool members stay stopped/suspended for reuse.
-        c.restart = Some(RestartPolicy { policy: Some("no".into()), ..RestartPolicy::default() });
+        c.restart = Some(RestartPolicy {
+            policy: Some("no".into()),
+            ..RestartPolicy::default()
+        });
         c.auto_destroy = Some(settings.pool == PoolMode::None);
         c.metadata = Some(BTreeMap::from([
             ("flyjobs_role".to_string(), "worker".to_string()),
             ("flyjobs_queue".to_string(), queue.to_string()),
             ("flyjobs_release".to_string(), self.release.clone()),
-            ("flyjobs_pool".to_string(), settings.pool.as_str().to_string()),
+            (
+                "flyjobs_pool".to_string(),
+                settings.pool.as_str().to_string(),
+            ),
         ]));
         c
     }

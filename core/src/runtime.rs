@@ -44,7 +44,10 @@ pub fn runtime() -> Arc<Runtime> {
             .build()
             .expect("building a tokio runtime only fails when the OS refuses threads"),
     );
-    *slot = Some(Slot { pid, runtime: runtime.clone() });
+    *slot = Some(Slot {
+        pid,
+        runtime: runtime.clone(),
+    });
     runtime
 }
 

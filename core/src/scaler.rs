@@ -43,7 +43,11 @@ pub struct ScalerOptions {
 
 impl Default for ScalerOptions {
     fn default() -> Self {
-        ScalerOptions { interval: Duration::from_secs(2), create_rate: 1.0, create_burst: 3 }
+        ScalerOptions {
+            interval: Duration::from_secs(2),
+            create_rate: 1.0,
+            create_burst: 3,
+        }
     }
 }
 
@@ -59,12 +63,18 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub fn new(rate: f64, burst: u32) -> Self {
-        TokenBucket { rate, burst: f64::from(burst), tokens: f64::from(burst), at: Instant::now() }
+        TokenBucket {
+            rate,
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            at: Instant::now(),
+        }
     }
     /// Take one token if there is one.
     pub fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -113,7 +123,10 @@ pub struct Scaler {
 
 impl std::fmt::Debug for Scaler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scaler").field("app", &self.app).field("owner", &self.owner).finish()
+        f.debug_struct("Scaler")
+            .field("app", &self.app)
+            .field("owner", &self.owner)
+            .finish()
     }
 }
 
@@ -150,7 +163,10 @@ impl Scaler {
             rand::random::<u32>()
         );
         Scaler {
-            bucket: tokio::sync::Mutex::new(TokenBucket::new(options.create_rate, options.create_burst)),
+            bucket: tokio::sync::Mutex::new(TokenBucket::new(
+                options.create_rate,
+                options.create_burst,
+            )),
             config,
             store,
             machines,
@@ -171,7 +187,12 @@ impl Scaler {
             let mut wakeups = self.store.subscribe();
             loop {
                 match self.tick().await {
-                    Ok(r) if r != TickReport { leader: r.leader, ..TickReport::default() } => {
+                    Ok(r)
+                        if r != TickReport {
+                            leader: r.leader,
+                            ..TickReport::default()
+                        } =>
+                    {
                         debug!(?r, "scaler tick");
                     }
                     Ok(_) => {}
@@ -191,14 +212,19 @@ impl Scaler {
     pub async fn tick(&self) -> Result<TickReport> {
         let mut report = TickReport::default();
         let ttl = self.options.interval * 5;
-        if !self.store.try_acquire_leader("scaler", &self.owner, ttl).await? {
+        if !self
+            .store
+            .try_acquire_leader("scaler", &self.owner, ttl)
+            .await?
+        {
             return Ok(report);
         }
         report.leader = true;
         let reaped = self.store.reap_expired(Utc::now()).await?;
         report.reaped = reaped.retried + reaped.dead;
         // Registrations that stopped heartbeating long ago (a worker killed outright).
-        let stale = Utc::now() - chrono::Duration::from_std(self.config.lease_duration() * 10).unwrap_or_default();
+        let stale = Utc::now()
+            - chrono::Duration::from_std(self.config.lease_duration() * 10).unwrap_or_default();
         self.store.prune_workers(stale).await?;
 
         let machines = self
@@ -243,11 +269,13 @@ impl Scaler {
                 && !registered.contains(m.id.as_str());
             let old_release = matches!(m.state_str(), "stopped" | "suspended")
                 && m.metadata_value("flyjobs_release") != Some(self.template.release.as_str());
-            if (booting && age > self.config.boot_timeout())
-                || old_release
-            {
+            if (booting && age > self.config.boot_timeout()) || old_release {
                 info!(machine = %m.id, state = m.state_str(), old_release, "destroying worker machine");
-                match self.machines.destroy_machine(&self.app, &m.id, true, None).await {
+                match self
+                    .machines
+                    .destroy_machine(&self.app, &m.id, true, None)
+                    .await
+                {
                     Ok(()) => report.destroyed += 1,
                     Err(e) if e.kind() == ErrorKind::NotFound => {}
                     Err(e) => warn!(machine = %m.id, error = %e, "destroy failed"),
@@ -273,10 +301,13 @@ impl Scaler {
         let mut total_active = machines.iter().filter(|m| is_active(m)).count() as u32;
         for (queue, (ready, running)) in demand {
             let settings = self.config.queue(&queue);
-            let mine: Vec<&Machine> =
-                machines.iter().filter(|m| m.metadata_value("flyjobs_queue") == Some(queue.as_str())).collect();
+            let mine: Vec<&Machine> = machines
+                .iter()
+                .filter(|m| m.metadata_value("flyjobs_queue") == Some(queue.as_str()))
+                .collect();
             let active = mine.iter().filter(|m| is_active(m)).count() as u32;
-            let need = u32::try_from((ready + running).div_ceil(u64::from(settings.concurrency))).unwrap_or(u32::MAX);
+            let need = u32::try_from((ready + running).div_ceil(u64::from(settings.concurrency)))
+                .unwrap_or(u32::MAX);
             let wanted = need.clamp(settings.min_machines, settings.max_machines);
             let mut missing = wanted.saturating_sub(active);
             if missing == 0 {
@@ -288,9 +319,21 @@ impl Scaler {
                 continue;
             }
             // Cheapest first: resume, start, create. Only machines of this release.
-            let current = |m: &&&Machine| m.metadata_value("flyjobs_release") == Some(self.template.release.as_str());
-            let mut pool: Vec<&Machine> = mine.iter().filter(current).filter(|m| m.state_str() == "suspended").copied().collect();
-            pool.extend(mine.iter().filter(current).filter(|m| m.state_str() == "stopped").copied());
+            let current = |m: &&&Machine| {
+                m.metadata_value("flyjobs_release") == Some(self.template.release.as_str())
+            };
+            let mut pool: Vec<&Machine> = mine
+                .iter()
+                .filter(current)
+                .filter(|m| m.state_str() == "suspended")
+                .copied()
+                .collect();
+            pool.extend(
+                mine.iter()
+                    .filter(current)
+                    .filter(|m| m.state_str() == "stopped")
+                    .copied(),
+            );
             for m in pool {
                 if missing == 0 {
                     break;
@@ -300,11 +343,17 @@ impl Scaler {
                     Ok(_) => {
                         missing -= 1;
                         total_active += 1;
-                        let counter = if resumed { &mut report.resumed } else { &mut report.started };
+                        let counter = if resumed {
+                            &mut report.resumed
+                        } else {
+                            &mut report.started
+                        };
                         *counter.entry(queue.clone()).or_default() += 1;
                         info!(queue, machine = %m.id, resumed, "woke pool machine");
                     }
-                    Err(e) => warn!(queue, machine = %m.id, error = %e, "could not wake pool machine"),
+                    Err(e) => {
+                        warn!(queue, machine = %m.id, error = %e, "could not wake pool machine")
+                    }
                 }
             }
             while missing > 0 {
@@ -337,7 +386,12 @@ impl Scaler {
         let region = if settings.regions.is_empty() {
             self.template.region.clone()
         } else {
-            let i = *self.region_cursor.lock().unwrap_or_else(|p| p.into_inner()).get(queue).unwrap_or(&0);
+            let i = *self
+                .region_cursor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(queue)
+                .unwrap_or(&0);
             Some(settings.regions[i % settings.regions.len()].clone())
         };
         let request = CreateMachineRequest {
@@ -350,14 +404,22 @@ impl Scaler {
             && e.kind() == ErrorKind::Capacity
         {
             // No room in this region: the next create tries the next configured one.
-            *self.region_cursor.lock().unwrap_or_else(|p| p.into_inner()).entry(queue.to_string()).or_default() += 1;
+            *self
+                .region_cursor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(queue.to_string())
+                .or_default() += 1;
         }
         r
     }
 }
 
 fn is_active(m: &Machine) -> bool {
-    matches!(m.state_str(), "created" | "starting" | "started" | "replacing" | "updating")
+    matches!(
+        m.state_str(),
+        "created" | "starting" | "started" | "replacing" | "updating"
+    )
 }
 
 /// Whether workers of this pool mode leave their machine around for reuse.

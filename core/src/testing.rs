@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 /// Create an empty database on the server of `base_url` (a `postgres://` URL) and return the
 /// URL of the new database, so that tests running in parallel never share tables.
 pub async fn fresh_postgres_database(base_url: &str) -> Result<String> {
-    let mut url = url::Url::parse(base_url).map_err(|e| Error::config(format!("bad test database URL: {e}")))?;
+    let mut url = url::Url::parse(base_url)
+        .map_err(|e| Error::config(format!("bad test database URL: {e}")))?;
     let name = format!("flyjobs_test_{:016x}", rand::random::<u64>());
     let mut conn = sqlx::PgConnection::connect(base_url)
         .await

@@ -102,7 +102,10 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("id", &self.inner.id).field("queues", &self.inner.opts.queues).finish()
+        f.debug_struct("Worker")
+            .field("id", &self.inner.id)
+            .field("queues", &self.inner.opts.queues)
+            .finish()
     }
 }
 
@@ -123,9 +126,11 @@ impl Worker {
         if opts.concurrency == 0 {
             return Err(Error::config("worker concurrency must be >= 1"));
         }
-        let id = opts.id.clone().or_else(|| config.machine_id().map(str::to_string)).unwrap_or_else(|| {
-            format!("{}-{}", hostname(), std::process::id())
-        });
+        let id = opts
+            .id
+            .clone()
+            .or_else(|| config.machine_id().map(str::to_string))
+            .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
         let inner = Arc::new(Inner {
             id: id.clone(),
             store: store.clone(),
@@ -181,9 +186,18 @@ impl Worker {
                             return Ok(None);
                         }
                         inner.touch();
-                        inner.lock_running().insert(lease.job.id, Running { token: lease.token, lost: false });
+                        inner.lock_running().insert(
+                            lease.job.id,
+                            Running {
+                                token: lease.token,
+                                lost: false,
+                            },
+                        );
                         debug!(worker = %inner.id, job = %lease.job.id, "claimed");
-                        return Ok(Some(WorkerLease { worker: inner.clone(), lease: Some(lease) }));
+                        return Ok(Some(WorkerLease {
+                            worker: inner.clone(),
+                            lease: Some(lease),
+                        }));
                     }
                 }
                 Err(e) => {
@@ -249,12 +263,18 @@ impl Worker {
         while self.running() > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let left: Vec<(JobId, i64)> =
-            self.inner.lock_running().drain().map(|(id, r)| (id, r.token)).collect();
+        let left: Vec<(JobId, i64)> = self
+            .inner
+            .lock_running()
+            .drain()
+            .map(|(id, r)| (id, r.token))
+            .collect();
         for (id, token) in left {
             match self.inner.store.release(id, token).await {
                 Ok(_) => info!(worker = %self.inner.id, job = %id, "released unfinished job"),
-                Err(e) => warn!(worker = %self.inner.id, job = %id, error = %e, "release failed; the lease will expire"),
+                Err(e) => {
+                    warn!(worker = %self.inner.id, job = %id, error = %e, "release failed; the lease will expire")
+                }
             }
         }
         if !self.inner.closed.is_cancelled() {
@@ -280,11 +300,20 @@ impl Inner {
         if !self.lock_running().is_empty() {
             return None;
         }
-        Some(self.last_activity.lock().unwrap_or_else(|p| p.into_inner()).elapsed())
+        Some(
+            self.last_activity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        )
     }
 
     async fn register(&self, state: WorkerState) -> Result<()> {
-        let mut info = WorkerInfo::new(self.id.clone(), self.opts.queues.clone(), self.opts.concurrency);
+        let mut info = WorkerInfo::new(
+            self.id.clone(),
+            self.opts.queues.clone(),
+            self.opts.concurrency,
+        );
         info.image_ref = self.image_ref.clone();
         info.state = state;
         self.store.register_worker(info).await
@@ -298,7 +327,9 @@ impl Inner {
     /// Suspend this machine (a warm pool member). The call may never answer before the
     /// machine freezes; when it is resumed the loop simply carries on.
     async fn suspend_self(&self) {
-        let Some((api, app, machine)) = &self.self_api else { return };
+        let Some((api, app, machine)) = &self.self_api else {
+            return;
+        };
         info!(worker = %self.id, "idle; suspending this machine");
         let _ = self.register(WorkerState::Suspended).await;
         if let Err(e) = api.suspend_machine(app, machine, None).await {
@@ -329,7 +360,11 @@ async fn keep_alive(inner: std::sync::Weak<Inner>, closed: CancellationToken) {
             .filter(|(_, r)| !r.lost)
             .map(|(id, r)| (*id, r.token))
             .collect();
-        if let Err(e) = inner.store.heartbeat_worker(&inner.id, jobs.len() as u32).await {
+        if let Err(e) = inner
+            .store
+            .heartbeat_worker(&inner.id, jobs.len() as u32)
+            .await
+        {
             warn!(worker = %inner.id, error = %e, "heartbeat failed");
         }
         for (id, token) in jobs {
@@ -341,7 +376,9 @@ async fn keep_alive(inner: std::sync::Weak<Inner>, closed: CancellationToken) {
                         r.lost = true;
                     }
                 }
-                Err(e) => warn!(worker = %inner.id, job = %id, error = %e, "lease extension failed"),
+                Err(e) => {
+                    warn!(worker = %inner.id, job = %id, error = %e, "lease extension failed")
+                }
             }
         }
     }
@@ -356,14 +393,20 @@ pub struct WorkerLease {
 
 impl std::fmt::Debug for WorkerLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerLease").field("job", &self.lease.as_ref().map(|l| l.job.id)).finish()
+        f.debug_struct("WorkerLease")
+            .field("job", &self.lease.as_ref().map(|l| l.job.id))
+            .finish()
     }
 }
 
 impl WorkerLease {
     /// The job to run.
     pub fn job(&self) -> &Job {
-        &self.lease.as_ref().expect("a lease holds its job until consumed").job
+        &self
+            .lease
+            .as_ref()
+            .expect("a lease holds its job until consumed")
+            .job
     }
 
     fn take(&mut self) -> Lease {
@@ -382,7 +425,11 @@ impl WorkerLease {
     /// (with backoff) and the dead set.
     pub async fn fail(mut self, failure: Failure) -> Result<Outcome> {
         let lease = self.take();
-        let r = self.worker.store.fail(lease.job.id, lease.token, failure, &self.worker.retry).await;
+        let r = self
+            .worker
+            .store
+            .fail(lease.job.id, lease.token, failure, &self.worker.retry)
+            .await;
         self.worker.finish(lease.job.id);
         r
     }

@@ -14,7 +14,9 @@ const CANARY: &str = "fm2_canary-5a1d";
 
 #[tokio::test]
 async fn worker_config_keeps_image_env_region_and_drops_traffic_and_secrets() {
-    let emu = Emulator::start(EmulatorSettings::for_tests().app("shop")).await.unwrap();
+    let emu = Emulator::start(EmulatorSettings::for_tests().app("shop"))
+        .await
+        .unwrap();
     let api = MachinesClient::builder()
         .base_url(emu.base_url())
         .token(Secret::new(format!("FlyV1 {CANARY}")))
@@ -36,7 +38,11 @@ async fn worker_config_keeps_image_env_region_and_drops_traffic_and_secrets() {
     let parent = api
         .create_machine(
             "shop",
-            &CreateMachineRequest { config: parent_config, region: Some("ord".into()), ..Default::default() },
+            &CreateMachineRequest {
+                config: parent_config,
+                region: Some("ord".into()),
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -51,51 +57,112 @@ async fn worker_config_keeps_image_env_region_and_drops_traffic_and_secrets() {
         .build()
         .unwrap();
     let command = vec!["bin/fly-machine-worker".to_string()];
-    let template = fork::template(&config, &api, &command, BTreeMap::new()).await.unwrap();
+    let template = fork::template(&config, &api, &command, BTreeMap::new())
+        .await
+        .unwrap();
     assert_eq!(template.region.as_deref(), Some("ord"));
     assert_eq!(template.release, "registry.fly.io/shop:deployment-01");
 
-    let settings = QueueSettings { concurrency: 3, ..QueueSettings::default() };
+    let settings = QueueSettings {
+        concurrency: 3,
+        ..QueueSettings::default()
+    };
     let c = template.worker_config("mail", &settings);
-    assert_eq!(c.image.as_deref(), Some("registry.fly.io/shop:deployment-01"));
+    assert_eq!(
+        c.image.as_deref(),
+        Some("registry.fly.io/shop:deployment-01")
+    );
     let env = c.env.clone().unwrap();
     assert_eq!(env.get("RAILS_ENV").map(String::as_str), Some("production"));
-    assert_eq!(env.get("PATH"), std::env::var("PATH").ok().as_ref(), "allowlisted process env var");
-    assert!(env.keys().all(|k| ["RAILS_ENV", "PRIMARY_REGION", "PATH"].contains(&k.as_str())), "{env:?}");
-    assert!(c.services.is_none() && c.checks.is_none() && c.mounts.is_none(), "{c:?}");
+    assert_eq!(
+        env.get("PATH"),
+        std::env::var("PATH").ok().as_ref(),
+        "allowlisted process env var"
+    );
+    assert!(
+        env.keys()
+            .all(|k| ["RAILS_ENV", "PRIMARY_REGION", "PATH"].contains(&k.as_str())),
+        "{env:?}"
+    );
+    assert!(
+        c.services.is_none() && c.checks.is_none() && c.mounts.is_none(),
+        "{c:?}"
+    );
     assert_eq!(
         c.init.as_ref().unwrap().cmd.as_deref().unwrap(),
-        ["bin/fly-machine-worker", "--queues", "mail", "--concurrency", "3", "--wait", "600", "--pool", "none"]
+        [
+            "bin/fly-machine-worker",
+            "--queues",
+            "mail",
+            "--concurrency",
+            "3",
+            "--wait",
+            "600",
+            "--pool",
+            "none"
+        ]
     );
     assert_eq!(c.restart.as_ref().unwrap().policy.as_deref(), Some("no"));
     assert_eq!(c.auto_destroy, Some(true));
     let md = c.metadata.clone().unwrap();
     assert_eq!(md.get("flyjobs_role").map(String::as_str), Some("worker"));
     assert_eq!(md.get("flyjobs_queue").map(String::as_str), Some("mail"));
-    assert!(!md.contains_key("fly_process_group"), "the parent's process group is not the worker's");
+    assert!(
+        !md.contains_key("fly_process_group"),
+        "the parent's process group is not the worker's"
+    );
     let guest = c.guest.as_ref().unwrap();
     assert_eq!((guest.cpus, guest.memory_mb), (Some(1), Some(256)));
 
     // Nothing of the token anywhere in what would be sent.
-    let request = CreateMachineRequest { config: c, region: template.region.clone(), ..Default::default() };
+    let request = CreateMachineRequest {
+        config: c,
+        region: template.region.clone(),
+        ..Default::default()
+    };
     let wire = serde_json::to_string(&request).unwrap();
-    assert!(!wire.contains("canary"), "token in the create request: {wire}");
+    assert!(
+        !wire.contains("canary"),
+        "token in the create request: {wire}"
+    );
     assert!(!wire.contains("FLY_API_TOKEN"));
     emu.shutdown().await;
 }
 
 #[tokio::test]
 async fn off_fly_the_template_uses_the_embedded_image_and_adds_only_what_is_asked() {
-    let emu = Emulator::start(EmulatorSettings::for_tests()).await.unwrap();
-    let api = MachinesClient::builder().base_url(emu.base_url()).token(Secret::new("t")).build().unwrap();
-    let config = Config::builder().api_token("secret-token-x").lookup(|_| None).build().unwrap();
-    let extra = BTreeMap::from([("FLYJOBS_DATABASE_URL".to_string(), "sqlite:///tmp/q.db".to_string())]);
-    let t = fork::template(&config, &api, &["flyjobs".into(), "worker".into()], extra).await.unwrap();
+    let emu = Emulator::start(EmulatorSettings::for_tests())
+        .await
+        .unwrap();
+    let api = MachinesClient::builder()
+        .base_url(emu.base_url())
+        .token(Secret::new("t"))
+        .build()
+        .unwrap();
+    let config = Config::builder()
+        .api_token("secret-token-x")
+        .lookup(|_| None)
+        .build()
+        .unwrap();
+    let extra = BTreeMap::from([(
+        "FLYJOBS_DATABASE_URL".to_string(),
+        "sqlite:///tmp/q.db".to_string(),
+    )]);
+    let t = fork::template(&config, &api, &["flyjobs".into(), "worker".into()], extra)
+        .await
+        .unwrap();
     assert_eq!(t.release, fork::EMBEDDED_IMAGE);
     assert_eq!(
         t.config.env.clone().unwrap(),
-        BTreeMap::from([("FLYJOBS_DATABASE_URL".to_string(), "sqlite:///tmp/q.db".to_string())])
+        BTreeMap::from([(
+            "FLYJOBS_DATABASE_URL".to_string(),
+            "sqlite:///tmp/q.db".to_string()
+        )])
     );
-    assert!(!serde_json::to_string(&t.config).unwrap().contains("secret-token-x"));
+    assert!(
+        !serde_json::to_string(&t.config)
+            .unwrap()
+            .contains("secret-token-x")
+    );
     emu.shutdown().await;
 }

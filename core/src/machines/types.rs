@@ -482,7 +482,12 @@ impl Machine {
 
     /// One value of `config.metadata`.
     pub fn metadata_value(&self, key: &str) -> Option<&str> {
-        self.config.as_ref()?.metadata.as_ref()?.get(key).map(String::as_str)
+        self.config
+            .as_ref()?
+            .metadata
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
     }
 }
 
