@@ -35,7 +35,10 @@ module FlyJobs
         Signal.trap(signal) { worker.quiet }
       end
       log "flyjobs worker #{Process.pid}: queues=#{queues.join(",")} concurrency=#{worker.concurrency} wait=#{wait || "default"}"
-      worker.run(threads: worker.concurrency) { |job| FlyJobs::ActiveJobSupport.perform(job) }
+      on_failure = lambda do |job, error, outcome|
+        log "flyjobs worker #{Process.pid}: job #{job&.id} (#{job&.name}) raised #{error.class}: #{error.message} -> #{outcome}"
+      end
+      worker.run(threads: worker.concurrency, on_failure: on_failure) { |job| FlyJobs::ActiveJobSupport.perform(job) }
       log "flyjobs worker #{Process.pid}: done"
       0
     end

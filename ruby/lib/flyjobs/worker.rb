@@ -31,15 +31,17 @@ module FlyJobs
     # exception (Interrupt, SystemExit) gives the job back untouched and propagates.
     #
     # @param threads [Integer] Ruby threads (default: the worker's concurrency)
+    # @param on_failure [#call, nil] called as on_failure.(job, exception, outcome) after a job
+    #   raised and was recorded; outcome is the core's decision as text (a retry time, or dead)
     # @yieldparam job [FlyJobs::Job]
     # @return [void]
-    def run(threads: concurrency, &block)
+    def run(threads: concurrency, on_failure: nil, &block)
       raise ArgumentError, "FlyJobs::Worker#run needs a block" unless block
 
       runners = Array.new(Integer(threads)) do |i|
         Thread.new(@native._slot) do |slot|
           Thread.current.name = "flyjobs-worker-#{i}"
-          work(slot, &block)
+          work(slot, on_failure, &block)
         end
       end
       runners.each(&:join)
@@ -75,12 +77,14 @@ module FlyJobs
 
     private
 
-    def work(slot)
+    def work(slot, on_failure)
       while (lease = next_lease(slot))
         begin
-          result = yield Job.new(lease)
+          job = Job.new(lease)
+          result = yield job
         rescue StandardError => e
-          lease._fail(e.class.name.to_s, e.message.to_s, e.backtrace || [])
+          outcome = lease._fail(e.class.name.to_s, e.message.to_s, e.backtrace || [])
+          on_failure&.call(job, e, outcome)
         rescue Exception # rubocop:disable Lint/RescueException -- give the job back, then propagate
           lease._release
           raise

@@ -58,7 +58,10 @@ class ClientTest < Minitest::Test
   def test_a_raising_job_is_failed_with_its_exception_and_goes_dead_after_max_attempts
     id = @client.enqueue(queue: q("f"), payload: {}, max_attempts: 1)
     worker = @client.worker(queues: [q("f")], wait: 1)
-    worker.run { |_job| raise ArgumentError, "bad thing" }
+    failures = []
+    worker.run(on_failure: ->(j, e, outcome) { failures << [j.id, e.class, outcome] }) { |_job| raise ArgumentError, "bad thing" }
+    assert_equal [[id, ArgumentError]], failures.map { |f| f[0, 2] }
+    assert_match(/dead/i, failures.first.last)
     job = @client.job(id)
     assert_equal "dead", job["state"]
     assert_includes JSON.generate(job), "ArgumentError"
