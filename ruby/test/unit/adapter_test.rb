@@ -24,6 +24,13 @@ class AdapterRetriedJob < ActiveJob::Base
   end
 end
 
+class AdapterUniqueJob < ActiveJob::Base
+  queue_as :adapter
+  flyjobs_options unique_key: ->(job) { "report-#{job.arguments.first}" }
+
+  def perform(_day); end
+end
+
 class AdapterTest < Minitest::Test
   include FlyJobsTestHelpers
 
@@ -106,6 +113,14 @@ class AdapterTest < Minitest::Test
     stored = @client.job(job.provider_job_id)
     assert_equal "dead", stored["state"]
     assert_includes JSON.generate(stored), "disk on fire"
+  end
+
+  def test_a_unique_key_returns_the_pending_job
+    a = AdapterUniqueJob.perform_later("monday").provider_job_id
+    b = AdapterUniqueJob.perform_later("monday").provider_job_id
+    c = AdapterUniqueJob.perform_later("tuesday").provider_job_id
+    assert_equal a, b, "while the first is pending, the same key gives the same job"
+    refute_equal a, c
   end
 
   def test_stopping_is_false_outside_a_worker
