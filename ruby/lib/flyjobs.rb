@@ -75,11 +75,12 @@ module FlyJobs
       end
     end
 
-    # Whether this process is a worker (bin/fly-machine-worker, or FLYJOBS_WORKER=1): a worker
-    # never runs the scaler.
+    # Whether this process is a worker (bin/fly-machine-worker sets FLYJOBS_WORKER=1): a worker
+    # never runs the scaler. Any value counts, as in the core, which refuses to start a scaler
+    # whenever FLYJOBS_WORKER is set.
     # @return [Boolean]
     def worker_process?
-      ENV["FLYJOBS_WORKER"] == "1"
+      ENV.key?("FLYJOBS_WORKER")
     end
 
     # @return [Boolean] whether this process should run the embedded scaler
