@@ -1,0 +1,113 @@
+# frozen_string_literal: true
+
+require "json"
+require_relative "flyjobs/version"
+require_relative "flyjobs/errors"
+require_relative "flyjobs/native"
+require_relative "flyjobs/job"
+require_relative "flyjobs/client"
+require_relative "flyjobs/worker"
+require_relative "flyjobs/configuration"
+
+# flyjobs: background jobs on on-demand Fly Machines. A Rust core (queue, retries, scaler,
+# worker loop) with this gem as its Ruby face and an Active Job adapter:
+#
+#   # config/application.rb
+#   config.active_job.queue_adapter = :fly_machine
+#
+# Outside Rails: {FlyJobs::Client.open} and {FlyJobs::Client#worker}.
+module FlyJobs
+  @mutex = Mutex.new
+  @client = nil
+  @client_pid = nil
+  @current_worker = nil
+
+  class << self
+    # @return [FlyJobs::Configuration] the process-wide settings
+    def config
+      @config ||= Configuration.new
+    end
+
+    # @yieldparam config [FlyJobs::Configuration]
+    def configure
+      yield config
+    end
+
+    # The process-wide client, opened on first use with {config}. After a fork (Puma workers,
+    # Spring, Passenger) the child opens its own: the parent's handle belongs to the parent's
+    # runtime threads, which do not exist in the child. In server processes it also starts the
+    # embedded scaler; never in a worker process.
+    # @return [FlyJobs::Client]
+    def client
+      pid = Process.pid
+      client = @client
+      return client if client && @client_pid == pid
+
+      @mutex = Mutex.new if @client_pid && @client_pid != pid # a lock held at fork time stays held
+      @mutex.synchronize do
+        return @client if @client && @client_pid == pid
+
+        @client = nil
+        opened = Client.open(**config.to_options)
+        opened.default_worker_command = default_worker_command
+        opened.start_scaler if start_scaler?
+        @client_pid = pid
+        @client = opened
+      end
+    end
+
+    # Use this client instead of opening one from {config} (tests, custom set-ups).
+    # @param client [FlyJobs::Client, nil]
+    def client=(client)
+      @mutex.synchronize do
+        @client = client
+        @client_pid = client && Process.pid
+      end
+    end
+
+    # Closes the process-wide client if this process opened it.
+    # @return [void]
+    def reset!
+      @mutex.synchronize do
+        @client.close if @client && @client_pid == Process.pid
+        @client = nil
+        @client_pid = nil
+      end
+    end
+
+    # Whether this process is a worker (bin/fly-machine-worker sets FLYJOBS_WORKER=1): a worker
+    # never runs the scaler. Any value counts, as in the core, which refuses to start a scaler
+    # whenever FLYJOBS_WORKER is set.
+    # @return [Boolean]
+    def worker_process?
+      ENV.key?("FLYJOBS_WORKER")
+    end
+
+    # @return [Boolean] whether this process should run the embedded scaler
+    def start_scaler?
+      return false if worker_process?
+
+      config.scaler.nil? ? true : config.scaler ? true : false
+    end
+
+    # @return [Array<String>] what worker machines run (unless FLYJOBS_WORKER_COMMAND is set):
+    #   the app's bin/fly-machine-worker in Rails (the Railtie sets it), else this gem's executable
+    def default_worker_command
+      @default_worker_command || [File.expand_path("../bin/fly-machine-worker", __dir__)]
+    end
+
+    attr_writer :default_worker_command
+
+    # @api private
+    attr_accessor :current_worker
+
+    # @return [Boolean] whether this process's worker was asked to quiet or stop (jobs may check
+    #   it to stop early; Active Job's adapter answers `stopping?` with it)
+    def stopping?
+      worker = current_worker
+      worker ? worker.stopping? : false
+    end
+  end
+end
+
+require_relative "flyjobs/railtie" if defined?(Rails::Railtie)

@@ -1,0 +1,122 @@
+# frozen_string_literal: true
+
+require_relative "../test_helper"
+
+class ClientTest < Minitest::Test
+  include FlyJobsTestHelpers
+
+  def setup
+    @client = open_client
+  end
+
+  def teardown
+    @client&.close
+    teardown_tmpdir
+  end
+
+  def test_open_with_a_block_closes
+    result = open_client { |c| c.enqueue(payload: { "a" => 1 }) }
+    assert_kind_of Integer, result
+  end
+
+  def test_enqueue_returns_increasing_ids_and_stores_the_job
+    a = @client.enqueue(queue: q("mail"), payload: { "to" => "a@example.com" }, name: "Mail", priority: 3)
+    b = @client.enqueue(queue: q("mail"), payload: [1, 2, 3])
+    assert_operator b, :>, a
+    job = @client.job(a)
+    assert_equal q("mail"), job["queue"]
+    assert_equal "Mail", job["name"]
+    assert_equal({ "to" => "a@example.com" }, job["payload"])
+    assert_nil @client.job(b + 1_000_000)
+  end
+
+  def test_enqueue_many_is_all_or_nothing
+    ids = @client.enqueue_many([{ queue: q("a"), payload: 1 }, { queue: q("b"), payload: 2, priority: -1 }])
+    assert_equal 2, ids.size
+    assert_equal ids.sort, ids
+    assert_raises(FlyJobs::InvalidError) do
+      @client.enqueue_many([{ queue: q("ok"), payload: 1 }, { queue: "not ok!", payload: 2 }])
+    end
+    after = @client.enqueue(queue: q("a"), payload: 3)
+    assert_nil @client.job(ids.last + 1) unless after == ids.last + 1
+  end
+
+  def test_a_worker_runs_jobs_in_ruby_and_exits_when_idle
+    ids = 3.times.map { |i| @client.enqueue(queue: q("w"), payload: { "n" => i }, name: "N") }
+    seen = Queue.new
+    worker = @client.worker(queues: [q("w")], concurrency: 2, wait: 1)
+    assert_equal 2, worker.concurrency
+    worker.run { |job| seen << [job.id, job.queue, job.name, job.payload["n"], job.attempts] }
+    got = Array.new(seen.size) { seen.pop }.sort
+    assert_equal ids, got.map(&:first)
+    assert_equal [[q("w"), "N"]], got.map { |g| g[1, 2] }.uniq
+    assert_equal [0, 1, 2], got.map { |g| g[3] }
+    assert_equal [1], got.map(&:last).uniq
+    ids.each { |id| assert_equal "completed", @client.job(id)["state"] }
+  end
+
+  def test_a_raising_job_is_failed_with_its_exception_and_goes_dead_after_max_attempts
+    id = @client.enqueue(queue: q("f"), payload: {}, max_attempts: 1)
+    worker = @client.worker(queues: [q("f")], wait: 1)
+    failures = []
+    worker.run(on_failure: ->(j, e, outcome) { failures << [j.id, e.class, outcome] }) { |_job| raise ArgumentError, "bad thing" }
+    assert_equal [[id, ArgumentError]], failures.map { |f| f[0, 2] }
+    assert_match(/dead/i, failures.first.last)
+    job = @client.job(id)
+    assert_equal "dead", job["state"]
+    assert_includes JSON.generate(job), "ArgumentError"
+    assert_includes JSON.generate(job), "bad thing"
+  end
+
+  def test_quiet_from_another_thread_ends_run_and_the_gvl_is_released_while_waiting
+    worker = @client.worker(queues: [q("idle")], wait: "forever")
+    ticks = 0
+    ticker = Thread.new { loop { ticks += 1; sleep 0.01 } }
+    runner = Thread.new { worker.run { |_| } }
+    sleep 0.5
+    refute worker.stopping?
+    worker.quiet
+    assert worker.stopping?
+    assert runner.join(5), "run did not return within 5 s of quiet"
+    ticker.kill
+    assert_operator ticks, :>, 10, "other Ruby threads must run while the worker waits"
+  end
+
+  def test_an_interrupt_reaches_a_waiting_worker_thread
+    worker = @client.worker(queues: [q("idle2")], wait: "forever")
+    runner = Thread.new { worker.run { |_| } }
+    runner.report_on_exception = false
+    sleep 0.3
+    runner.raise(Interrupt)
+    assert_raises(Interrupt) { runner.join(5) }
+  end
+
+  # Puma and friends fork after boot: the child must not use the parent's client (its runtime
+  # threads and connections belong to the parent); FlyJobs.client opens a new one there.
+  def test_a_forked_child_gets_its_own_client
+    FlyJobs.config.database_url = test_database_url
+    FlyJobs.config.scaler = false
+    parent_client = FlyJobs.client
+    parent_id = parent_client.enqueue(queue: q("fork"), payload: { "from" => "parent" })
+    child = fork do
+      child_client = FlyJobs.client
+      ok = !child_client.equal?(parent_client) &&
+           child_client.enqueue(queue: q("fork"), payload: { "from" => "child" }) > parent_id
+      exit!(ok ? 0 : 1)
+    end
+    _, status = Process.wait2(child)
+    assert status.success?, "the child could not enqueue through its own client"
+    assert_operator parent_client.enqueue(queue: q("fork"), payload: {}), :>, parent_id + 1
+  ensure
+    FlyJobs.reset!
+    FlyJobs.config.database_url = nil
+    FlyJobs.config.scaler = nil
+  end
+
+  def test_wait_accepts_seconds_strings_and_forever
+    assert_kind_of FlyJobs::Worker, @client.worker(queues: "#{q("a")},#{q("b")}", wait: 600)
+    assert_kind_of FlyJobs::Worker, @client.worker(queues: q("a"), wait: "10m")
+    assert_kind_of FlyJobs::Worker, @client.worker(queues: q("a"), wait: :forever)
+    assert_raises(FlyJobs::ConfigError) { @client.worker(queues: q("a"), wait: "soon") }
+  end
+end
