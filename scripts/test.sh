@@ -7,8 +7,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 ./scripts/setup.sh
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
-cargo build --workspace --tests --locked
-cargo build -p flyjobs-cli --locked
+# One invocation for everything (libs incl. the Ruby cdylib, bins, tests) so cargo unifies
+# features once; building one binding package alone would rebuild half the tree.
+cargo build --workspace --lib --bins --tests --locked
 ./scripts/with-postgres.sh bash -c '
   set -euo pipefail
   cargo nextest run --workspace --locked --no-fail-fast
