@@ -41,6 +41,9 @@ use crate::store::{ClaimRequest, Lease, Store, WorkerInfo, WorkerState};
 
 /// Longest a blocking wait sleeps before looking again (so signals and `quiet` are seen).
 const POLL: Duration = Duration::from_secs(2);
+/// The same for a store whose wake-ups do not cross processes (SQLite): a local file is cheap
+/// to look at, and a job enqueued by the app should not wait for a 2 s poll.
+const LOCAL_POLL: Duration = Duration::from_millis(200);
 
 /// What a worker serves and how.
 #[derive(Clone, Debug)]
@@ -223,8 +226,10 @@ impl Worker {
             }
             let nap = if failures > 0 {
                 Duration::from_millis(200 * u64::from(failures.min(10)))
-            } else {
+            } else if inner.store.wakes_other_processes() {
                 POLL
+            } else {
+                LOCAL_POLL
             };
             tokio::select! {
                 _ = wakeups.wait(nap) => {}

@@ -392,6 +392,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// A wake-up receiver for "jobs may be runnable".
     fn subscribe(&self) -> JobNotifier;
+    /// Whether [`Store::subscribe`] also hears enqueues made by *other processes* (Postgres
+    /// LISTEN/NOTIFY does; SQLite's wake-ups are in-process only, so its waiters poll more
+    /// often).
+    fn wakes_other_processes(&self) -> bool {
+        true
+    }
 
     /// Close the pool and stop background tasks.
     async fn close(&self);

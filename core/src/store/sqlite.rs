@@ -751,6 +751,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn wakes_other_processes(&self) -> bool {
+        false
+    }
+
     fn subscribe(&self) -> JobNotifier {
         self.signal.subscribe()
     }
