@@ -1074,6 +1074,17 @@ async fn wait_machine(
             })?,
     }
     .clamp(1, 60);
+    // `version` (`instance_id` is its deprecated alias): the caller waits on that config
+    // version. Once an update replaced it, that version is `replaced` and never reaches the
+    // wanted state (machines-api.md §4.4: such waits fail "currently replaced").
+    let version = query_one(&pairs, "version")
+        .or_else(|| query_one(&pairs, "instance_id"))
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    // `from_event_id`: only what happened after that event counts.
+    let from_event = query_one(&pairs, "from_event_id")
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
     let mut rx = ctx.shared.changed.subscribe();
     loop {
@@ -1087,11 +1098,22 @@ async fn wait_machine(
                     .and_then(|e| e.get("id"))
                     .cloned()
                     .unwrap_or(json!(""));
-                (m.state.clone(), m.instance_id.clone(), event_id)
+                let after_from = from_event.as_ref().is_none_or(|f| {
+                    m.events
+                        .last()
+                        .and_then(|e| e.get("id"))
+                        .and_then(|v| v.as_str())
+                        != Some(f.as_str())
+                });
+                let state = match &version {
+                    Some(v) if *v != m.instance_id => "replaced".to_string(),
+                    _ => m.state.clone(),
+                };
+                (state, m.instance_id.clone(), event_id, after_from)
             });
             match found {
-                Ok((state, version, event_id)) => {
-                    if reached(&wanted, &state) {
+                Ok((state, version, event_id, after_from)) => {
+                    if after_from && reached(&wanted, &state) {
                         return ok_json(
                             json!({"ok": true, "state": state, "version": version, "event_id": event_id}),
                         );

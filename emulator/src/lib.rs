@@ -38,8 +38,9 @@
 //!
 //! Where the emulator chooses (facts unconfirmed in machines-api.md §12): the 429 body
 //! `{"error":"rate limit exceeded"}`; destroy of a started machine without `force`/`kill` is
-//! 412 `failed_precondition: …`; `wait` ignores `version`/`from_event_id` and never answers 400
-//! for `stopped` without a version; an exit by signal reports `exit_code` 128+signal; the
+//! 412 `failed_precondition: …`; `wait` on a replaced `version` waits out its timeout and
+//! answers 408 `… currently replaced`, `from_event_id` counts only newer events, and it never
+//! answers 400 for `stopped` without a version (unsettled, §4.4); an exit by signal reports `exit_code` 128+signal; the
 //! default lease TTL is 30 s; an API `stop` of an `auto_destroy` machine destroys it; a duplicate
 //! machine name is 409 `already_exists: …`; 403 for a token not scoped to the app; stop/start
 //! of a machine already stopped/started are 200 / 412 `machine still active, refusing to start`.

@@ -382,6 +382,58 @@ async fn wait_semantics() {
 }
 
 #[tokio::test]
+async fn wait_on_a_version_and_from_an_event() {
+    let (_emu, api) = test_emulator().await;
+    let body = json!({"config": {"image": "x", "init": {"exec": ["sleep", "300"]}}});
+    let created = api.create(body).await;
+    let id = id_of(&created);
+    let v1 = created["instance_id"].as_str().unwrap().to_string();
+    api.reach(&id, "started").await;
+    let r = api
+        .get(&format!(
+            "{}/wait?state=started&version={v1}&timeout=5",
+            api.m(&id)
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["version"], v1.as_str());
+    // The event that says "started" is the newest: waiting from it needs something newer.
+    let event_id = r.body["event_id"].as_str().unwrap().to_string();
+    let r = api
+        .get(&format!(
+            "{}/wait?state=started&from_event_id={event_id}&timeout=1",
+            api.m(&id)
+        ))
+        .await;
+    assert_eq!(r.status, 408, "{}", r.text);
+    // An update replaces v1: waiting on v1 now fails as replaced, on the new version succeeds.
+    let update = json!({"config": {"image": "x", "init": {"exec": ["sleep", "301"]}}});
+    let r = api.post(&api.m(&id), update).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v2 = r.body["instance_id"].as_str().unwrap().to_string();
+    assert_ne!(v1, v2);
+    let r = api
+        .get(&format!(
+            "{}/wait?state=started&instance_id={v1}&timeout=1",
+            api.m(&id)
+        ))
+        .await;
+    assert_eq!(r.status, 408);
+    assert_eq!(
+        r.error(),
+        "deadline_exceeded: machine failed to reach desired state, started, currently replaced"
+    );
+    let r = api
+        .get(&format!(
+            "{}/wait?state=started&version={v2}&timeout=10",
+            api.m(&id)
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    conform("WaitMachineResponse", &r.body);
+}
+
+#[tokio::test]
 async fn env_is_injected_and_nothing_else_leaks_and_logs_are_kept() {
     let (emu, api) = test_emulator().await;
     let body = json!({"config": {"image": "x", "init": {"exec": ["sh", "-c", "env; echo to-stderr >&2"]}, "env": {"MY_VAR": "hello"}, "guest": {"cpus": 1, "memory_mb": 512}}});
