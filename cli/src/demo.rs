@@ -258,12 +258,9 @@ fn summary(
         percentile(&latency, 0.95)
     );
     println!("  billed machine-s     {billed:.1} (emulator ledger: started + suspended)");
+    // Busy job-seconds can exceed billed machine-seconds: a `default` machine runs 2 jobs at once.
     println!(
-        "  busy job-s           {busy:.1}   (utilisation {:.0}%)",
-        if billed > 0.0 {
-            busy / billed * 100.0
-        } else {
-            0.0
-        }
+        "  busy job-s           {busy:.1}   ({:.2} job-s per billed machine-s; default runs 2 per machine)",
+        if billed > 0.0 { busy / billed } else { 0.0 }
     );
 }
