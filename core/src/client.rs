@@ -76,20 +76,20 @@ impl Client {
             None => default_database_url()?,
         };
         let store = store::open(&url, store::StoreOptions::from_config(&config)).await?;
-        let mut client = Client::with_store(config, store);
-        Arc::get_mut(&mut client.inner)
-            .expect("not shared yet")
-            .database_url = Some(url);
-        Ok(client)
+        Ok(Client::build(config, store, Some(url)))
     }
 
     /// A client over an already opened store.
     pub fn with_store(config: Config, store: Arc<dyn Store>) -> Client {
+        Client::build(config, store, None)
+    }
+
+    fn build(config: Config, store: Arc<dyn Store>, database_url: Option<String>) -> Client {
         Client {
             inner: Arc::new(Inner {
                 config,
                 store,
-                database_url: None,
+                database_url,
                 machines: Mutex::new(None),
                 scaler: Mutex::new(None),
                 #[cfg(feature = "embedded")]
