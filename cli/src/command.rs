@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use flyjobs::Client;
-use flyjobs::config::{PoolMode, Wait};
 use flyjobs::job::Failure;
 use flyjobs::worker::{WorkerLease, WorkerOptions};
 use serde::Deserialize;
@@ -33,31 +32,12 @@ pub fn self_command() -> Vec<String> {
     vec![exe, "worker".into()]
 }
 
-/// How long a stopping worker lets running jobs finish: `FLYJOBS_SHUTDOWN_TIMEOUT`, default 4 s
-/// (Fly's default kill timeout of 5 s minus a margin to release what is left).
-fn shutdown_timeout() -> Duration {
-    std::env::var("FLYJOBS_SHUTDOWN_TIMEOUT")
-        .ok()
-        .and_then(|v| flyjobs::config::parse_duration("FLYJOBS_SHUTDOWN_TIMEOUT", &v).ok())
-        .unwrap_or(Duration::from_secs(4))
-}
-
 /// Run a worker for command jobs until it is idle for `wait` or receives SIGTERM/SIGINT.
-pub async fn run_worker(
-    client: Client,
-    queues: Vec<String>,
-    concurrency: u32,
-    wait: Wait,
-    pool: PoolMode,
-) -> anyhow::Result<()> {
+pub async fn run_worker(client: Client, options: WorkerOptions) -> anyhow::Result<()> {
+    let concurrency = options.concurrency;
+    let shutdown_timeout = client.config().shutdown_timeout();
     let worker = client
-        .worker(WorkerOptions {
-            queues,
-            concurrency,
-            wait,
-            pool,
-            id: None,
-        })
+        .worker(options)
         .await
         .context("starting the worker")?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -86,7 +66,7 @@ pub async fn run_worker(
             "signal received: quiet, finishing running jobs"
         );
         worker.quiet();
-        let deadline = shutdown_timeout();
+        let deadline = shutdown_timeout;
         // Running jobs get until the deadline; whatever is left is released by stop().
         let _ = tokio::time::timeout(deadline, async {
             while tasks.join_next().await.is_some() {}

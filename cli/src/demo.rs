@@ -40,8 +40,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .queues(QUEUES)
         .lease_duration(Duration::from_secs(10))
         .build()?;
-    let client = Client::open(config).await?;
-
     let mut settings = match args.latency.as_str() {
         "fly" => flyjobs_emulator::EmulatorSettings::default(),
         "none" => flyjobs_emulator::EmulatorSettings::for_tests(),
@@ -51,12 +49,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         flyjobs::fork::EMBEDDED_IMAGE.to_string(),
         flyjobs_emulator::Image {
             dir: std::env::current_dir()?,
-            cmd: Vec::new(),
+            cmd: self_command(),
         },
     );
-    let (emulator, machines, app) = flyjobs::embedded::start(settings).await?;
-    client.set_machines(machines.clone(), app.clone()).await;
-    client.set_default_worker_command(self_command()).await;
+    let (emulator, machines) = flyjobs_embedded::start(settings).await?;
+    let app = flyjobs_embedded::EMBEDDED_APP.to_string();
+    let client = Client::builder(config)
+        .machines(machines.clone(), app.clone())
+        .default_worker_command(self_command())
+        .open()
+        .await?;
 
     println!(
         "flyjobs demo: embedded Machines API at {}, queue in SQLite",
@@ -194,12 +196,11 @@ async fn all_jobs(client: &Client) -> anyhow::Result<Vec<Job>> {
         let mut after = None;
         loop {
             let page = client
-                .store()
-                .list_jobs(flyjobs::store::JobFilter {
+                .jobs(flyjobs::store::JobFilter {
                     state: Some(state),
-                    queue: None,
                     limit: 500,
                     after_id: after,
+                    ..Default::default()
                 })
                 .await?;
             let Some(last) = page.last() else { break };

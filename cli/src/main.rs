@@ -8,9 +8,9 @@ mod demo;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use flyjobs::config::{PoolMode, Wait};
 use flyjobs::job::{JobId, JobState, NewJob};
 use flyjobs::store::WorkerState;
+use flyjobs::worker::WorkerOptions;
 use flyjobs::{Client, Config};
 
 #[derive(Parser)]
@@ -73,18 +73,19 @@ enum Command {
 
 #[derive(clap::Args)]
 struct WorkerArgs {
-    /// Queues to serve, comma separated.
-    #[arg(long, default_value = "default", value_delimiter = ',')]
-    queues: Vec<String>,
-    /// Seconds to linger idle, or `forever`.
-    #[arg(long, default_value = "600")]
-    wait: String,
-    /// Jobs run at once.
-    #[arg(long, default_value_t = 1)]
-    concurrency: u32,
-    /// What to do when idle time is up: none (exit), stop (exit; machine kept), suspend.
-    #[arg(long, default_value = "none")]
-    pool: String,
+    /// Queues to serve, comma separated (default: FLYJOBS_WORKER_QUEUES, else `default`).
+    #[arg(long)]
+    queues: Option<String>,
+    /// Seconds to linger idle, or `forever` (default: the queue's `wait`).
+    #[arg(long)]
+    wait: Option<String>,
+    /// Jobs run at once (default: the queue's `concurrency`).
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// What to do when idle time is up: none (exit), stop (exit; machine kept), suspend
+    /// (default: the queue's `pool`).
+    #[arg(long)]
+    pool: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -130,25 +131,27 @@ fn init_tracing() {
         .try_init();
 }
 
+/// The client of every subcommand: settings from the environment, the embedded default off
+/// Fly, and this binary's `worker` as the worker machines' command.
 async fn open() -> anyhow::Result<Client> {
     let config = Config::from_env()?;
-    Ok(Client::open(config).await?)
+    Ok(flyjobs_embedded::builder(config)
+        .default_worker_command(command::self_command())
+        .open()
+        .await?)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Worker(args) => {
-            let wait = Wait::parse("--wait", &args.wait)?;
-            let pool = match args.pool.as_str() {
-                "none" => PoolMode::None,
-                "stop" => PoolMode::Stop,
-                "suspend" => PoolMode::Suspend,
-                other => bail!("--pool must be none, stop or suspend, got {other:?}"),
-            };
-            if args.concurrency == 0 {
-                bail!("--concurrency must be >= 1");
-            }
-            command::run_worker(open().await?, args.queues, args.concurrency, wait, pool).await
+            let client = open().await?;
+            let mut options = serde_json::Map::new();
+            options.insert("queues".into(), serde_json::json!(args.queues));
+            options.insert("wait".into(), serde_json::json!(args.wait));
+            options.insert("pool".into(), serde_json::json!(args.pool));
+            options.insert("concurrency".into(), serde_json::json!(args.concurrency));
+            let options = WorkerOptions::from_options(client.config(), &options)?;
+            command::run_worker(client, options).await
         }
         Command::Scaler { once } => {
             let client = open().await?;
@@ -161,9 +164,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{report:?}");
                 return Ok(());
             }
-            client
-                .set_default_worker_command(command::self_command())
-                .await;
             client.start_scaler().await.context("scaler")?;
             eprintln!("flyjobs: scaler running; Ctrl-C to stop");
             let _ = tokio::signal::ctrl_c().await;
@@ -201,12 +201,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let state: JobState = state.parse()?;
             let client = open().await?;
             let jobs = client
-                .store()
-                .list_jobs(flyjobs::store::JobFilter {
+                .jobs(flyjobs::store::JobFilter {
                     state: Some(state),
                     queue,
                     limit: limit as usize,
-                    after_id: None,
+                    ..Default::default()
                 })
                 .await
                 .context("list jobs")?;
@@ -234,11 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Retry { id } => {
             let client = open().await?;
-            client
-                .store()
-                .retry_dead(JobId(id))
-                .await
-                .context("retry")?;
+            client.retry(JobId(id)).await.context("retry")?;
             println!("job {id} is ready again");
             Ok(())
         }
@@ -281,8 +276,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn status(client: Client) -> anyhow::Result<()> {
-    let stats = client.store().stats().await.context("stats")?;
-    let workers = client.store().workers().await.context("workers")?;
+    let stats = client.stats().await.context("stats")?;
+    let workers = client.workers().await.context("workers")?;
     println!(
         "{:<16} {:>7} {:>9} {:>7} {:>6} {:>10}   {:>7} {:>6} {:>9}",
         "queue", "ready", "scheduled", "running", "dead", "oldest", "workers", "idle", "suspended"
@@ -311,6 +306,33 @@ async fn status(client: Client) -> anyhow::Result<()> {
             idle,
             suspended
         );
+    }
+    if !client.config().on_fly() {
+        println!(
+            "\nmachines: off Fly the local Machines API lives in the app process that runs the \
+             scaler; set FLY_MACHINE_ID and FLY_API_HOSTNAME to list a Machines API's machines"
+        );
+        return Ok(());
+    }
+    let machines = client.machines().await.context("machines")?;
+    println!(
+        "\n{:<16} {:<10} {:<8} {:<16} {:<12} {:>5} {:>7}",
+        "machine", "state", "region", "queue", "size", "cpus", "memory"
+    );
+    for m in &machines {
+        println!(
+            "{:<16} {:<10} {:<8} {:<16} {:<12} {:>5} {:>7}",
+            m.id,
+            m.state,
+            m.region.as_deref().unwrap_or("-"),
+            m.queue.as_deref().unwrap_or("-"),
+            m.cpu_kind.as_deref().unwrap_or("-"),
+            m.cpus.map_or_else(|| "-".into(), |c| c.to_string()),
+            m.memory_mb.map_or_else(|| "-".into(), |c| format!("{c}MB")),
+        );
+    }
+    if machines.is_empty() {
+        println!("(no worker machines)");
     }
     Ok(())
 }

@@ -133,7 +133,9 @@ fn bad_settings_fail_before_anything_starts() {
         assert!(!err.contains("hunter2"), "password in the error: {err}");
     }
     let o = flyjobs(dir.path(), &["worker", "--wait", "soon"], &[]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--wait"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("option wait must be seconds"), "{err}");
+    assert!(err.contains("\"soon\""), "{err}");
     let o = flyjobs(
         dir.path(),
         &["enqueue", "--queue", "bad queue!", "--", "true"],
@@ -158,4 +160,83 @@ fn on_fly_without_a_database_url_is_a_clear_error() {
     let o = cmd.output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("FLYJOBS_DATABASE_URL"));
+}
+
+/// On Fly (here: a standalone emulator standing in for the Machines API) `flyjobs status` lists
+/// the worker machines with the state the API reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_machines_with_their_api_state() {
+    use flyjobs::config::Secret;
+    use flyjobs::machines::types::*;
+    use flyjobs::machines::{Machines, MachinesClient};
+    use std::collections::BTreeMap;
+
+    let emu = flyjobs_emulator::Emulator::start(
+        flyjobs_emulator::EmulatorSettings::for_tests().app("shop"),
+    )
+    .await
+    .unwrap();
+    let api = MachinesClient::builder()
+        .base_url(emu.base_url())
+        .token(Secret::new("t0k"))
+        .build()
+        .unwrap();
+    let worker = |queue: &str| CreateMachineRequest {
+        config: MachineConfig {
+            image: Some("local".into()),
+            init: Some(MachineInit {
+                exec: Some(vec!["sh".into(), "-c".into(), "sleep 60".into()]),
+                ..MachineInit::default()
+            }),
+            guest: Some(Guest::preset("shared-cpu-2x").unwrap()),
+            metadata: Some(BTreeMap::from([
+                ("flyjobs_role".to_string(), "worker".to_string()),
+                ("flyjobs_queue".to_string(), queue.to_string()),
+            ])),
+            ..MachineConfig::default()
+        },
+        ..CreateMachineRequest::default()
+    };
+    let started = api.create_machine("shop", &worker("mail")).await.unwrap();
+    let stopped = api.create_machine("shop", &worker("img")).await.unwrap();
+    api.stop_machine("shop", &stopped.id, &StopRequest::default(), None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/q.sqlite3?mode=rwc", dir.path().display());
+    let url = emu.base_url().to_string();
+    let out = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || {
+            flyjobs(
+                &dir,
+                &["status"],
+                &[
+                    ("FLY_MACHINE_ID", "parent0000001"),
+                    ("FLY_APP_NAME", "shop"),
+                    ("FLY_API_HOSTNAME", url.as_str()),
+                    ("FLY_API_TOKEN", "t0k"),
+                    ("FLYJOBS_DATABASE_URL", db.as_str()),
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let text = stdout(&out);
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} missing: {text}"))
+            .to_string()
+    };
+    let a = line(&started.id);
+    assert!(
+        a.contains("started") && a.contains("mail") && a.contains("512MB"),
+        "{a}"
+    );
+    let b = line(&stopped.id);
+    assert!(b.contains("stopped") && b.contains("img"), "{b}");
+    assert!(!text.contains("t0k"), "token printed: {text}");
+    emu.shutdown().await;
 }

@@ -71,7 +71,6 @@ async fn setup_with(
         .boot_timeout(Duration::from_secs(30))
         .lookup(|_| None);
     let config = tweak(defaults).build().unwrap();
-    let client = Client::open(config).await.unwrap();
     let mut settings = settings;
     settings.images.insert(
         flyjobs::fork::EMBEDDED_IMAGE.to_string(),
@@ -80,11 +79,14 @@ async fn setup_with(
             cmd: Vec::new(),
         },
     );
-    let (emulator, machines, app) = flyjobs::embedded::start(settings).await.unwrap();
-    client.set_machines(machines.clone(), app.clone()).await;
-    client
-        .set_default_worker_command(vec![BIN.to_string(), "worker".into()])
-        .await;
+    let (emulator, machines) = flyjobs_embedded::start(settings).await.unwrap();
+    let app = flyjobs_embedded::EMBEDDED_APP.to_string();
+    let client = Client::builder(config)
+        .machines(machines.clone(), app.clone())
+        .default_worker_command(vec![BIN.to_string(), "worker".into()])
+        .open()
+        .await
+        .unwrap();
     Some(Env {
         client,
         emulator,
@@ -615,10 +617,12 @@ async fn a_pool_machine_of_an_older_release_is_not_reused() {
         .lookup(|_| None)
         .build()
         .unwrap();
-    let v2 = Client::open(config).await.unwrap();
-    v2.set_machines(env.machines.clone(), env.app.clone()).await;
-    v2.set_default_worker_command(vec![BIN.to_string(), "worker".into()])
-        .await;
+    let v2 = Client::builder(config)
+        .machines(env.machines.clone(), env.app.clone())
+        .default_worker_command(vec![BIN.to_string(), "worker".into()])
+        .open()
+        .await
+        .unwrap();
     let scaler = v2.build_scaler(ScalerOptions::default()).await.unwrap();
     let b = env.enqueue_sh("pinned", "true").await;
     // The old leader's lock has to lapse (5 intervals of 200 ms) before the new scaler acts.

@@ -1,27 +1,206 @@
-//! [`Client`]: what the app holds — enqueue, the embedded scaler, workers.
+//! [`Client`]: what the app holds — enqueue, the admin calls, the embedded scaler, workers.
 //!
 //! ```no_run
 //! # async fn demo() -> flyjobs::Result<()> {
 //! use flyjobs::{Client, Config, job::NewJob};
-//! let client = Client::open(Config::from_env()?).await?;
+//! let client = Client::builder(Config::from_env()?).open().await?;
 //! let job = client.enqueue(NewJob::new("mail", serde_json::json!({"user": 42}))).await?;
 //! println!("enqueued {}", job.id);
 //! # Ok(()) }
 //! ```
+//!
+//! Off Fly the client needs a local Machines API and a default database: the `flyjobs-embedded`
+//! crate provides both through the [`LocalMachines`] seam ([`ClientBuilder::local_machines`]),
+//! so this crate never depends on the emulator.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::info;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
-use crate::job::{Job, NewJob};
+use crate::error::{Error, ErrorKind, Result};
+use crate::job::{Job, JobId, JobState, NewJob};
+use crate::machines::types::{ListMachinesQuery, Machine};
 use crate::machines::{Machines, MachinesClient};
 use crate::scaler::{Scaler, ScalerHandle, ScalerOptions};
-use crate::store::{self, Store};
+use crate::store::{self, JobFilter, QueueStats, Store, WorkerInfo};
 use crate::worker::{Worker, WorkerOptions};
+
+/// A local Machines API for running off Fly (the embedded default). Implemented by the
+/// `flyjobs-embedded` crate; the core only knows this seam.
+#[async_trait]
+pub trait LocalMachines: Send + Sync {
+    /// The queue's URL when none is configured (a SQLite file the local machines share).
+    fn default_database_url(&self) -> Result<String>;
+    /// Start the local Machines API. Its machines run in `dir` with `worker_command` as the
+    /// image's default command.
+    async fn start(&self, worker_command: &[String]) -> Result<Box<dyn LocalApi>>;
+}
+
+/// A running local Machines API.
+#[async_trait]
+pub trait LocalApi: Send + Sync {
+    /// A client for it.
+    fn machines(&self) -> Arc<dyn Machines>;
+    /// The app its worker machines live in.
+    fn app(&self) -> String;
+    /// Its base URL (`http://127.0.0.1:PORT`).
+    fn base_url(&self) -> String;
+    /// Stop it; its machines get their stop signal, then die.
+    async fn shutdown(&self);
+}
+
+/// A worker machine as the Machines API reports it (the admin view of [`Client::machines`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    /// Machine id.
+    pub id: String,
+    /// Its state per the Machines API (`created`, `started`, `stopped`, `suspended`, …).
+    pub state: String,
+    /// Region code.
+    pub region: Option<String>,
+    /// The queue it was booted for (metadata `flyjobs_queue`).
+    pub queue: Option<String>,
+    /// The release it runs (metadata `flyjobs_release`).
+    pub release: Option<String>,
+    /// `shared` or `performance`.
+    pub cpu_kind: Option<String>,
+    /// CPUs.
+    pub cpus: Option<u32>,
+    /// Memory in MB.
+    pub memory_mb: Option<u32>,
+    /// RFC 3339.
+    pub created_at: Option<String>,
+    /// RFC 3339.
+    pub updated_at: Option<String>,
+}
+
+impl MachineInfo {
+    fn from_machine(m: &Machine) -> MachineInfo {
+        let meta = |k: &str| {
+            m.config
+                .as_ref()
+                .and_then(|c| c.metadata.as_ref())
+                .and_then(|md| md.get(k))
+                .cloned()
+        };
+        let guest = m.config.as_ref().and_then(|c| c.guest.as_ref());
+        MachineInfo {
+            id: m.id.clone(),
+            state: m
+                .state
+                .as_ref()
+                .map_or_else(|| "unknown".to_string(), |s| s.as_str().to_string()),
+            region: m.region.clone(),
+            queue: meta("flyjobs_queue"),
+            release: meta("flyjobs_release"),
+            cpu_kind: guest.and_then(|g| g.cpu_kind.clone()),
+            cpus: guest.and_then(|g| g.cpus),
+            memory_mb: guest.and_then(|g| g.memory_mb),
+            created_at: m.created_at.clone(),
+            updated_at: m.updated_at.clone(),
+        }
+    }
+}
+
+/// Builds a [`Client`]: everything is given up front, nothing is set after open.
+pub struct ClientBuilder {
+    config: Config,
+    worker_command: Vec<String>,
+    machines: Option<(Arc<dyn Machines>, String)>,
+    local: Option<Arc<dyn LocalMachines>>,
+    store: Option<Arc<dyn Store>>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("config", &self.config)
+            .field("worker_command", &self.worker_command)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// The command worker machines run when `worker_command` (`FLYJOBS_WORKER_COMMAND`) is not
+    /// configured: each language package gives its own (`bin/fly-machine-worker`,
+    /// `python -m flyjobs worker`, `flyjobs-worker`). Default: `flyjobs worker`.
+    #[must_use]
+    pub fn default_worker_command(mut self, argv: Vec<String>) -> Self {
+        self.worker_command = argv;
+        self
+    }
+
+    /// Scale with this Machines API and app instead of resolving one from the config.
+    #[must_use]
+    pub fn machines(mut self, api: Arc<dyn Machines>, app: impl Into<String>) -> Self {
+        self.machines = Some((api, app.into()));
+        self
+    }
+
+    /// The local Machines API and default database to use off Fly (the embedded default).
+    #[must_use]
+    pub fn local_machines(mut self, local: Arc<dyn LocalMachines>) -> Self {
+        self.local = Some(local);
+        self
+    }
+
+    /// Use this already opened store instead of opening `database_url`.
+    #[must_use]
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Open the store: `database_url` as configured; else, off Fly, the local default; on Fly a
+    /// URL is required (machines do not share a disk).
+    pub async fn open(self) -> Result<Client> {
+        let config = self.config;
+        let (store, database_url) = match self.store {
+            Some(s) => (s, config.database_url().map(str::to_string)),
+            None => {
+                let url = match (config.database_url(), &self.local) {
+                    (Some(u), _) => u.to_string(),
+                    (None, _) if config.on_fly() => {
+                        return Err(Error::config(
+                            "FLYJOBS_DATABASE_URL is not set: on Fly the queue must be a \
+                             database every machine reaches (postgres://…)",
+                        ));
+                    }
+                    (None, Some(local)) => local.default_database_url()?,
+                    (None, None) => {
+                        return Err(Error::config(
+                            "FLYJOBS_DATABASE_URL is not set, and this build has no embedded \
+                             default (the flyjobs-embedded crate)",
+                        ));
+                    }
+                };
+                let store = store::open(&url, store::StoreOptions::from_config(&config)).await?;
+                (store, Some(url))
+            }
+        };
+        let worker_command = config
+            .worker_command()
+            .map(<[String]>::to_vec)
+            .unwrap_or(self.worker_command);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                database_url,
+                worker_command,
+                local: self.local,
+                machines: Mutex::new(self.machines),
+                local_api: Mutex::new(None),
+                scaler: Mutex::new(None),
+            }),
+        })
+    }
+}
 
 /// The app's handle on flyjobs. Cheap to clone.
 #[derive(Clone)]
@@ -34,12 +213,13 @@ struct Inner {
     store: Arc<dyn Store>,
     /// The store's URL, handed to local worker machines off Fly.
     database_url: Option<String>,
+    /// What worker machines run (resolved: configured, else the language's default).
+    worker_command: Vec<String>,
+    local: Option<Arc<dyn LocalMachines>>,
     /// The Machines API and app to scale in, when given or once resolved.
     machines: Mutex<Option<(Arc<dyn Machines>, String)>>,
+    local_api: Mutex<Option<Box<dyn LocalApi>>>,
     scaler: Mutex<Option<ScalerHandle>>,
-    #[cfg(feature = "embedded")]
-    emulator: Mutex<Option<flyjobs_emulator::EmulatorHandle>>,
-    default_worker_command: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -50,65 +230,21 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// The database URL used when `FLYJOBS_DATABASE_URL` is unset off Fly: a SQLite file in the
-/// current directory (shared with the local worker processes, which run there too).
-pub fn default_database_url() -> Result<String> {
-    let dir =
-        std::env::current_dir().map_err(|e| Error::config(format!("no current directory: {e}")))?;
-    Ok(format!(
-        "sqlite://{}/flyjobs.sqlite3?mode=rwc",
-        dir.display()
-    ))
-}
-
 impl Client {
-    /// Open the store named by the config (the embedded SQLite off Fly when none is named).
-    /// On Fly a database URL is required: machines do not share a disk.
-    pub async fn open(config: Config) -> Result<Client> {
-        let url = match config.database_url() {
-            Some(u) => u.to_string(),
-            None if config.on_fly() => {
-                return Err(Error::config(
-                    "FLYJOBS_DATABASE_URL is not set: on Fly the queue must be a database every \
-                     machine reaches (postgres://…)",
-                ));
-            }
-            None => default_database_url()?,
-        };
-        let store = store::open(&url, store::StoreOptions::from_config(&config)).await?;
-        Ok(Client::build(config, store, Some(url)))
-    }
-
-    /// A client over an already opened store.
-    pub fn with_store(config: Config, store: Arc<dyn Store>) -> Client {
-        Client::build(config, store, None)
-    }
-
-    fn build(config: Config, store: Arc<dyn Store>, database_url: Option<String>) -> Client {
-        Client {
-            inner: Arc::new(Inner {
-                config,
-                store,
-                database_url,
-                machines: Mutex::new(None),
-                scaler: Mutex::new(None),
-                #[cfg(feature = "embedded")]
-                emulator: Mutex::new(None),
-                default_worker_command: Mutex::new(vec!["flyjobs".into(), "worker".into()]),
-            }),
+    /// A builder over `config`.
+    pub fn builder(config: Config) -> ClientBuilder {
+        ClientBuilder {
+            config,
+            worker_command: vec!["flyjobs".into(), "worker".into()],
+            machines: None,
+            local: None,
+            store: None,
         }
     }
 
-    /// Use this Machines API and app for scaling instead of resolving one from the config
-    /// (tests pass an emulator they started themselves).
-    pub async fn set_machines(&self, machines: Arc<dyn Machines>, app: impl Into<String>) {
-        *self.inner.machines.lock().await = Some((machines, app.into()));
-    }
-
-    /// The command worker machines run when `FLYJOBS_WORKER_COMMAND` is unset; each language
-    /// package sets its own (`bin/fly-machine-worker`, `python -m flyjobs worker`, …).
-    pub async fn set_default_worker_command(&self, command: Vec<String>) {
-        *self.inner.default_worker_command.lock().await = command;
+    /// Open with `config` and no embedded default (on Fly, or with a database URL).
+    pub async fn open(config: Config) -> Result<Client> {
+        Client::builder(config).open().await
     }
 
     /// The resolved settings.
@@ -119,6 +255,16 @@ impl Client {
     /// The durable queue.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// The queue's URL (as configured, or the local default), if the client opened one.
+    pub fn database_url(&self) -> Option<&str> {
+        self.inner.database_url.as_deref()
+    }
+
+    /// What worker machines run.
+    pub fn worker_command(&self) -> &[String] {
+        &self.inner.worker_command
     }
 
     /// Enqueue one job. Fills what the job left unset from its queue's settings and this
@@ -145,6 +291,92 @@ impl Client {
         job
     }
 
+    // ---- admin ---------------------------------------------------------------------------
+
+    /// One job, if it exists.
+    pub async fn job(&self, id: JobId) -> Result<Option<Job>> {
+        self.inner.store.get_job(id).await
+    }
+
+    /// A page of jobs (by queue, state and class), in id order; pass the last id as
+    /// `after_id` for the next page.
+    pub async fn jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
+        self.inner.store.list_jobs(filter).await
+    }
+
+    /// Cancel a job that has not run yet (ready or scheduled): it is discarded. A running,
+    /// finished or dead job → `Conflict` naming its state.
+    pub async fn cancel(&self, id: JobId) -> Result<Job> {
+        let job = self.existing(id).await?;
+        if !matches!(job.state, JobState::Ready | JobState::Scheduled) {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "job {id} is {}; only ready or scheduled jobs can be cancelled",
+                    job.state
+                ),
+            )
+            .with_job_id(id));
+        }
+        // The store refuses (Conflict) if a worker claimed it in between.
+        self.inner.store.discard(id, None, None).await
+    }
+
+    /// Discard a waiting or dead job (it will not run again). Running → `Conflict`.
+    pub async fn discard(&self, id: JobId) -> Result<Job> {
+        self.inner.store.discard(id, None, None).await
+    }
+
+    /// Run a dead or discarded job again: ready, attempts reset.
+    pub async fn retry(&self, id: JobId) -> Result<Job> {
+        self.inner.store.retry_dead(id).await
+    }
+
+    /// Delete every waiting job (ready or scheduled) of `queue`; returns how many.
+    pub async fn clear(&self, queue: &str) -> Result<u64> {
+        crate::job::validate_queue(queue)?;
+        self.inner.store.clear_queue(queue).await
+    }
+
+    /// Counts per queue.
+    pub async fn stats(&self) -> Result<Vec<QueueStats>> {
+        self.inner.store.stats().await
+    }
+
+    /// Registered workers.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        self.inner.store.workers().await
+    }
+
+    /// Worker machines as the Machines API reports them. Off Fly, only once this process
+    /// started the local API (the scaler does); an empty list before.
+    pub async fn machines(&self) -> Result<Vec<MachineInfo>> {
+        let api = self.inner.machines.lock().await.clone();
+        let (api, app) = match api {
+            Some(a) => a,
+            None if self.inner.config.on_fly() => self.machines_api().await?,
+            None => return Ok(Vec::new()),
+        };
+        let list = api
+            .list_machines(
+                &app,
+                &ListMachinesQuery {
+                    metadata: BTreeMap::from([("flyjobs_role".into(), "worker".into())]),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(list.iter().map(MachineInfo::from_machine).collect())
+    }
+
+    async fn existing(&self, id: JobId) -> Result<Job> {
+        self.job(id).await?.ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("job {id} not found")).with_job_id(id)
+        })
+    }
+
+    // ---- workers and the scaler ------------------------------------------------------------
+
     /// Start a worker in this process (inside a worker machine, or locally).
     pub async fn worker(&self, opts: WorkerOptions) -> Result<Worker> {
         let self_api = self.self_api();
@@ -167,9 +399,9 @@ impl Client {
         Some((Arc::new(api), app.to_string(), id.to_string()))
     }
 
-    /// The Machines API to scale with: the one set, else the real API on Fly, else the
-    /// embedded emulator (started on first use).
-    pub async fn machines(&self) -> Result<(Arc<dyn Machines>, String)> {
+    /// The Machines API to scale with: the one given, else the real API on Fly, else the
+    /// local one (started on first use).
+    pub async fn machines_api(&self) -> Result<(Arc<dyn Machines>, String)> {
         let mut slot = self.inner.machines.lock().await;
         if let Some(m) = slot.as_ref() {
             return Ok(m.clone());
@@ -183,25 +415,19 @@ impl Client {
                 .to_string();
             (Arc::new(MachinesClient::from_config(c)?), app)
         } else {
-            self.start_embedded().await?
+            let local = self.inner.local.as_ref().ok_or_else(|| {
+                Error::config(
+                    "not on Fly (FLY_MACHINE_ID unset) and no local Machines API: use the \
+                     flyjobs-embedded crate, or set FLY_MACHINE_ID and FLY_API_HOSTNAME",
+                )
+            })?;
+            let api = local.start(&self.inner.worker_command).await?;
+            let resolved = (api.machines(), api.app());
+            *self.inner.local_api.lock().await = Some(api);
+            resolved
         };
         *slot = Some(resolved.clone());
         Ok(resolved)
-    }
-
-    #[cfg(feature = "embedded")]
-    async fn start_embedded(&self) -> Result<(Arc<dyn Machines>, String)> {
-        let settings = crate::embedded::settings_from_env()?;
-        let (handle, machines, app) = crate::embedded::start(settings).await?;
-        *self.inner.emulator.lock().await = Some(handle);
-        Ok((machines, app))
-    }
-
-    #[cfg(not(feature = "embedded"))]
-    async fn start_embedded(&self) -> Result<(Arc<dyn Machines>, String)> {
-        Err(Error::config(
-            "not on Fly (FLY_MACHINE_ID unset) and this build has no embedded emulator",
-        ))
     }
 
     /// The environment a worker machine needs beyond its parent's config. On Fly: nothing (the
@@ -249,12 +475,11 @@ impl Client {
 
     /// A scaler for this client, to tick by hand (tests, `flyjobs scaler --once`).
     pub async fn build_scaler(&self, options: ScalerOptions) -> Result<Scaler> {
-        let (machines, app) = self.machines().await?;
-        let command = self.inner.default_worker_command.lock().await.clone();
+        let (machines, app) = self.machines_api().await?;
         let template = crate::fork::template(
             &self.inner.config,
             machines.as_ref(),
-            &command,
+            &self.inner.worker_command,
             self.embedded_worker_env(),
         )
         .await?;
@@ -269,25 +494,23 @@ impl Client {
         ))
     }
 
-    /// Stop the scaler (if running) and the embedded emulator (if started): its machines die.
+    /// Stop the scaler (if running) and the local Machines API (if started).
     pub async fn shutdown(&self) {
         if let Some(s) = self.inner.scaler.lock().await.take() {
             s.stop().await;
         }
-        #[cfg(feature = "embedded")]
-        if let Some(e) = self.inner.emulator.lock().await.take() {
-            e.shutdown().await;
+        if let Some(api) = self.inner.local_api.lock().await.take() {
+            api.shutdown().await;
         }
     }
 
-    /// The embedded emulator's base URL, once started.
-    #[cfg(feature = "embedded")]
-    pub async fn emulator_url(&self) -> Option<String> {
+    /// The local Machines API's base URL, once started.
+    pub async fn local_api_url(&self) -> Option<String> {
         self.inner
-            .emulator
+            .local_api
             .lock()
             .await
             .as_ref()
-            .map(|e| e.base_url().to_string())
+            .map(|a| a.base_url())
     }
 }

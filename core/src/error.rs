@@ -91,6 +91,14 @@ impl ErrorKind {
         }
     }
 
+    /// The kind named `name` ([`ErrorKind::as_str`]).
+    pub fn parse(name: &str) -> Result<ErrorKind> {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .ok_or_else(|| Error::invalid(format!("unknown error kind {name:?}")))
+    }
+
     /// Whether an error of this kind is worth retrying by default (the request itself was fine;
     /// the world was busy or flaky). Individual errors may override it.
     pub fn default_retryable(self) -> bool {
@@ -119,7 +127,29 @@ pub struct Error {
     message: String,
     status: Option<u16>,
     request_id: Option<String>,
+    job_id: Option<i64>,
     source: Option<BoxError>,
+}
+
+/// An [`Error`] as plain data: the stable form in which errors cross into every language
+/// (`FlyJobs::Error#kind/#retryable?/#status/#request_id/#job_id`, Python's `FlyJobsError`
+/// attributes, JS `code`/`retryable`/`status`/`requestId`/`jobId`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorView {
+    /// [`ErrorKind::as_str`]: `config`, `not_found`, …
+    pub kind: String,
+    /// The message, without the kind (it names the problem: a setting, a job, a machine).
+    pub message: String,
+    /// Whether the same call may succeed if retried.
+    pub retryable: bool,
+    /// The HTTP status of the answer behind it, if any.
+    pub status: Option<u16>,
+    /// The Machines API's `fly-request-id`, if it sent one (quote it to Fly support).
+    pub request_id: Option<String>,
+    /// The job concerned, if any.
+    pub job_id: Option<i64>,
+    /// The causes, outermost first.
+    pub causes: Vec<String>,
 }
 
 impl Error {
@@ -131,6 +161,7 @@ impl Error {
             message: message.into(),
             status: None,
             request_id: None,
+            job_id: None,
             source: None,
         }
     }
@@ -171,6 +202,28 @@ impl Error {
         self
     }
 
+    /// Attach the id of the job the failed operation concerned.
+    #[must_use]
+    pub fn with_job_id(mut self, job_id: impl Into<crate::job::JobId>) -> Self {
+        self.job_id = Some(job_id.into().0);
+        self
+    }
+
+    /// Mark an error that the caller already retried until its budget ran out: the message
+    /// says so, and it is no longer retryable (retrying again at once would only repeat it).
+    #[must_use]
+    pub fn after_retries(mut self, attempts: u32, elapsed: std::time::Duration) -> Self {
+        if attempts > 1 {
+            self.message = format!(
+                "{} (gave up after {attempts} attempts over {:.1}s)",
+                self.message,
+                elapsed.as_secs_f64()
+            );
+            self.retryable = false;
+        }
+        self
+    }
+
     /// Override whether this particular error is worth retrying.
     #[must_use]
     pub fn with_retryable(mut self, retryable: bool) -> Self {
@@ -202,6 +255,44 @@ impl Error {
     pub fn request_id(&self) -> Option<&str> {
         self.request_id.as_deref()
     }
+
+    /// The id of the job concerned, when there is one.
+    pub fn job_id(&self) -> Option<i64> {
+        self.job_id
+    }
+
+    /// This error as plain data, for the language bindings.
+    pub fn view(&self) -> ErrorView {
+        let mut causes = Vec::new();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            causes.push(s.to_string());
+            source = s.source();
+        }
+        ErrorView {
+            kind: self.kind.as_str().to_string(),
+            message: self.message.clone(),
+            retryable: self.retryable,
+            status: self.status,
+            request_id: self.request_id.clone(),
+            job_id: self.job_id,
+            causes,
+        }
+    }
+
+    /// The error a binding rebuilds from a view (tests, and errors that crossed a process).
+    pub fn from_view(view: &ErrorView) -> Result<Error> {
+        let kind = ErrorKind::parse(&view.kind)?;
+        Ok(Error {
+            kind,
+            retryable: view.retryable,
+            message: view.message.clone(),
+            status: view.status,
+            request_id: view.request_id.clone(),
+            job_id: view.job_id,
+            source: None,
+        })
+    }
 }
 
 impl fmt::Display for Error {
@@ -229,6 +320,9 @@ impl fmt::Debug for Error {
         }
         if let Some(r) = &self.request_id {
             d.field("request_id", r);
+        }
+        if let Some(j) = self.job_id {
+            d.field("job_id", &j);
         }
         if let Some(s) = &self.source {
             d.field("source", s);

@@ -273,6 +273,116 @@ pub struct Job {
     pub lease_token: i64,
 }
 
+/// The keys of a job given as a map ([`NewJob::from_value`]): what every binding's enqueue
+/// accepts.
+pub const NEW_JOB_KEYS: &[&str] = &[
+    "queue",
+    "payload",
+    "name",
+    "priority",
+    "run_at",
+    "max_attempts",
+    "unique_key",
+];
+
+impl NewJob {
+    /// A job from a map, as the language packages pass it: `{"queue": "mail", "payload": …,
+    /// "name": "WelcomeMailer", "priority": 0, "run_at": "2026-12-01T17:00:00Z" | 1764608400.5,
+    /// "max_attempts": 3, "unique_key": "…"}`. Only `payload` is required (`queue` defaults to
+    /// `default`); null means unset. An unknown key or a bad value is an `invalid` error naming
+    /// it.
+    pub fn from_value(value: &serde_json::Value) -> Result<NewJob> {
+        let map = value.as_object().ok_or_else(|| {
+            Error::invalid(format!("a job must be a map with a payload, got {value}"))
+        })?;
+        let bad = |key: &str, wants: &str, v: &serde_json::Value| {
+            Error::invalid(format!("job {key} must be {wants}, got {v}"))
+        };
+        let mut job = NewJob::new("default", serde_json::Value::Null);
+        let mut has_payload = false;
+        for (key, v) in map {
+            if v.is_null() {
+                continue;
+            }
+            match key.as_str() {
+                "queue" => {
+                    job.queue = v
+                        .as_str()
+                        .ok_or_else(|| bad(key, "a string", v))?
+                        .to_string();
+                }
+                "payload" => {
+                    job.payload = v.clone();
+                    has_payload = true;
+                }
+                "name" => {
+                    job.name = v
+                        .as_str()
+                        .ok_or_else(|| bad(key, "a string", v))?
+                        .to_string()
+                }
+                "priority" => {
+                    job.priority = v
+                        .as_i64()
+                        .and_then(|p| i32::try_from(p).ok())
+                        .ok_or_else(|| bad(key, "a 32-bit integer", v))?;
+                }
+                "run_at" => {
+                    job.run_at = Some(timestamp(v).ok_or_else(|| {
+                        bad(key, "an RFC 3339 time or seconds since the epoch", v)
+                    })?)
+                }
+                "max_attempts" => {
+                    job.max_attempts = Some(
+                        v.as_u64()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .filter(|n| *n >= 1)
+                            .ok_or_else(|| bad(key, "an integer >= 1", v))?,
+                    );
+                }
+                "unique_key" => {
+                    job.unique_key = Some(
+                        v.as_str()
+                            .ok_or_else(|| bad(key, "a string", v))?
+                            .to_string(),
+                    );
+                }
+                other => {
+                    return Err(Error::invalid(format!(
+                        "unknown job key {other:?} (known: {})",
+                        NEW_JOB_KEYS.join(", ")
+                    )));
+                }
+            }
+        }
+        if !has_payload {
+            return Err(Error::invalid(
+                "a job needs a payload (any JSON value but null)",
+            ));
+        }
+        Ok(job)
+    }
+}
+
+/// A time given as RFC 3339 text or as seconds since the epoch (fractions allowed).
+pub fn timestamp(v: &serde_json::Value) -> Option<DateTime<Utc>> {
+    match v {
+        serde_json::Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        serde_json::Value::Number(n) => {
+            let t = n.as_f64().filter(|t| t.is_finite())?;
+            let secs = t.floor();
+            if secs.abs() > 1e13 {
+                return None;
+            }
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            DateTime::from_timestamp(secs as i64, ((t - secs) * 1e9) as u32)
+        }
+        _ => None,
+    }
+}
+
 /// Check a queue name: 1–64 characters of `[A-Za-z0-9_.-]`.
 pub fn validate_queue(queue: &str) -> Result<()> {
     let ok = (1..=64).contains(&queue.len())

@@ -23,8 +23,6 @@
 
 pub mod client;
 pub mod config;
-#[cfg(feature = "embedded")]
-pub mod embedded;
 pub mod error;
 pub mod fork;
 pub mod job;
@@ -37,6 +35,6 @@ pub mod store;
 pub mod testing;
 pub mod worker;
 
-pub use client::Client;
+pub use client::{Client, ClientBuilder};
 pub use config::{Config, ConfigBuilder};
 pub use error::{Error, ErrorKind, Result};

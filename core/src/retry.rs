@@ -30,8 +30,10 @@ use crate::error::{Error, Result};
 /// Sidekiq's default: 25 runs in total.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 25;
 
-/// What happens to a job after a failed run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What happens to a job after a failed run. Its serialised form is what every binding shows:
+/// `{"outcome":"retry","at":"2026-12-01T17:00:00Z"}`, `{"outcome":"dead"}`, `{"outcome":"discard"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Outcome {
     /// Run it again at `at`.

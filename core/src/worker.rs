@@ -77,6 +77,76 @@ impl WorkerOptions {
     }
 }
 
+impl WorkerOptions {
+    /// Options from a map (keys of [`crate::config::WORKER_OPTIONS`]: `queues`, `concurrency`,
+    /// `wait`, `pool`), else their env vars (`FLYJOBS_WORKER_QUEUES`, …), else the settings of
+    /// the worker's queue in `config` (the first queue's, when it serves several): what every
+    /// language's worker command calls with its parsed flags.
+    pub fn from_options(
+        config: &Config,
+        options: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<WorkerOptions> {
+        Self::resolve(config, options, |k| std::env::var(k).ok())
+    }
+
+    /// [`WorkerOptions::from_options`] with env vars read through `env` (tests).
+    pub fn resolve(
+        config: &Config,
+        options: &serde_json::Map<String, serde_json::Value>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<WorkerOptions> {
+        use crate::config::{Origin, WORKER_OPTIONS, options as opt};
+        for key in options.keys() {
+            if !WORKER_OPTIONS.iter().any(|s| s.name == key) {
+                return Err(opt::unknown(
+                    &Origin::Option(String::new()),
+                    "worker option",
+                    key,
+                    WORKER_OPTIONS,
+                ));
+            }
+        }
+        let value = |key: &str| -> Option<(Origin, serde_json::Value)> {
+            if let Some(v) = options.get(key).filter(|v| !v.is_null()) {
+                return Some((Origin::Option(key.into()), v.clone()));
+            }
+            let spec = WORKER_OPTIONS.iter().find(|s| s.name == key)?;
+            env(spec.env)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (Origin::Env(spec.env.into()), serde_json::Value::String(v)))
+        };
+        let queues = match value("queues") {
+            Some((o, v)) => {
+                let q = opt::words(&o, &v)?;
+                if q.is_empty() {
+                    return Err(opt::bad_with(&o, "at least one queue name", &v));
+                }
+                for name in &q {
+                    crate::job::validate_queue(name)
+                        .map_err(|e| Error::config(format!("{o}: {}", e.message())))?;
+                }
+                q
+            }
+            None => vec!["default".to_string()],
+        };
+        let settings = config.queue(&queues[0]);
+        let mut w = WorkerOptions::new(queues.clone());
+        w.concurrency = match value("concurrency") {
+            Some((o, v)) => opt::integer_u32(&o, 1, &v)?,
+            None => settings.concurrency,
+        };
+        w.wait = match value("wait") {
+            Some((o, v)) => Wait::from_value(&o, &v)?,
+            None => settings.wait,
+        };
+        w.pool = match value("pool") {
+            Some((o, v)) => PoolMode::from_value(&o, &v)?,
+            None => settings.pool,
+        };
+        Ok(w)
+    }
+}
+
 struct Running {
     token: i64,
     lost: bool,
@@ -156,6 +226,11 @@ impl Worker {
     /// The worker's id in the registry.
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// Jobs it runs at once (the language runs that many threads or tasks on it).
+    pub fn concurrency(&self) -> u32 {
+        self.inner.opts.concurrency
     }
 
     /// Wait for the next job; `None` means the worker should leave (idle `wait` elapsed, or
@@ -466,4 +541,77 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "local".into())
+}
+
+/// What [`Slot::poll_next`] found.
+#[derive(Debug)]
+pub enum Poll {
+    /// A job to run now.
+    Job(Box<WorkerLease>),
+    /// Nothing within the time given; call again (the claim in flight is kept).
+    Pending,
+    /// The worker is done: idle `wait` elapsed, or it is quiet/stopping. Leave.
+    Done,
+}
+
+type NextTask = tokio::task::JoinHandle<Result<Option<WorkerLease>>>;
+
+/// One language thread's (or task's) handle on a [`Worker`], for callers that cannot await:
+/// Ruby and Python threads that must return to their interpreter every so often (signals,
+/// Ctrl-C, `Thread#kill`), and Node's event loop.
+///
+/// [`Slot::poll_next`] waits at most `max_wait` for the next job. The claim runs as a task on
+/// the runtime and survives an early return: the next call picks up the same task, so a job
+/// claimed just after the caller gave up waiting is handed out then, never lost or left leased.
+/// Dropping a slot with a claim in flight hands any job it claims straight back (tokio drops a
+/// detached task's output, and an unconsumed [`WorkerLease`] releases itself).
+pub struct Slot {
+    worker: Worker,
+    pending: tokio::sync::Mutex<Option<NextTask>>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("worker", &self.worker.inner.id)
+            .finish()
+    }
+}
+
+impl Worker {
+    /// A new [`Slot`] on this worker: one per language thread running jobs.
+    pub fn slot(&self) -> Slot {
+        Slot {
+            worker: self.clone(),
+            pending: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Slot {
+    /// Wait up to `max_wait` for the next job (see [`Poll`]). Errors are the store's, after
+    /// [`Worker::next`]'s own retries.
+    pub async fn poll_next(&self, max_wait: Duration) -> Result<Poll> {
+        let mut pending = self.pending.lock().await;
+        let mut task = match pending.take() {
+            Some(t) => t,
+            None => {
+                let w = self.worker.clone();
+                crate::runtime::handle().spawn(async move { w.next().await })
+            }
+        };
+        match tokio::time::timeout(max_wait, &mut task).await {
+            Err(_elapsed) => {
+                *pending = Some(task);
+                Ok(Poll::Pending)
+            }
+            Ok(Err(join)) => Err(Error::new(
+                ErrorKind::Shutdown,
+                format!("the worker's claim task ended abnormally: {join}"),
+            )),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Ok(Ok(None))) => Ok(Poll::Done),
+            Ok(Ok(Ok(Some(lease)))) => Ok(Poll::Job(Box::new(lease))),
+        }
+    }
 }

@@ -93,8 +93,11 @@ async fn deadline_exceeded_returns_the_last_error() {
     assert_eq!(e.kind(), ErrorKind::Api);
     assert_eq!(e.status(), Some(503));
     assert_eq!(e.request_id(), Some("req-9"));
-    assert!(e.is_retryable());
+    // The client spent its own retry budget: the error says so and is final, so callers do
+    // not retry it again at once.
+    assert!(!e.is_retryable());
     assert!(e.message().contains("still down"), "{e}");
+    assert!(e.message().contains("gave up after"), "{e}");
     let n = mock.requests().len();
     // 100, 200, 400, 800 ms backoff (jittered down to half) fit in 2 s; 2 s alone does not.
     assert!((3..=8).contains(&n), "{n} attempts");

@@ -80,6 +80,7 @@ both!(
     workers_registry,
     stats_per_queue,
     list_and_get,
+    clear_queue_and_class_filter,
     prune_finished_jobs,
     leader_lock,
     enqueue_wakes_subscribers,
@@ -689,6 +690,61 @@ mod cases {
             (0, 0, 1, 0, 1)
         );
         assert!(b.oldest_ready_age.is_none() && b.next_scheduled_at.is_none());
+    }
+
+    pub async fn clear_queue_and_class_filter(s: Arc<dyn Store>) {
+        let later = Utc::now() + chrono::Duration::hours(1);
+        let mut jobs = Vec::new();
+        for i in 0..6 {
+            let mut j = NewJob::new("mail", json!(i)).name(if i % 2 == 0 { "A" } else { "B" });
+            if i == 5 {
+                j.run_at = Some(later);
+            }
+            jobs.push(j);
+        }
+        jobs.push(NewJob::new("other", json!("keep")).name("A"));
+        s.enqueue_many(jobs).await.unwrap();
+        let a = s
+            .list_jobs(JobFilter {
+                name: Some("A".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(a.len(), 4);
+        assert!(a.iter().all(|j| j.name == "A"));
+        // One running and one dead job survive a clear; ready and scheduled ones go.
+        let running = s.claim(claim(&["mail"], 2, "w")).await.unwrap();
+        s.fail(
+            running[1].job.id,
+            running[1].token,
+            Failure::new("Boom", "x"),
+            &immediate_retry(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.clear_queue("mail").await.unwrap(), 4);
+        let left = s
+            .list_jobs(JobFilter {
+                queue: Some("mail".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut states: Vec<_> = left.iter().map(|j| j.state).collect();
+        states.sort_by_key(|s| s.as_str());
+        assert_eq!(states, vec![JobState::Dead, JobState::Running]);
+        assert_eq!(s.clear_queue("mail").await.unwrap(), 0);
+        assert_eq!(
+            s.stats()
+                .await
+                .unwrap()
+                .iter()
+                .find(|q| q.queue == "other")
+                .unwrap()
+                .ready,
+            1
+        );
     }
 
     pub async fn list_and_get(s: Arc<dyn Store>) {

@@ -8,6 +8,7 @@ require_relative "flyjobs/job"
 require_relative "flyjobs/client"
 require_relative "flyjobs/worker"
 require_relative "flyjobs/configuration"
+require_relative "flyjobs/logs"
 
 # flyjobs: background jobs on on-demand Fly Machines. A Rust core (queue, retries, scaler,
 # worker loop) with this gem as its Ruby face and an Active Job adapter:
@@ -48,8 +49,8 @@ module FlyJobs
         return @client if @client && @client_pid == pid
 
         @client = nil
-        opened = Client.open(**config.to_options)
-        opened.default_worker_command = default_worker_command
+        Logs.start
+        opened = Client.open(default_worker_command: default_worker_command, **config.to_options)
         opened.start_scaler if start_scaler?
         @client_pid = pid
         @client = opened
@@ -100,6 +101,13 @@ module FlyJobs
 
     # @api private
     attr_accessor :current_worker
+
+    # The core's settings vocabulary: every option, queue setting and worker option with its env
+    # var, what it accepts, its default and what it does.
+    # @return [Hash{String=>Array<Hash>}] "options", "queue_settings", "worker_options"
+    def option_specs
+      JSON.parse(Native._option_specs)
+    end
 
     # @return [Boolean] whether this process's worker was asked to quiet or stop (jobs may check
     #   it to stop early; Active Job's adapter answers `stopping?` with it)

@@ -4,6 +4,8 @@
 # STRESS=1 runs every test under GC.stress (ankane/tokenizers-ruby does the same): a Ruby object
 # that the glue forgot to keep alive shows up as a crash here.
 $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
+# The core's info records (worker registered, idle; leaving) would drown the test output.
+ENV["FLYJOBS_LOG"] ||= "warn"
 require "minitest/autorun"
 require "tmpdir"
 require "fileutils"

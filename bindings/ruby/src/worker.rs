@@ -1,47 +1,48 @@
-//! `FlyJobs::Native::{Worker, Slot, Lease}`: the pull API of the core's worker.
+//! `FlyJobs::Native::{Worker, Slot, Lease}`: the core's worker, its slots and leases.
 //!
-//! Each Ruby thread of `FlyJobs::Worker#run` owns a `Slot`. `Slot#_next(seconds)` waits for the
-//! next lease with the GVL released, for at most `seconds`: it returns a `Lease`, `nil` (the
-//! worker is done: idle `wait` elapsed, or quiet/stop) or `false` (nothing yet; call again). The
-//! core's `next()` runs as a task on the runtime and its handle is kept between calls, so giving
-//! control back to Ruby never cancels a claim half-way (no lease is lost to a timeout).
+//! Each Ruby thread of `FlyJobs::Worker#run` owns a `Slot`. `Slot#_next(seconds)` is the
+//! surface's `poll_next` with the GVL released: a `Lease`, `nil` (the worker is done) or
+//! `false` (nothing yet; call again: the claim in flight is kept by the core).
 
 use std::sync::Mutex;
-use std::time::Duration;
 
+use flyjobs_binding as surface;
 use magnus::{Error, IntoValue, Ruby, Value, method, prelude::*};
-use tokio::task::JoinHandle;
 
 use crate::client::block;
-use crate::error::{guard, internal, to_ruby};
-use crate::gvl::without_gvl;
+use crate::error::{guard, json_arg, to_ruby};
 
-type Next = JoinHandle<flyjobs::Result<Option<flyjobs::worker::WorkerLease>>>;
+/// Longest time one `_next` keeps a Ruby thread in native code: Ruby's interrupts (signals,
+/// `Thread#kill`) are served between calls.
+const MAX_SLICE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// A core `Worker` shared by the slots of its Ruby threads.
+/// A core worker shared by the slots of its Ruby threads.
 #[magnus::wrap(class = "FlyJobs::Native::Worker", free_immediately, size)]
 pub struct RbWorker {
-    inner: flyjobs::worker::Worker,
-    concurrency: u32,
+    inner: surface::Worker,
+    shutdown_timeout: f64,
 }
 
 impl RbWorker {
-    pub fn new(worker: flyjobs::worker::Worker, concurrency: u32) -> Self {
+    pub fn new(worker: surface::Worker, shutdown_timeout: f64) -> Self {
         RbWorker {
             inner: worker,
-            concurrency,
+            shutdown_timeout,
         }
     }
 
     fn slot(&self) -> RbSlot {
         RbSlot {
-            worker: self.inner.clone(),
-            pending: Mutex::new(None),
+            inner: self.inner.slot(),
         }
     }
 
     fn concurrency(&self) -> u32 {
-        self.concurrency
+        self.inner.concurrency()
+    }
+
+    fn shutdown_timeout(&self) -> f64 {
+        self.shutdown_timeout
     }
 
     fn quiet(&self) {
@@ -52,13 +53,9 @@ impl RbWorker {
     fn stop(&self, seconds: f64) -> Result<(), Error> {
         guard(|ruby| {
             let w = self.inner.clone();
-            let deadline = Duration::from_secs_f64(if seconds.is_finite() {
-                seconds.max(0.0)
-            } else {
-                0.0
-            });
+            let grace = surface::wait_slice(seconds, std::time::Duration::MAX);
             block(ruby, async move {
-                w.stop(deadline).await;
+                w.stop(grace).await;
                 Ok(())
             })
         })
@@ -69,49 +66,22 @@ impl RbWorker {
     }
 }
 
-/// One Ruby thread's handle on the worker, with its in-flight `next()`.
+/// One Ruby thread's handle on the worker.
 #[magnus::wrap(class = "FlyJobs::Native::Slot", free_immediately, size)]
 pub struct RbSlot {
-    worker: flyjobs::worker::Worker,
-    pending: Mutex<Option<Next>>,
+    inner: surface::Slot,
 }
 
 impl RbSlot {
     /// `#_next(seconds) -> Lease | nil | false`.
     fn next(&self, seconds: f64) -> Result<Value, Error> {
         guard(|ruby| {
-            let taken = self
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            let mut handle = match taken {
-                Some(h) => h,
-                None => {
-                    let w = self.worker.clone();
-                    flyjobs::runtime::handle().spawn(async move { w.next().await })
-                }
-            };
-            let slice = Duration::from_secs_f64(seconds.clamp(0.0, 2.0));
-            let waited = without_gvl(|| {
-                let r = flyjobs::runtime::block_on(async {
-                    tokio::time::timeout(slice, &mut handle).await
-                });
-                (r, handle)
-            });
-            let (result, handle) = waited.map_err(|p| internal(ruby, &p))?;
-            match result {
-                Err(_elapsed) => {
-                    *self
-                        .pending
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
-                    Ok(ruby.qfalse().as_value())
-                }
-                Ok(Err(join)) => Err(internal(ruby, &format!("worker task failed: {join}"))),
-                Ok(Ok(Err(e))) => Err(to_ruby(ruby, &e)),
-                Ok(Ok(Ok(None))) => Ok(ruby.qnil().as_value()),
-                Ok(Ok(Ok(Some(lease)))) => Ok(RbLease::new(ruby, lease)?.into_value_with(ruby)),
+            let slice = surface::wait_slice(seconds, MAX_SLICE);
+            let slot = &self.inner;
+            match block(ruby, slot.poll_next(slice))? {
+                surface::Poll::Pending => Ok(ruby.qfalse().as_value()),
+                surface::Poll::Done => Ok(ruby.qnil().as_value()),
+                surface::Poll::Job(lease) => Ok(RbLease::new(ruby, *lease)?.into_value_with(ruby)),
             }
         })
     }
@@ -120,7 +90,7 @@ impl RbSlot {
 /// A claimed job: read its fields, then `_complete`, `_fail` or `_release` it once.
 #[magnus::wrap(class = "FlyJobs::Native::Lease", free_immediately, size)]
 pub struct RbLease {
-    lease: Mutex<Option<flyjobs::worker::WorkerLease>>,
+    lease: Mutex<Option<surface::WorkerLease>>,
     job_id: i64,
     queue: String,
     name: String,
@@ -129,7 +99,7 @@ pub struct RbLease {
 }
 
 impl RbLease {
-    fn new(ruby: &Ruby, lease: flyjobs::worker::WorkerLease) -> Result<Self, Error> {
+    fn new(ruby: &Ruby, lease: surface::WorkerLease) -> Result<Self, Error> {
         let job = lease.job();
         let payload = serde_json::to_string(&job.payload).map_err(|e| to_ruby(ruby, &e.into()))?;
         Ok(RbLease {
@@ -142,7 +112,7 @@ impl RbLease {
         })
     }
 
-    fn take(&self, ruby: &Ruby) -> Result<flyjobs::worker::WorkerLease, Error> {
+    fn take(&self, ruby: &Ruby) -> Result<surface::WorkerLease, Error> {
         self.lease
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -150,13 +120,14 @@ impl RbLease {
             .ok_or_else(|| {
                 to_ruby(
                     ruby,
-                    &flyjobs::Error::new(
-                        flyjobs::ErrorKind::Conflict,
+                    &surface::Error::new(
+                        surface::ErrorKind::Conflict,
                         format!(
                             "job {} was already completed, failed or released",
                             self.job_id
                         ),
-                    ),
+                    )
+                    .with_job_id(self.job_id),
                 )
             })
     }
@@ -180,33 +151,24 @@ impl RbLease {
     fn complete(&self) -> Result<(), Error> {
         guard(|ruby| {
             let lease = self.take(ruby)?;
-            block(ruby, async move { lease.complete().await })
+            block(ruby, surface::complete(lease))
         })
     }
 
-    /// `#_fail(class, message, backtrace) -> String`: what the retry policy decided.
-    fn fail(
-        &self,
-        class: String,
-        message: String,
-        backtrace: Vec<String>,
-    ) -> Result<String, Error> {
+    /// `#_fail(failure_json) -> outcome_json` (`{"outcome":"retry","at":…}` or `{"outcome":"dead"}`).
+    fn fail(&self, failure: String) -> Result<String, Error> {
         guard(|ruby| {
+            let failure = json_arg(ruby, "failure", &failure)?;
             let lease = self.take(ruby)?;
-            let failure = flyjobs::job::Failure {
-                class,
-                message,
-                backtrace,
-            };
-            let outcome = block(ruby, async move { lease.fail(failure).await })?;
-            Ok(format!("{outcome:?}"))
+            let outcome = block(ruby, async move { surface::fail(lease, &failure).await })?;
+            Ok(outcome.to_string())
         })
     }
 
     fn release(&self) -> Result<(), Error> {
         guard(|ruby| {
             let lease = self.take(ruby)?;
-            block(ruby, async move { lease.release().await })
+            block(ruby, surface::release(lease))
         })
     }
 }
@@ -215,6 +177,7 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> Result<(), Error> {
     let worker = native.define_class("Worker", ruby.class_object())?;
     worker.define_method("_slot", method!(RbWorker::slot, 0))?;
     worker.define_method("_concurrency", method!(RbWorker::concurrency, 0))?;
+    worker.define_method("_shutdown_timeout", method!(RbWorker::shutdown_timeout, 0))?;
     worker.define_method("_quiet", method!(RbWorker::quiet, 0))?;
     worker.define_method("_stop", method!(RbWorker::stop, 1))?;
     worker.define_method("_stopping", method!(RbWorker::stopping, 0))?;
@@ -229,7 +192,7 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> Result<(), Error> {
     lease.define_method("attempts", method!(RbLease::attempts, 0))?;
     lease.define_method("payload", method!(RbLease::payload, 0))?;
     lease.define_method("_complete", method!(RbLease::complete, 0))?;
-    lease.define_method("_fail", method!(RbLease::fail, 3))?;
+    lease.define_method("_fail", method!(RbLease::fail, 1))?;
     lease.define_method("_release", method!(RbLease::release, 0))?;
     Ok(())
 }

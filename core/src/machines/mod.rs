@@ -182,6 +182,7 @@ impl RetryConfig {
 struct Backoff {
     next: Duration,
     max: Duration,
+    started: Instant,
     deadline: Instant,
 }
 
@@ -190,8 +191,14 @@ impl Backoff {
         Backoff {
             next: cfg.initial_backoff,
             max: cfg.max_backoff,
+            started: start,
             deadline: start + cfg.deadline,
         }
+    }
+
+    /// `error` of the last of `attempts`, marked as final: the budget is spent.
+    fn exhausted(&self, error: Error, attempts: u32) -> Error {
+        error.after_retries(attempts, self.started.elapsed())
     }
 
     /// Sleep before the next attempt, or `false` if that attempt would start past the deadline.
@@ -654,8 +661,11 @@ impl MachinesClient {
                         return Ok(None);
                     }
                     Err(f) => {
-                        if !f.retryable_under(policy) || !backoff.wait(f.retry_after).await {
+                        if !f.retryable_under(policy) {
                             return Err(f.error);
+                        }
+                        if !backoff.wait(f.retry_after).await {
+                            return Err(backoff.exhausted(f.error, attempt));
                         }
                         ambiguous_seen |= f.ambiguous;
                     }
@@ -830,8 +840,11 @@ impl Machines for MachinesClient {
                 }
                 // An app create is not idempotent, but a second one can only fail with
                 // "name taken", which the line above resolves: so retry ambiguous failures too.
-                if !f.retryable_under(Retry::Idempotent) || !backoff.wait(f.retry_after).await {
+                if !f.retryable_under(Retry::Idempotent) {
                     return Err(f.error);
+                }
+                if !backoff.wait(f.retry_after).await {
+                    return Err(backoff.exhausted(f.error, attempt));
                 }
                 ambiguous_seen |= f.ambiguous;
             }
@@ -899,8 +912,11 @@ impl Machines for MachinesClient {
                     // 409 name taken after an ambiguous attempt: the lookup decides.
                     ambiguous_seen && f.error.kind() == ErrorKind::Conflict
                 };
-                if !retry || !backoff.wait(f.retry_after).await {
+                if !retry {
                     return Err(f.error);
+                }
+                if !backoff.wait(f.retry_after).await {
+                    return Err(backoff.exhausted(f.error, attempt));
                 }
             }
         }

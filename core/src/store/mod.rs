@@ -219,10 +219,62 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     /// Only jobs of this queue.
     pub queue: Option<String>,
+    /// Only jobs of this class (the job's `name`: Active Job class, Python import path, …).
+    pub name: Option<String>,
     /// Page size (0 means 100).
     pub limit: usize,
     /// Only ids greater than this (the last id of the previous page).
     pub after_id: Option<JobId>,
+}
+
+impl JobFilter {
+    /// A filter from a map, as the bindings pass it: `{"queue": "mail", "state": "dead",
+    /// "name": "WelcomeMailer", "limit": 50, "after_id": 1234}`; every key optional.
+    pub fn from_value(value: &serde_json::Value) -> Result<JobFilter> {
+        let mut f = JobFilter::default();
+        let Some(map) = value.as_object() else {
+            if value.is_null() {
+                return Ok(f);
+            }
+            return Err(Error::invalid(format!(
+                "a job filter must be a map, got {value}"
+            )));
+        };
+        let bad = |k: &str, wants: &str, v: &serde_json::Value| {
+            Error::invalid(format!("job filter {k} must be {wants}, got {v}"))
+        };
+        for (k, v) in map {
+            if v.is_null() {
+                continue;
+            }
+            match k.as_str() {
+                "queue" => f.queue = Some(v.as_str().ok_or_else(|| bad(k, "a string", v))?.into()),
+                "name" => f.name = Some(v.as_str().ok_or_else(|| bad(k, "a string", v))?.into()),
+                "state" => {
+                    f.state = Some(
+                        v.as_str()
+                            .ok_or_else(|| bad(k, "a job state", v))?
+                            .parse()?,
+                    );
+                }
+                "limit" => {
+                    f.limit = v
+                        .as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| bad(k, "an integer >= 0", v))?;
+                }
+                "after_id" => {
+                    f.after_id = Some(JobId(v.as_i64().ok_or_else(|| bad(k, "a job id", v))?));
+                }
+                other => {
+                    return Err(Error::invalid(format!(
+                        "unknown job filter key {other:?} (known: queue, state, name, limit, after_id)"
+                    )));
+                }
+            }
+        }
+        Ok(f)
+    }
 }
 
 /// Settings of an opened store.
@@ -380,6 +432,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// One job, if it exists.
     async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
 
+    /// Delete every waiting job (ready or scheduled, never run) of `queue`; returns how many.
+    /// Running, dead and finished jobs stay.
+    async fn clear_queue(&self, queue: &str) -> Result<u64>;
+
     /// Delete completed, discarded and dead jobs that finished before `before`.
     async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64>;
 
@@ -475,14 +531,16 @@ pub(crate) fn lease_mismatch(op: &str, id: JobId, current: Option<(JobState, i64
         None => Error::new(
             crate::ErrorKind::NotFound,
             format!("{op}: job {id} not found"),
-        ),
+        )
+        .with_job_id(id),
         Some((state, token)) => Error::new(
             crate::ErrorKind::Conflict,
             format!(
                 "{op}: job {id} is {state} with lease token {token}; the given lease is stale \
                  (it expired and the job was reaped or claimed again)"
             ),
-        ),
+        )
+        .with_job_id(id),
     }
 }
 

@@ -790,12 +790,14 @@ impl Store for PgStore {
     async fn list_jobs(&self, f: JobFilter) -> Result<Vec<Job>> {
         let rows = sqlx::query(
             "SELECT * FROM flyjobs_jobs WHERE ($1::text IS NULL OR state = $1) \
-             AND ($2::text IS NULL OR queue = $2) AND id > $3 ORDER BY id LIMIT $4",
+             AND ($2::text IS NULL OR queue = $2) AND ($5::text IS NULL OR name = $5) \
+             AND id > $3 ORDER BY id LIMIT $4",
         )
         .bind(f.state.map(|s| s.as_str()))
         .bind(f.queue)
         .bind(f.after_id.map_or(0, |i| i.0))
         .bind(page_limit(f.limit))
+        .bind(f.name)
         .fetch_all(&self.pool)
         .await
         .map_err(db_err("list jobs"))?;
@@ -811,6 +813,18 @@ impl Store for PgStore {
             .as_ref()
             .map(job_from_row)
             .transpose()
+    }
+
+    async fn clear_queue(&self, queue: &str) -> Result<u64> {
+        let n = sqlx::query(
+            "DELETE FROM flyjobs_jobs WHERE queue = $1 AND state IN ('ready','scheduled')",
+        )
+        .bind(queue)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("clear queue"))?
+        .rows_affected();
+        Ok(n)
     }
 
     async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64> {

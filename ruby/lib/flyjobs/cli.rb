@@ -14,7 +14,7 @@ module FlyJobs
 
     def initialize(argv, out: $stdout)
       @out = out
-      @queues = ENV.fetch("FLYJOBS_QUEUES", "default").split(",")
+      @queues = nil # the core reads FLYJOBS_WORKER_QUEUES, else serves "default"
       @wait = nil
       @concurrency = nil
       @pool = nil
@@ -29,16 +29,19 @@ module FlyJobs
       boot_app
       require "flyjobs"
       require "flyjobs/active_job_support"
+      FlyJobs::Logs.start
       worker = FlyJobs.client.worker(queues: queues, concurrency: concurrency, wait: wait, pool: pool)
       FlyJobs.current_worker = worker
       %w[TERM INT].each do |signal|
         Signal.trap(signal) { worker.quiet }
       end
-      log "flyjobs worker #{Process.pid}: queues=#{queues.join(",")} concurrency=#{worker.concurrency} wait=#{wait || "default"}"
+      log "flyjobs worker #{Process.pid}: queues=#{queues ? queues.join(",") : "(FLYJOBS_WORKER_QUEUES or default)"} concurrency=#{worker.concurrency} wait=#{wait || "the queue's"}"
       on_failure = lambda do |job, error, outcome|
-        log "flyjobs worker #{Process.pid}: job #{job&.id} (#{job&.name}) raised #{error.class}: #{error.message} -> #{outcome}"
+        decision = outcome["outcome"] == "retry" ? "retry at #{outcome["at"]}" : outcome["outcome"]
+        log "flyjobs worker #{Process.pid}: job #{job&.id} (#{job&.name}) raised #{error.class}: #{error.message} -> #{decision}"
       end
       worker.run(threads: worker.concurrency, on_failure: on_failure) { |job| FlyJobs::ActiveJobSupport.perform(job) }
+      FlyJobs::Logs.drain
       log "flyjobs worker #{Process.pid}: done"
       0
     end
@@ -48,8 +51,9 @@ module FlyJobs
     def parse(argv)
       OptionParser.new do |o|
         o.banner = USAGE
-        o.on("-q", "--queues LIST", "comma-separated queues (default: $FLYJOBS_QUEUES or default)") do |v|
+        o.on("-q", "--queues LIST", "comma-separated queues to serve (default: $FLYJOBS_WORKER_QUEUES or default)") do |v|
           @queues = v.split(",").map(&:strip).reject(&:empty?)
+          raise OptionParser::InvalidArgument, "--queues is empty" if @queues.empty?
         end
         o.on("-w", "--wait SECONDS", "idle seconds before exiting, or forever (default: the queue's setting)") { |v| @wait = v }
         o.on("-c", "--concurrency N", Integer, "jobs at once, one Ruby thread each") { |v| @concurrency = v }
@@ -60,7 +64,6 @@ module FlyJobs
           exit 0
         end
       end.parse!(argv)
-      raise OptionParser::InvalidArgument, "--queues is empty" if @queues.empty?
     end
 
     def boot_app

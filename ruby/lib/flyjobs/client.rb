@@ -5,25 +5,28 @@ require "json"
 module FlyJobs
   # A connection to the flyjobs queue (PostgreSQL or SQLite) and, when the scaler runs in this
   # process, to the Machines API. Off Fly (no FLY_MACHINE_ID) the core starts its embedded Machines
-  # API emulator in-process, so "machines" are local worker processes.
+  # API in-process, so "machines" are local worker processes.
   #
-  # Every option not given is passed to the core as nil, and the core fills it from its env var
-  # (FLYJOBS_DATABASE_URL, FLY_API_TOKEN, FLY_APP_NAME, ...) or its documented default: this gem
-  # has no defaults of its own.
+  # Options are the core's (FlyJobs.option_specs lists them, the README's settings table too);
+  # every option not given comes from its env var (FLYJOBS_DATABASE_URL, FLY_API_TOKEN, ...) or its
+  # default, decided by the core: this gem has no defaults of its own.
   #
   # @example
   #   FlyJobs::Client.open(database_url: "sqlite://tmp/jobs.db") do |client|
   #     id = client.enqueue(queue: "mail", payload: { "user_id" => 42 }, name: "WelcomeMail")
+  #     client.job(id)["state"] #=> "ready"
   #   end
   class Client
     # Opens a client. With a block, yields it and closes it afterwards.
     #
-    # @param options [Hash] core settings: database_url, app_name, api_token, api_hostname,
-    #   image_ref, worker_app, queues ({"mail" => {max_machines: 3, concurrency: 5, wait: 600}}), ...
+    # @param default_worker_command [Array<String>, nil] what worker machines run unless the
+    #   worker_command option (FLYJOBS_WORKER_COMMAND) says otherwise
+    # @param options [Hash] core options: database_url, queues ({"mail" => {max_machines: 3}}), ...
     # @return [Client, Object] the client, or the block's value
-    # @raise [FlyJobs::ConfigError] for a bad setting (the message names it)
-    def self.open(**options)
-      client = new(Native::Client._open(FlyJobs.native_options(options)))
+    # @raise [FlyJobs::ConfigError] for a bad option (the message names it and what it accepts)
+    def self.open(default_worker_command: nil, **options)
+      command = Array(default_worker_command || FlyJobs.default_worker_command).map(&:to_s)
+      client = new(Native::Client._open(FlyJobs.to_json(options), command))
       return client unless block_given?
 
       begin
@@ -40,17 +43,18 @@ module FlyJobs
 
     # Enqueues one job. Never waits for a machine.
     #
-    # @param queue [String]
     # @param payload [Object] anything JSON can represent; opaque to the core
+    # @param queue [String]
     # @param priority [Integer] lower runs first (as in Active Job)
-    # @param run_at [Time, nil] run no earlier than this
-    # @param max_attempts [Integer, nil] nil = the queue's/core's default
+    # @param run_at [Time, Numeric, nil] run no earlier than this (Time or epoch seconds)
+    # @param max_attempts [Integer, nil] nil = the queue's setting
     # @param name [String, nil] display name (the job class)
     # @param unique_key [String, nil] while a job with this key is pending, returns that job
     # @return [Integer] the job id
+    # @raise [FlyJobs::InvalidError] for a bad field or an oversized payload; nothing is written
     def enqueue(payload:, queue: "default", priority: 0, run_at: nil, max_attempts: nil, name: nil, unique_key: nil)
-      @native._enqueue(queue.to_s, JSON.generate(payload), Integer(priority || 0), time_arg(run_at),
-                       max_attempts && Integer(max_attempts), name&.to_s, unique_key&.to_s)
+      @native._enqueue(FlyJobs.to_json(job_fields(payload: payload, queue: queue, priority: priority, run_at: run_at,
+                                                  max_attempts: max_attempts, name: name, unique_key: unique_key)))
     end
 
     # Enqueues many jobs in one transaction: all or nothing.
@@ -58,66 +62,103 @@ module FlyJobs
     # @param jobs [Array<Hash>] each with the keyword arguments of {#enqueue}
     # @return [Array<Integer>] the job ids, in order
     def enqueue_many(jobs)
-      rows = jobs.map do |j|
-        j = j.transform_keys(&:to_sym)
-        [(j[:queue] || "default").to_s, JSON.generate(j.fetch(:payload)), Integer(j[:priority] || 0),
-         time_arg(j[:run_at]), j[:max_attempts] && Integer(j[:max_attempts]), j[:name]&.to_s,
-         j[:unique_key]&.to_s]
-      end
-      @native._enqueue_many(rows)
+      fields = jobs.map { |j| job_fields(**j.transform_keys(&:to_sym)) }
+      @native._enqueue_many(FlyJobs.to_json(fields))
+    end
+
+    # @param id [Integer]
+    # @return [Hash, nil] the stored job: "id", "queue", "name", "state", "attempts", "payload",
+    #   "last_error", "run_at", ...; nil if there is none
+    def job(id)
+      call("job", Integer(id))
+    end
+
+    # A page of jobs in id order; pass the last id as after_id for the next page.
+    # @param queue [String, nil]
+    # @param state [String, Symbol, nil] scheduled, ready, running, completed, dead, discarded
+    # @param name [String, nil] the job class
+    # @param limit [Integer] page size (max 10,000)
+    # @param after_id [Integer, nil]
+    # @return [Array<Hash>]
+    def jobs(queue: nil, state: nil, name: nil, limit: 100, after_id: nil)
+      call("jobs", { queue: queue, state: state&.to_s, name: name, limit: limit, after_id: after_id })
+    end
+
+    # Cancels a job that has not run yet (ready or scheduled).
+    # @return [Hash] the job, now discarded
+    # @raise [FlyJobs::ConflictError] if it is running, finished or dead
+    def cancel(id)
+      call("cancel", Integer(id))
+    end
+
+    # Discards a waiting or dead job.
+    # @return [Hash] the job
+    def discard(id)
+      call("discard", Integer(id))
+    end
+
+    # Runs a dead or discarded job again (ready, attempts reset).
+    # @return [Hash] the job
+    def retry(id)
+      call("retry", Integer(id))
+    end
+
+    # Deletes every waiting job (ready or scheduled) of a queue: what a test suite calls between
+    # tests. Running and dead jobs stay.
+    # @return [Integer] how many were deleted
+    def clear(queue)
+      call("clear", queue.to_s)
+    end
+
+    # @return [Array<Hash>] per queue: "queue", "ready", "scheduled", "running", "dead", ...
+    def stats
+      call("stats")
+    end
+
+    # @return [Array<Hash>] registered workers
+    def workers
+      call("workers")
+    end
+
+    # @return [Array<Hash>] worker machines as the Machines API reports them ("id", "state", ...)
+    def machines
+      call("machines")
+    end
+
+    # @return [Hash] the resolved settings (token and database password redacted)
+    def config
+      call("config")
     end
 
     # Starts the embedded scaler in this process (idempotent). Call it in server processes only:
     # the Railtie does it lazily, never inside a worker machine.
     # @return [void]
     def start_scaler
-      @native._start_scaler
+      call("start_scaler")
       nil
     end
 
-    # A worker that pulls jobs of `queues` from the queue.
+    # A worker that pulls jobs from the queue. Options left nil come from the env
+    # (FLYJOBS_WORKER_QUEUES, ...) or the settings of the worker's queue.
     #
-    # @param queues [Array<String>, String]
+    # @param queues [Array<String>, String, nil] queues to serve ("a,b" or ["a", "b"])
     # @param concurrency [Integer, nil] jobs at once (= Ruby threads of {Worker#run})
-    # @param wait [Integer, Float, String, :forever, nil] seconds idle before the worker exits
-    #   ("600", "10m", "forever"); nil = the core's default
-    # @param pool [String, nil] what an idle worker machine does when it leaves: "none" (exit),
-    #   "stop", "suspend"; nil = the core's default
+    # @param wait [Numeric, String, Symbol, nil] idle seconds before the worker leaves ("10m",
+    #   :forever)
+    # @param pool [String, Symbol, nil] none, stop or suspend
     # @return [Worker]
-    def worker(queues: ["default"], concurrency: nil, wait: nil, pool: nil)
-      queues = queues.is_a?(String) ? queues.split(",") : Array(queues).map(&:to_s)
-      native = @native._worker(queues, concurrency && Integer(concurrency), FlyJobs.wait_arg(wait), pool&.to_s)
-      Worker.new(native)
+    def worker(queues: nil, concurrency: nil, wait: nil, pool: nil)
+      wait = "forever" if wait.is_a?(Numeric) && wait.to_f.infinite?
+      Worker.new(@native._worker(FlyJobs.to_json(queues: queues, concurrency: concurrency, wait: wait, pool: pool)))
     end
 
-    # The command worker machines run unless FLYJOBS_WORKER_COMMAND (or the worker_command
-    # option) says otherwise; the scaler appends --queues, --concurrency, --wait and --pool.
-    # @param argv [Array<String>]
-    def default_worker_command=(argv)
-      @native._set_default_worker_command(Array(argv).map(&:to_s))
+    # @return [String, nil] the base URL of the local Machines API, once this client started it
+    #   (off Fly, with the scaler running)
+    def local_api_url
+      call("local_api_url")
     end
 
-    # The stored state of a job, or nil if there is none.
-    # @param id [Integer]
-    # @return [Hash, nil] "id", "queue", "name", "state", "attempts", "payload", "last_error", ...
-    def job(id)
-      json = @native._job(Integer(id))
-      json && JSON.parse(json)
-    end
-
-    # @return [String] the queue's database URL: as configured, or the core's embedded default
-    #   (a SQLite file in the current directory). Contains the password, if the URL has one.
-    def database_url
-      @native._database_url
-    end
-
-    # @return [String, nil] the base URL of the embedded Machines API emulator, once this client
-    #   started it (off Fly, with the scaler running)
-    def emulator_url
-      @native._emulator_url
-    end
-
-    # Closes the client (its pool; the scaler and the embedded emulator if it started them).
+    # Closes the client (its pool; the scaler and the local Machines API if it started them).
     # @return [void]
     def close
       @native._close
@@ -126,34 +167,35 @@ module FlyJobs
 
     private
 
+    def call(name, arg = nil)
+      JSON.parse(@native._call(name, FlyJobs.to_json(arg)))
+    end
+
+    def job_fields(payload:, queue: "default", priority: 0, run_at: nil, max_attempts: nil, name: nil, unique_key: nil)
+      { queue: queue.to_s, payload: payload, priority: priority, run_at: run_at && time_arg(run_at),
+        max_attempts: max_attempts, name: name&.to_s, unique_key: unique_key&.to_s }
+    end
+
     def time_arg(time)
-      return nil if time.nil?
-
-      time.respond_to?(:to_f) ? time.to_f : Float(time)
+      time.respond_to?(:to_r) && !time.is_a?(String) ? time.to_r.to_f : time
     end
   end
 
   # @api private
-  # Options for the core as a Hash of String => String/Integer/Float/true/false/nil/Hash.
-  def self.native_options(options)
-    options.each_with_object({}) do |(k, v), h|
-      h[k.to_s] = case v
-                  when Symbol then v.to_s
-                  when Hash then v.each_with_object({}) { |(qk, qv), qh| qh[qk.to_s] = native_options(qv.to_h) }
-                  else v
-                  end
-    end
+  # JSON for the native extension: keys as strings, symbols as strings, nil values dropped from
+  # option maps so the core applies its env var and default.
+  def self.to_json(value)
+    JSON.generate(plain(value))
   end
 
   # @api private
-  # The wait setting as the core parses it: nil (the core's default), seconds, or a String
-  # ("600", "10m", "forever"); :forever and Float::INFINITY mean "forever".
-  def self.wait_arg(wait)
-    case wait
-    when nil, String then wait
-    when Symbol then wait.to_s
-    when Numeric then wait.to_f.infinite? ? "forever" : wait
-    else wait.to_s
+  def self.plain(value)
+    case value
+    when Hash then value.each_with_object({}) { |(k, v), h| h[k.to_s] = plain(v) unless v.nil? }
+    when Array then value.map { |v| plain(v) }
+    when Symbol then value.to_s
+    when Time then value.to_r.to_f
+    else value
     end
   end
 end

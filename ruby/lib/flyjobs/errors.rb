@@ -17,6 +17,10 @@ module FlyJobs
   class Error < StandardError
     # @return [Integer, nil] HTTP status of the Machines API answer that caused it, if any
     attr_reader :status
+    # @return [String, nil] the Machines API's fly-request-id, if it sent one (quote it to Fly)
+    attr_reader :request_id
+    # @return [Integer, nil] the job concerned, if any
+    attr_reader :job_id
     # @return [Array<String>] messages of the underlying causes, outermost first
     attr_reader :causes
 

@@ -32,7 +32,8 @@ module FlyJobs
     #
     # @param threads [Integer] Ruby threads (default: the worker's concurrency)
     # @param on_failure [#call, nil] called as on_failure.(job, exception, outcome) after a job
-    #   raised and was recorded; outcome is the core's decision as text (a retry time, or dead)
+    #   raised and was recorded; outcome is the core's decision: {"outcome" => "retry",
+    #   "at" => "2026-…Z"} or {"outcome" => "dead"}
     # @yieldparam job [FlyJobs::Job]
     # @return [void]
     def run(threads: concurrency, on_failure: nil, &block)
@@ -63,11 +64,16 @@ module FlyJobs
 
     # Quiets, waits up to `timeout` seconds for running jobs, gives back (releases) the leases of
     # jobs that have not finished (they run again elsewhere, untouched), and leaves the registry.
-    # @param timeout [Numeric]
+    # @param timeout [Numeric, nil] nil = the shutdown_timeout option (FLYJOBS_SHUTDOWN_TIMEOUT)
     # @return [void]
-    def stop(timeout: 25)
-      @native._stop(Float(timeout))
+    def stop(timeout: nil)
+      @native._stop(Float(timeout || shutdown_timeout))
       nil
+    end
+
+    # @return [Float] seconds a stopping worker gives running jobs (the shutdown_timeout option)
+    def shutdown_timeout
+      @native._shutdown_timeout
     end
 
     # @return [Boolean] whether the worker was asked to quiet or stop (visible to jobs)
@@ -83,7 +89,8 @@ module FlyJobs
           job = Job.new(lease)
           result = yield job
         rescue StandardError => e
-          outcome = lease._fail(e.class.name.to_s, e.message.to_s, e.backtrace || [])
+          failure = { "class" => e.class.name.to_s, "message" => e.message.to_s, "backtrace" => e.backtrace || [] }
+          outcome = JSON.parse(lease._fail(FlyJobs.to_json(failure)))
           on_failure&.call(job, e, outcome)
         rescue Exception # rubocop:disable Lint/RescueException -- give the job back, then propagate
           lease._release

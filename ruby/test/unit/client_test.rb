@@ -61,7 +61,7 @@ class ClientTest < Minitest::Test
     failures = []
     worker.run(on_failure: ->(j, e, outcome) { failures << [j.id, e.class, outcome] }) { |_job| raise ArgumentError, "bad thing" }
     assert_equal [[id, ArgumentError]], failures.map { |f| f[0, 2] }
-    assert_match(/dead/i, failures.first.last)
+    assert_equal({ "outcome" => "dead" }, failures.first.last)
     job = @client.job(id)
     assert_equal "dead", job["state"]
     assert_includes JSON.generate(job), "ArgumentError"
@@ -113,10 +113,46 @@ class ClientTest < Minitest::Test
     FlyJobs.config.scaler = nil
   end
 
+  def test_a_failed_job_with_attempts_left_is_retried_later
+    id = @client.enqueue(queue: q("r"), payload: {}, max_attempts: 3)
+    outcomes = []
+    @client.worker(queues: q("r"), wait: 1).run(on_failure: ->(_j, _e, o) { outcomes << o }) { raise "nope" }
+    assert_equal ["retry"], outcomes.map { |o| o["outcome"] }
+    assert_operator Time.iso8601(outcomes.first["at"]), :>, Time.now
+    assert_equal "scheduled", @client.job(id)["state"]
+  end
+
+  def test_admin_calls
+    ids = @client.enqueue_many([{ queue: q("adm"), payload: 1, name: "A" }, { queue: q("adm"), payload: 2, name: "B" },
+                                { queue: q("adm"), payload: 3, name: "A", run_at: Time.now + 3600 }])
+    assert_equal ids.values_at(0, 2), @client.jobs(queue: q("adm"), name: "A").map { |j| j["id"] }
+    assert_equal [ids[2]], @client.jobs(queue: q("adm"), state: :scheduled).map { |j| j["id"] }
+    assert_equal [ids[1]], @client.jobs(queue: q("adm"), limit: 1, after_id: ids[0]).map { |j| j["id"] }
+    assert_equal "discarded", @client.cancel(ids[2])["state"]
+    e = assert_raises(FlyJobs::ConflictError) { @client.cancel(ids[2]) }
+    assert_equal ids[2], e.job_id
+    assert_includes e.message, "discarded"
+    assert_equal "ready", @client.retry(ids[2])["state"]
+    stats = @client.stats.find { |s| s["queue"] == q("adm") }
+    assert_equal 3, stats["ready"]
+    assert_equal 3, @client.clear(q("adm"))
+    assert_equal 0, @client.clear(q("adm"))
+    assert_empty @client.jobs(queue: q("adm"))
+    assert_kind_of Array, @client.workers
+    assert_equal [], @client.machines
+    assert_raises(FlyJobs::NotFoundError) { @client.cancel(ids.last + 1_000_000) }
+    refute_includes JSON.generate(@client.config), "hunter2"
+  end
+
   def test_wait_accepts_seconds_strings_and_forever
     assert_kind_of FlyJobs::Worker, @client.worker(queues: "#{q("a")},#{q("b")}", wait: 600)
     assert_kind_of FlyJobs::Worker, @client.worker(queues: q("a"), wait: "10m")
     assert_kind_of FlyJobs::Worker, @client.worker(queues: q("a"), wait: :forever)
-    assert_raises(FlyJobs::ConfigError) { @client.worker(queues: q("a"), wait: "soon") }
+    assert_kind_of FlyJobs::Worker, @client.worker(queues: q("a"), wait: Float::INFINITY)
+    e = assert_raises(FlyJobs::ConfigError) { @client.worker(queues: q("a"), wait: "soon") }
+    assert_includes e.message, "option wait must be seconds"
+    refute_includes e.message, "--wait"
+    e = assert_raises(FlyJobs::ConfigError) { @client.worker(queues: q("a"), pool: "nap") }
+    assert_includes e.message, "option pool must be one of none, stop, suspend"
   end
 end

@@ -21,15 +21,34 @@ class ErrorsTest < Minitest::Test
     end
   end
 
+  VECTORS = JSON.parse(File.read(File.expand_path("../../../tests/vectors/errors.json", __dir__)))
+
+  def view(kind, message, **fields)
+    { "kind" => kind, "message" => message, "retryable" => false, "status" => nil, "request_id" => nil,
+      "job_id" => nil, "causes" => [] }.merge(fields.transform_keys(&:to_s))
+  end
+
   def test_the_mapping_picks_the_class_and_keeps_the_message
     FlyJobs::Native._error_kinds.each do |kind|
-      e = FlyJobs::Native._error_for_test(kind, "something about #{kind}")
+      e = FlyJobs::Native._error_for_test(JSON.generate(view(kind, "something about #{kind}")))
       assert_instance_of FlyJobs.error_class_for(kind), e
       assert_equal "something about #{kind}", e.message
       assert_equal kind, e.kind
     end
-    assert FlyJobs::Native._error_for_test("rate_limited", "slow down").retryable?
-    refute FlyJobs::Native._error_for_test("conflict", "taken").retryable?
+  end
+
+  def test_the_shared_error_vectors
+    assert_equal FlyJobs::Native._error_kinds, VECTORS["kinds"].map { |k| k["kind"] }
+    VECTORS["kinds"].each do |k|
+      assert_equal FlyJobs.const_get(k["class"]), FlyJobs.error_class_for(k["kind"])
+    end
+    VECTORS["cases"].each do |c|
+      v = c["view"]
+      e = FlyJobs::Native._error_for_test(JSON.generate(v))
+      assert_instance_of FlyJobs.error_class_for(v["kind"]), e
+      assert_equal [v["message"], v["retryable"], v["status"], v["request_id"], v["job_id"], v["causes"]],
+                   [e.message, e.retryable?, e.status, e.request_id, e.job_id, e.causes]
+    end
   end
 
   def test_known_names
@@ -40,7 +59,7 @@ class ErrorsTest < Minitest::Test
 
   def test_a_bad_database_url_is_a_config_error_naming_the_setting_without_the_password
     e = assert_raises(FlyJobs::ConfigError) { FlyJobs::Client.open(database_url: "mysql://u:hunter2@db/jobs") }
-    assert_includes e.message, "FLYJOBS_DATABASE_URL"
+    assert_includes e.message, "option database_url"
     refute_includes e.message, "hunter2"
   end
 

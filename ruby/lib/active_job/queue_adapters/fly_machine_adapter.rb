@@ -1,7 +1,9 @@
 # frozen_string_literal: true
 
 require "active_job"
-require "flyjobs"
+# flyjobs.rb loads this file through the Railtie while it is itself loading: requiring it back
+# then would be a circular require (a warning under `ruby -w`).
+require "flyjobs" unless defined?(FlyJobs::Client)
 require "flyjobs/active_job_support"
 
 module ActiveJob

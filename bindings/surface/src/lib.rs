@@ -1,0 +1,306 @@
+//! The binding surface: what the Ruby (magnus), Python (pyo3) and Node (napi-rs) glue wraps,
+//! and all it wraps. Every behaviour is in the core (`flyjobs`) or the embedded default
+//! (`flyjobs-embedded`); this crate only shapes it for a foreign runtime:
+//!
+//! - **Values cross as plain data** ([`serde_json::Value`]): options, jobs, filters, failures
+//!   in; jobs, outcomes, stats, machines and errors out. A binding converts its native values
+//!   to and from JSON-like data (Ruby and Python: JSON text or their dict/Hash; Node: napi's
+//!   serde support) and does nothing else with them.
+//! - **Every call is an `async fn`**. Ruby and Python run it with
+//!   [`flyjobs::runtime::block_on`] with their lock released; Node awaits it as a Promise.
+//! - **Waiting for jobs never blocks a language for long**: [`Slot::poll_next`] returns after
+//!   at most the time given, keeping the claim in flight for the next call.
+//! - **Errors are data**: [`error_view`] gives kind, message, retryable, status, request id and
+//!   job id; each binding maps `kind` to one exception class (the vectors in
+//!   `tests/vectors/errors.json` list them).
+//! - **Logs**: [`logs`] captures the core's `tracing` events so the language can write them to
+//!   its own logger (`Rails.logger`, Python `logging`, Node `console`).
+//!
+//! | call | in | out |
+//! |---|---|---|
+//! | [`open`] | options map, default worker command | [`Client`] |
+//! | [`enqueue`] | job map (`queue`, `payload`, `name`, `priority`, `run_at`, `max_attempts`, `unique_key`) | job |
+//! | [`enqueue_many`] | list of job maps | list of jobs (all or nothing) |
+//! | [`job`] | id | job or null |
+//! | [`jobs`] | filter map (`queue`, `state`, `name`, `limit`, `after_id`) | list of jobs |
+//! | [`cancel`], [`discard`], [`retry`] | id | job |
+//! | [`clear`] | queue | count |
+//! | [`stats`], [`workers`], [`machines`] | — | list |
+//! | [`config`] | — | the resolved settings (token redacted) |
+//! | [`start_scaler`], [`shutdown`] | — | — |
+//! | [`worker`] | worker options map (`queues`, `concurrency`, `wait`, `pool`) | [`Worker`] |
+//! | [`Worker::slot`] → [`Slot::poll_next`] | max wait | [`Poll`]: job lease, pending, done |
+//! | [`lease_job`] | lease | the job |
+//! | [`complete`], [`fail`], [`release`] | lease (+ failure map `class`, `message`, `backtrace`) | — / outcome |
+//! | [`Worker::quiet`], [`Worker::stop`] | — / grace | — |
+//! | [`error_view`] | error | error map |
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub use flyjobs::error::ErrorView;
+pub use flyjobs::worker::{Poll, Slot, Worker, WorkerLease};
+pub use flyjobs::{Client, Config, Error, ErrorKind, Result};
+
+pub mod logs;
+
+/// The process-wide tokio runtime (rebuilt after `fork()`), for bindings that block.
+pub use flyjobs::runtime;
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
+    Ok(serde_json::to_value(v)?)
+}
+
+fn object<'a>(what: &str, v: &'a Value) -> Result<&'a serde_json::Map<String, Value>> {
+    static EMPTY: std::sync::OnceLock<serde_json::Map<String, Value>> = std::sync::OnceLock::new();
+    match v {
+        Value::Object(m) => Ok(m),
+        Value::Null => Ok(EMPTY.get_or_init(serde_json::Map::new)),
+        other => Err(Error::config(format!("{what} must be a map, got {other}"))),
+    }
+}
+
+/// Open a client: `options` (keys of [`flyjobs::config::OPTIONS`]) over the environment and
+/// defaults; worker machines run `default_worker_command` unless `worker_command` is
+/// configured; off Fly the embedded default (local Machines API, SQLite file) applies.
+pub async fn open(options: &Value, default_worker_command: Vec<String>) -> Result<Client> {
+    let config = Config::from_options(object("options", options)?)?;
+    let mut b = flyjobs_embedded::builder(config);
+    if !default_worker_command.is_empty() {
+        b = b.default_worker_command(default_worker_command);
+    }
+    b.open().await
+}
+
+/// The resolved settings of a client as data (the token shown as `[REDACTED]`, the database
+/// password as `***`).
+pub fn config(client: &Client) -> Value {
+    let mut v = config_view(client.config());
+    v["database_url"] = json!(client.database_url().map(flyjobs::config::redact_url));
+    v["worker_command"] = json!(client.worker_command());
+    v
+}
+
+fn queue_view(q: &flyjobs::config::QueueSettings) -> Value {
+    json!({
+        "max_machines": q.max_machines,
+        "min_machines": q.min_machines,
+        "concurrency": q.concurrency,
+        "wait": match q.wait {
+            flyjobs::config::Wait::Forever => json!("forever"),
+            flyjobs::config::Wait::Idle(d) => json!(d.as_secs_f64()),
+        },
+        "pool": q.pool.as_str(),
+        "cpu_kind": q.size.cpu_kind,
+        "cpus": q.size.cpus,
+        "memory_mb": q.size.memory_mb,
+        "region": q.regions,
+        "max_attempts": q.max_attempts,
+    })
+}
+
+/// Resolved settings as data: every option of [`flyjobs::config::OPTIONS`], queues expanded.
+pub fn config_view(c: &Config) -> Value {
+    let mut queues = serde_json::Map::new();
+    queues.insert("*".into(), queue_view(c.queue("")));
+    for (name, q) in c.queues() {
+        queues.insert(name.clone(), queue_view(q));
+    }
+    json!({
+        "api_token": c.api_token().map(|_| "[REDACTED]"),
+        "api_hostname": c.api_hostname(),
+        "app_name": c.app_name(),
+        "image_ref": c.image_ref(),
+        "machine_id": c.machine_id(),
+        "region": c.region(),
+        "database_url": c.database_url().map(flyjobs::config::redact_url),
+        "queues": queues,
+        "max_machines": c.max_machines(),
+        "worker_app": c.worker_app(),
+        "worker_command": c.worker_command(),
+        "env_allowlist": c.env_allowlist(),
+        "max_payload_bytes": c.max_payload_bytes(),
+        "request_timeout": c.request_timeout().as_secs_f64(),
+        "lease_duration": c.lease_duration().as_secs_f64(),
+        "boot_timeout": c.boot_timeout().as_secs_f64(),
+        "shutdown_timeout": c.shutdown_timeout().as_secs_f64(),
+        "on_fly": c.on_fly(),
+    })
+}
+
+/// Resolve `options` over `env` (a map standing in for the process environment) into
+/// [`config_view`]: what the shared vectors (`tests/vectors/options.json`) check in every
+/// language.
+pub fn resolve_config(options: &Value, env: &Value) -> Result<Value> {
+    let env: std::collections::BTreeMap<String, String> = object("env", env)?
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+            )
+        })
+        .collect();
+    let config = Config::builder()
+        .options(object("options", options)?)?
+        .lookup(move |k| env.get(k).cloned())
+        .build()?;
+    Ok(config_view(&config))
+}
+
+/// Every option, queue setting and worker option with its env var, what it accepts, its
+/// default and what it does: the one vocabulary, for each language's docs and accessors.
+pub fn option_specs() -> Value {
+    let specs = |list: &[flyjobs::config::OptionSpec]| -> Value {
+        list.iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "env": s.env,
+                    "accepts": s.kind.accepts(),
+                    "default": s.default,
+                    "doc": s.doc,
+                })
+            })
+            .collect()
+    };
+    json!({
+        "options": specs(flyjobs::config::OPTIONS),
+        "queue_settings": specs(flyjobs::config::QUEUE_SETTINGS),
+        "worker_options": specs(flyjobs::config::WORKER_OPTIONS),
+    })
+}
+
+/// Enqueue one job given as a map (see [`flyjobs::job::NewJob::from_value`]).
+pub async fn enqueue(client: &Client, job: &Value) -> Result<Value> {
+    let job = flyjobs::job::NewJob::from_value(job)?;
+    to_value(&client.enqueue(job).await?)
+}
+
+/// Enqueue a list of jobs in one transaction: all or none. A bad entry names its index.
+pub async fn enqueue_many(client: &Client, jobs: &Value) -> Result<Value> {
+    let list = jobs
+        .as_array()
+        .ok_or_else(|| Error::invalid(format!("enqueue_many takes a list of jobs, got {jobs}")))?;
+    let parsed = list
+        .iter()
+        .enumerate()
+        .map(|(i, j)| {
+            flyjobs::job::NewJob::from_value(j)
+                .map_err(|e| Error::invalid(format!("job {i}: {}", e.message())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    to_value(&client.enqueue_many(parsed).await?)
+}
+
+/// One job, or null.
+pub async fn job(client: &Client, id: i64) -> Result<Value> {
+    to_value(&client.job(id.into()).await?)
+}
+
+/// A page of jobs (filter map: `queue`, `state`, `name`, `limit`, `after_id`).
+pub async fn jobs(client: &Client, filter: &Value) -> Result<Value> {
+    let filter = flyjobs::store::JobFilter::from_value(filter)?;
+    to_value(&client.jobs(filter).await?)
+}
+
+/// Cancel a ready or scheduled job.
+pub async fn cancel(client: &Client, id: i64) -> Result<Value> {
+    to_value(&client.cancel(id.into()).await?)
+}
+
+/// Discard a waiting or dead job.
+pub async fn discard(client: &Client, id: i64) -> Result<Value> {
+    to_value(&client.discard(id.into()).await?)
+}
+
+/// Run a dead or discarded job again.
+pub async fn retry(client: &Client, id: i64) -> Result<Value> {
+    to_value(&client.retry(id.into()).await?)
+}
+
+/// Delete the waiting jobs of a queue; returns how many.
+pub async fn clear(client: &Client, queue: &str) -> Result<u64> {
+    client.clear(queue).await
+}
+
+/// Per-queue counts.
+pub async fn stats(client: &Client) -> Result<Value> {
+    to_value(&client.stats().await?)
+}
+
+/// Registered workers.
+pub async fn workers(client: &Client) -> Result<Value> {
+    to_value(&client.workers().await?)
+}
+
+/// Worker machines as the Machines API reports them.
+pub async fn machines(client: &Client) -> Result<Value> {
+    to_value(&client.machines().await?)
+}
+
+/// Start the embedded scaler in this process (refused inside a worker machine).
+pub async fn start_scaler(client: &Client) -> Result<()> {
+    client.start_scaler().await
+}
+
+/// Stop the scaler and the local Machines API (if this process started them).
+pub async fn shutdown(client: &Client) -> Result<()> {
+    client.shutdown().await;
+    Ok(())
+}
+
+/// The local Machines API's URL, once started.
+pub async fn local_api_url(client: &Client) -> Option<String> {
+    client.local_api_url().await
+}
+
+/// Start a worker in this process (options map: `queues`, `concurrency`, `wait`, `pool`).
+pub async fn worker(client: &Client, options: &Value) -> Result<Worker> {
+    let opts = flyjobs::worker::WorkerOptions::from_options(
+        client.config(),
+        object("worker options", options)?,
+    )?;
+    client.worker(opts).await
+}
+
+/// The job of a lease, as data.
+pub fn lease_job(lease: &WorkerLease) -> Result<Value> {
+    to_value(lease.job())
+}
+
+/// The job succeeded.
+pub async fn complete(lease: WorkerLease) -> Result<()> {
+    lease.complete().await
+}
+
+/// The job raised: `failure` is `{"class": …, "message": …, "backtrace": [...]}`; returns the
+/// retry policy's outcome (`{"outcome": "retry", "at": …}` or `{"outcome": "dead"}`).
+pub async fn fail(lease: WorkerLease, failure: &Value) -> Result<Value> {
+    let failure: flyjobs::job::Failure = serde_json::from_value(failure.clone()).map_err(|e| {
+        Error::invalid(format!(
+            "a failure is {{class, message, backtrace}}: {e}, got {failure}"
+        ))
+    })?;
+    to_value(&lease.fail(failure).await?)
+}
+
+/// Give the job back untouched (graceful stop).
+pub async fn release(lease: WorkerLease) -> Result<()> {
+    lease.release().await
+}
+
+/// An error as data (see [`flyjobs::error::ErrorView`]).
+pub fn error_view(e: &Error) -> Value {
+    serde_json::to_value(e.view()).unwrap_or_else(|_| json!({"kind": "internal"}))
+}
+
+/// A poll of at most `seconds` (clamped to 0..=`max`), for bindings that give a number.
+pub fn wait_slice(seconds: f64, max: Duration) -> Duration {
+    if seconds.is_finite() && seconds > 0.0 {
+        Duration::from_secs_f64(seconds).min(max)
+    } else {
+        Duration::ZERO
+    }
+}

@@ -1,0 +1,286 @@
+//! The admin calls of the binding surface on both stores: SQLite (a temp file) and PostgreSQL
+//! (FLYJOBS_TEST_DATABASE_URL; scripts/test.sh starts one, and the Postgres case fails loudly
+//! when it is missing there).
+
+use flyjobs_binding as surface;
+use serde_json::{Value, json};
+
+async fn sqlite() -> (surface::Client, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/q.sqlite3?mode=rwc", dir.path().display());
+    let client = surface::open(&json!({ "database_url": url }), vec![])
+        .await
+        .unwrap();
+    (client, dir)
+}
+
+/// A Postgres client in a fresh schema (the URL's `options=-csearch_path=`), or None when the
+/// test database is not configured (outside scripts/test.sh).
+async fn postgres() -> Option<surface::Client> {
+    let Ok(base) = std::env::var("FLYJOBS_TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var("FLYJOBS_REQUIRE_POSTGRES").is_err(),
+            "FLYJOBS_TEST_DATABASE_URL is not set"
+        );
+        return None;
+    };
+    let schema = format!("admin_{:x}", rand_suffix());
+    // A pool over the server, to make the schema; then a client whose search_path is it.
+    let setup = flyjobs::store::open(
+        &base,
+        flyjobs::store::StoreOptions {
+            pg_schema: Some(schema.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    setup.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+    Some(
+        surface::open(&json!({ "database_url": url }), vec![])
+            .await
+            .unwrap(),
+    )
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        ^ u64::from(std::process::id())
+}
+
+async fn admin_calls(c: &surface::Client) {
+    let later = "2099-01-01T00:00:00Z";
+    let jobs = surface::enqueue_many(
+        c,
+        &json!([
+            {"queue": "mail", "payload": {"n": 1}, "name": "Welcome"},
+            {"queue": "mail", "payload": {"n": 2}, "name": "Welcome"},
+            {"queue": "mail", "payload": {"n": 3}, "name": "Digest", "run_at": later},
+            {"queue": "other", "payload": "x", "name": "Welcome"}
+        ]),
+    )
+    .await
+    .unwrap();
+    let id = |i: usize| jobs[i]["id"].as_i64().unwrap();
+    assert_eq!(jobs[2]["state"], "scheduled");
+
+    // get, list by queue/state/class, paging
+    assert_eq!(
+        surface::job(c, id(0)).await.unwrap()["payload"],
+        json!({"n": 1})
+    );
+    assert_eq!(surface::job(c, 999_999).await.unwrap(), Value::Null);
+    let welcome = surface::jobs(c, &json!({"name": "Welcome"})).await.unwrap();
+    assert_eq!(welcome.as_array().unwrap().len(), 3);
+    let page = surface::jobs(c, &json!({"queue": "mail", "limit": 2}))
+        .await
+        .unwrap();
+    assert_eq!(page.as_array().unwrap().len(), 2);
+    let rest = surface::jobs(c, &json!({"queue": "mail", "after_id": page[1]["id"]}))
+        .await
+        .unwrap();
+    assert_eq!(rest.as_array().unwrap().len(), 1);
+    let scheduled = surface::jobs(c, &json!({"state": "scheduled"}))
+        .await
+        .unwrap();
+    assert_eq!(scheduled[0]["id"], id(2));
+    let e = surface::jobs(c, &json!({"state": "sleeping"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), surface::ErrorKind::Invalid);
+
+    // cancel a scheduled job; cancelling it again is a conflict naming its state
+    assert_eq!(
+        surface::cancel(c, id(2)).await.unwrap()["state"],
+        "discarded"
+    );
+    let e = surface::cancel(c, id(2)).await.unwrap_err();
+    assert_eq!(e.kind(), surface::ErrorKind::Conflict);
+    assert!(e.message().contains("discarded"), "{e}");
+    assert_eq!(e.job_id(), Some(id(2)));
+    let e = surface::cancel(c, 424_242).await.unwrap_err();
+    assert_eq!(e.kind(), surface::ErrorKind::NotFound);
+
+    // a dead job: retry brings it back, discard ends it
+    let worker = surface::worker(c, &json!({"queues": ["other"], "wait": 0}))
+        .await
+        .unwrap();
+    let slot = worker.slot();
+    let lease = match slot
+        .poll_next(std::time::Duration::from_secs(5))
+        .await
+        .unwrap()
+    {
+        surface::Poll::Job(l) => *l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(surface::lease_job(&lease).unwrap()["id"], id(3));
+    // max_attempts 1 on the job? It has the queue's 25: fail until dead through the policy
+    // would take long; discard it instead and retry it from discarded.
+    let outcome = surface::fail(
+        lease,
+        &json!({"class": "Boom", "message": "no", "backtrace": ["a.rb:1"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome["outcome"], "retry");
+    assert!(outcome["at"].is_string());
+    worker.stop(std::time::Duration::ZERO).await;
+    assert_eq!(
+        surface::discard(c, id(3)).await.unwrap()["state"],
+        "discarded"
+    );
+    let back = surface::retry(c, id(3)).await.unwrap();
+    assert_eq!(
+        (back["state"].as_str(), back["attempts"].as_i64()),
+        (Some("ready"), Some(0))
+    );
+
+    // stats, then clear a queue: waiting jobs go, the count says how many
+    let stats = surface::stats(c).await.unwrap();
+    let mail = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["queue"] == "mail")
+        .unwrap();
+    assert_eq!(mail["ready"], 2);
+    assert_eq!(surface::clear(c, "mail").await.unwrap(), 2);
+    assert_eq!(surface::clear(c, "mail").await.unwrap(), 0);
+    let e = surface::clear(c, "bad queue!").await.unwrap_err();
+    assert_eq!(e.kind(), surface::ErrorKind::Invalid);
+    assert!(
+        surface::workers(c)
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // Off Fly with no scaler started here, no machines are known to this process.
+    assert_eq!(surface::machines(c).await.unwrap(), json!([]));
+    surface::shutdown(c).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_on_sqlite() {
+    let (c, _dir) = sqlite().await;
+    admin_calls(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_on_postgres() {
+    if let Some(c) = postgres().await {
+        admin_calls(&c).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_jobs_are_refused_before_anything_is_written() {
+    let (c, _dir) = sqlite().await;
+    for (job, needle) in [
+        (json!({"queue": "mail"}), "needs a payload"),
+        (
+            json!({"payload": 1, "priorty": 2}),
+            "unknown job key \"priorty\"",
+        ),
+        (
+            json!({"payload": 1, "run_at": "tomorrow"}),
+            "job run_at must be",
+        ),
+        (
+            json!({"payload": 1, "max_attempts": 0}),
+            "job max_attempts must be an integer >= 1",
+        ),
+        (json!({"payload": 1, "queue": "bad queue!"}), "bad queue!"),
+    ] {
+        let e = surface::enqueue(&c, &job).await.unwrap_err();
+        assert_eq!(e.kind(), surface::ErrorKind::Invalid, "{job}");
+        assert!(e.message().contains(needle), "{job}: {e}");
+    }
+    // One bad job in a batch: none is written, and the error names it.
+    let e = surface::enqueue_many(
+        &c,
+        &json!([{"payload": 1}, {"payload": 2, "priority": "high"}]),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.message().starts_with("job 1:"), "{e}");
+    assert_eq!(surface::stats(&c).await.unwrap(), json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_keeps_its_claim_across_early_returns() {
+    let (c, _dir) = sqlite().await;
+    let worker = surface::worker(&c, &json!({"queues": "q", "wait": "forever"}))
+        .await
+        .unwrap();
+    let slot = worker.slot();
+    // Nothing to claim: pending, many times over, never a lost lease.
+    for _ in 0..5 {
+        assert!(matches!(
+            slot.poll_next(std::time::Duration::from_millis(20))
+                .await
+                .unwrap(),
+            surface::Poll::Pending
+        ));
+    }
+    let job = surface::enqueue(&c, &json!({"queue": "q", "payload": 1}))
+        .await
+        .unwrap();
+    let lease = loop {
+        match slot
+            .poll_next(std::time::Duration::from_millis(50))
+            .await
+            .unwrap()
+        {
+            surface::Poll::Job(l) => break *l,
+            surface::Poll::Pending => continue,
+            surface::Poll::Done => panic!("done"),
+        }
+    };
+    assert_eq!(lease.job().id.0, job["id"].as_i64().unwrap());
+    surface::complete(lease).await.unwrap();
+    assert_eq!(
+        surface::job(&c, job["id"].as_i64().unwrap()).await.unwrap()["state"],
+        "completed"
+    );
+    worker.quiet();
+    assert!(matches!(
+        slot.poll_next(std::time::Duration::from_secs(5))
+            .await
+            .unwrap(),
+        surface::Poll::Done
+    ));
+    worker.stop(std::time::Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_options_are_checked_and_named() {
+    let (c, _dir) = sqlite().await;
+    for (opts, needle) in [
+        (json!({"queue": "a"}), "unknown worker option \"queue\""),
+        (
+            json!({"concurrency": 0}),
+            "option concurrency must be an integer >= 1, got 0",
+        ),
+        (json!({"wait": "soon"}), "option wait must be seconds"),
+        (
+            json!({"pool": "nap"}),
+            "option pool must be one of none, stop, suspend",
+        ),
+        (
+            json!({"queues": []}),
+            "option queues must be at least one queue name",
+        ),
+    ] {
+        let e = surface::worker(&c, &opts).await.unwrap_err();
+        assert_eq!(e.kind(), surface::ErrorKind::Config, "{opts}");
+        assert!(e.message().contains(needle), "{opts}: {e}");
+    }
+}
