@@ -69,6 +69,12 @@ enum Command {
     },
     /// The demo: 200 command jobs in two queues on the embedded emulator + SQLite.
     Demo(demo::DemoArgs),
+    /// Serve an app's shared local Machines API (started by the app's processes off Fly).
+    #[command(hide = true)]
+    LocalApi {
+        /// The state directory the starting process prepared.
+        state: std::path::PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -131,14 +137,19 @@ fn init_tracing() {
         .try_init();
 }
 
-/// The client of every subcommand: settings from the environment, the embedded default off
-/// Fly, and this binary's `worker` as the worker machines' command.
+/// The client of every subcommand: settings from the environment, this binary's `worker` as
+/// the worker machines' command, and off Fly the app's shared local Machines API (this
+/// binary's `local-api`), so that `flyjobs scaler` and `flyjobs status` see the same machines
+/// as the app's other processes.
 async fn open() -> anyhow::Result<Client> {
     let config = Config::from_env()?;
-    Ok(flyjobs_embedded::builder(config)
-        .default_worker_command(command::self_command())
-        .open()
-        .await?)
+    let exe = command::self_command()[0].clone();
+    Ok(
+        flyjobs_embedded::shared_builder(config, vec![exe, "local-api".into()])
+            .default_worker_command(command::self_command())
+            .open()
+            .await?,
+    )
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -272,6 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::LocalApi { state } => Ok(flyjobs_embedded::serve(&state).await?),
     }
 }
 
@@ -306,13 +318,6 @@ async fn status(client: Client) -> anyhow::Result<()> {
             idle,
             suspended
         );
-    }
-    if !client.config().on_fly() {
-        println!(
-            "\nmachines: off Fly the local Machines API lives in the app process that runs the \
-             scaler; set FLY_MACHINE_ID and FLY_API_HOSTNAME to list a Machines API's machines"
-        );
-        return Ok(());
     }
     let machines = client.machines().await.context("machines")?;
     println!(

@@ -36,9 +36,15 @@ use crate::worker::{Worker, WorkerOptions};
 pub trait LocalMachines: Send + Sync {
     /// The queue's URL when none is configured (a SQLite file the local machines share).
     fn default_database_url(&self) -> Result<String>;
-    /// Start the local Machines API. Its machines run in `dir` with `worker_command` as the
-    /// image's default command.
-    async fn start(&self, worker_command: &[String]) -> Result<Box<dyn LocalApi>>;
+    /// Start (or join) the local Machines API of the app whose queue is `database_url`; its
+    /// machines run `worker_command` as the image's default command.
+    async fn start(&self, worker_command: &[String], database_url: &str)
+    -> Result<Box<dyn LocalApi>>;
+    /// The app's local Machines API if one already runs (started by another process), without
+    /// starting one: what `flyjobs status` lists machines from.
+    async fn find(&self, _database_url: &str) -> Option<Box<dyn LocalApi>> {
+        None
+    }
 }
 
 /// A running local Machines API.
@@ -348,14 +354,24 @@ impl Client {
         self.inner.store.workers().await
     }
 
-    /// Worker machines as the Machines API reports them. Off Fly, only once this process
-    /// started the local API (the scaler does); an empty list before.
+    /// Worker machines as the Machines API reports them. Off Fly: those of the local API this
+    /// process started, or of the app's shared one if it runs; else an empty list.
     pub async fn machines(&self) -> Result<Vec<MachineInfo>> {
         let api = self.inner.machines.lock().await.clone();
         let (api, app) = match api {
             Some(a) => a,
             None if self.inner.config.on_fly() => self.machines_api().await?,
-            None => return Ok(Vec::new()),
+            None => {
+                let url = self.inner.database_url.clone().unwrap_or_default();
+                let found = match &self.inner.local {
+                    Some(local) => local.find(&url).await,
+                    None => None,
+                };
+                match found {
+                    Some(api) => (api.machines(), api.app()),
+                    None => return Ok(Vec::new()),
+                }
+            }
         };
         let list = api
             .list_machines(
@@ -421,7 +437,8 @@ impl Client {
                      flyjobs-embedded crate, or set FLY_MACHINE_ID and FLY_API_HOSTNAME",
                 )
             })?;
-            let api = local.start(&self.inner.worker_command).await?;
+            let url = self.inner.database_url.clone().unwrap_or_default();
+            let api = local.start(&self.inner.worker_command, &url).await?;
             let resolved = (api.machines(), api.app());
             *self.inner.local_api.lock().await = Some(api);
             resolved

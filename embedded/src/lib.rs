@@ -13,7 +13,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -25,12 +25,30 @@ use flyjobs::{Client, Config, Error, Result};
 use flyjobs_emulator::{Emulator, EmulatorHandle, EmulatorSettings};
 use tokio::sync::Mutex;
 
+pub mod shared;
+
+pub use shared::{SharedLocal, serve};
+
 /// The app the local Machines API hosts worker machines in.
 pub const EMBEDDED_APP: &str = "flyjobs-local";
 
-/// A client builder over `config` with the embedded default plugged in (used off Fly only).
+/// A client builder over `config` with the embedded default plugged in (used off Fly only):
+/// a local Machines API inside this process. For apps with several processes, see
+/// [`shared_builder`].
 pub fn builder(config: Config) -> ClientBuilder {
     Client::builder(config).local_machines(Arc::new(Embedded::from_env()))
+}
+
+/// A client builder whose local Machines API is shared by every process of the app (Puma,
+/// gunicorn and Node cluster workers, the CLI's scaler): the first process starts it as a
+/// daemon with `daemon_command` (the language's entry point of [`serve`]), the others join it,
+/// and its machines outlive any one process (see [`shared`]).
+pub fn shared_builder(config: Config, daemon_command: Vec<String>) -> ClientBuilder {
+    let dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    Client::builder(config).local_machines(Arc::new(SharedLocal {
+        dir,
+        daemon_command,
+    }))
 }
 
 /// The database URL used when `FLYJOBS_DATABASE_URL` is unset off Fly: `flyjobs.sqlite3` in
@@ -70,7 +88,11 @@ impl Embedded {
     }
 
     fn database_url(&self) -> String {
-        let dir = self.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+        Embedded::database_url_in(self.dir.as_deref().unwrap_or(Path::new(".")))
+    }
+
+    /// The default queue of an app in `dir`: `dir/flyjobs.sqlite3`.
+    pub fn database_url_in(dir: &Path) -> String {
         format!("sqlite://{}/flyjobs.sqlite3?mode=rwc", dir.display())
     }
 }
@@ -96,7 +118,11 @@ impl LocalMachines for Embedded {
         Ok(self.database_url())
     }
 
-    async fn start(&self, worker_command: &[String]) -> Result<Box<dyn LocalApi>> {
+    async fn start(
+        &self,
+        worker_command: &[String],
+        _database_url: &str,
+    ) -> Result<Box<dyn LocalApi>> {
         let mut settings = match &self.settings {
             Some(s) => s.clone(),
             None => settings_from_env()?,

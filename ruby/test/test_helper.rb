@@ -10,6 +10,7 @@ require "minitest/autorun"
 require "tmpdir"
 require "fileutils"
 require "json"
+require "time"
 require "securerandom"
 require "flyjobs"
 

@@ -156,7 +156,7 @@ impl RbClient {
 
 pub fn define(ruby: &Ruby, native: magnus::RModule) -> Result<(), Error> {
     let class = native.define_class("Client", ruby.class_object())?;
-    class.define_singleton_method("_open", function!(RbClient::open, 2))?;
+    class.define_singleton_method("_open", function!(RbClient::open, 3))?;
     class.define_method("_enqueue", method!(RbClient::enqueue, 1))?;
     class.define_method("_enqueue_many", method!(RbClient::enqueue_many, 1))?;
     class.define_method("_call", method!(RbClient::call, 2))?;

@@ -51,6 +51,20 @@ fn logs_drain(seconds: f64) -> Result<String, Error> {
     })
 }
 
+/// `FlyJobs::Native._serve_local_api(state_dir)`: the app's shared local Machines API (a
+/// process of its own, started by the gem; see `FlyJobs.local_api_command`). Returns when no
+/// process of the app is left and its machines are stopped.
+fn serve_local_api(state_dir: String) -> Result<(), Error> {
+    error::guard(|ruby| {
+        client::block(ruby, async move { surface::serve_local_api(&state_dir).await })
+    })
+}
+
+/// `FlyJobs::Native._log_for_test(level, message)`: a core log record, for the forwarding test.
+fn log_for_test(level: String, message: String) {
+    surface::logs::emit(&level, &message);
+}
+
 // `#[magnus::init]` generates the undocumented `Init_flyjobs_ruby` that Ruby calls on `require`
 // (a `#[no_mangle]` symbol, exported from the cdylib whatever the module's visibility).
 #[allow(missing_docs)]
@@ -70,6 +84,8 @@ mod entry {
         native.define_singleton_method("_resolve_config", function!(super::resolve_config, 2))?;
         native.define_singleton_method("_logs_install", function!(super::logs_install, 1))?;
         native.define_singleton_method("_logs_drain", function!(super::logs_drain, 1))?;
+        native.define_singleton_method("_log_for_test", function!(super::log_for_test, 2))?;
+        native.define_singleton_method("_serve_local_api", function!(super::serve_local_api, 1))?;
         client::define(ruby, native)?;
         worker::define(ruby, native)?;
         Ok(())

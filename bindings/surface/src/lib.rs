@@ -63,14 +63,50 @@ fn object<'a>(what: &str, v: &'a Value) -> Result<&'a serde_json::Map<String, Va
 
 /// Open a client: `options` (keys of [`flyjobs::config::OPTIONS`]) over the environment and
 /// defaults; worker machines run `default_worker_command` unless `worker_command` is
-/// configured; off Fly the embedded default (local Machines API, SQLite file) applies.
+/// configured; off Fly the embedded default (local Machines API, SQLite file) applies, with
+/// the local API inside this process. Apps with several processes use [`open_with`].
 pub async fn open(options: &Value, default_worker_command: Vec<String>) -> Result<Client> {
+    open_with(
+        options,
+        OpenOptions {
+            default_worker_command,
+            local_api_command: Vec::new(),
+        },
+    )
+    .await
+}
+
+/// What a language package tells [`open_with`] about itself.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// What worker machines run unless `worker_command` is configured
+    /// (`bin/fly-machine-worker`, `python -m flyjobs worker`, `flyjobs-worker`).
+    pub default_worker_command: Vec<String>,
+    /// The language's entry point of [`serve_local_api`] (the state directory is appended).
+    /// Given: off Fly, the local Machines API is one daemon shared by every process of the app,
+    /// and its machines outlive any one of them. Empty: it runs inside this process.
+    pub local_api_command: Vec<String>,
+}
+
+/// [`open`] with the language's [`OpenOptions`].
+pub async fn open_with(options: &Value, how: OpenOptions) -> Result<Client> {
     let config = Config::from_options(object("options", options)?)?;
-    let mut b = flyjobs_embedded::builder(config);
-    if !default_worker_command.is_empty() {
-        b = b.default_worker_command(default_worker_command);
+    let mut b = if how.local_api_command.is_empty() {
+        flyjobs_embedded::builder(config)
+    } else {
+        flyjobs_embedded::shared_builder(config, how.local_api_command)
+    };
+    if !how.default_worker_command.is_empty() {
+        b = b.default_worker_command(how.default_worker_command);
     }
     b.open().await
+}
+
+/// Serve the app's shared local Machines API for the state directory given to the
+/// `local_api_command` (blocks until no process of the app is left; then its machines are
+/// stopped gracefully).
+pub async fn serve_local_api(state_dir: &str) -> Result<()> {
+    flyjobs_embedded::serve(std::path::Path::new(state_dir)).await
 }
 
 /// The resolved settings of a client as data (the token shown as `[REDACTED]`, the database

@@ -139,3 +139,14 @@ mod tests {
         assert!(empty.is_empty());
     }
 }
+
+/// Log `message` at `level` (`error`, `warn`, `info`, `debug`) as the core would: for each
+/// language's test of its log forwarding.
+pub fn emit(level: &str, message: &str) {
+    match level {
+        "error" => tracing::error!(target: "flyjobs", "{message}"),
+        "warn" => tracing::warn!(target: "flyjobs", "{message}"),
+        "info" => tracing::info!(target: "flyjobs", "{message}"),
+        _ => tracing::debug!(target: "flyjobs", "{message}"),
+    }
+}

@@ -347,7 +347,7 @@ impl QueueSettings {
         for (key, v) in settings {
             let at = origin.child(key);
             match key {
-                "max_machines" => self.max_machines = options::integer_u32(&at, 1, v)?,
+                "max_machines" => self.max_machines = options::integer_u32(&at, 0, v)?,
                 "min_machines" => self.min_machines = options::integer_u32(&at, 0, v)?,
                 "concurrency" => self.concurrency = options::integer_u32(&at, 1, v)?,
                 "wait" => self.wait = Wait::from_value(&at, v)?,
@@ -389,7 +389,6 @@ impl QueueSettings {
             )));
         }
         for (what, n) in [
-            ("max_machines", self.max_machines),
             ("concurrency", self.concurrency),
             ("cpus", self.size.cpus),
             ("memory_mb", self.size.memory_mb),

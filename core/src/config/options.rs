@@ -208,9 +208,10 @@ pub const QUEUE_SETTINGS: &[OptionSpec] = &[
     OptionSpec {
         name: "max_machines",
         env: "",
-        kind: Kind::Integer { min: 1 },
+        kind: Kind::Integer { min: 0 },
         default: "5",
-        doc: "Most worker machines of this queue at once.",
+        doc: "Most worker machines of this queue at once; 0: the scaler never boots machines for \
+              it (its jobs wait for workers you run yourself).",
     },
     OptionSpec {
         name: "min_machines",
