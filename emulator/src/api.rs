@@ -21,7 +21,7 @@ use crate::lifecycle::{
     Shared, finish_destroy, machine_argv, proc_spec, schedule_launch, schedule_start, stop_process,
 };
 use crate::process::{parse_signal, signal_group, signal_process};
-use crate::validate::{STOP_SIGNALS, check_config, check_types};
+use crate::validate::{STOP_SIGNALS, check_config, check_types, normalize};
 use crate::world::{
     AppRec, Billing, LeaseRec, Ledger, MachineRec, Pending, World, hex_id, machine_name,
     private_ip, rfc3339,
@@ -458,6 +458,8 @@ fn parse_duration(v: &Value) -> Option<Duration> {
 /// config with its guest (cpus, memory_mb).
 fn machine_request(schema: &str, body: &Value) -> Result<(Value, u32, u64), ApiError> {
     check_types(schema, body).map_err(invalid)?;
+    let mut body = body.clone();
+    normalize(schema, &mut body);
     let Some(config) = body.get("config").filter(|c| c.is_object()).cloned() else {
         return Err(err(
             StatusCode::BAD_REQUEST,

@@ -184,6 +184,58 @@ fn walk_field(p: &'static Value, v: &Value, path: &str, outer: &str) -> Result<(
     }
 }
 
+/// `body` as Fly echoes it after Go decoded it into its struct: a `null` member is unset (left
+/// out), a `null` item of an array or map is the zero value of its type. Call after
+/// [`check_types`] passed.
+pub(crate) fn normalize(name: &str, body: &mut Value) {
+    if let Some(s) = schema(name) {
+        norm(Some(s), body);
+    }
+}
+
+fn norm(s: Option<&'static Value>, v: &mut Value) {
+    let s = s.map(resolve);
+    match v {
+        Value::Object(o) => {
+            let props = s.and_then(|s| s.get("properties"));
+            let map_of = s
+                .and_then(|s| s.get("additionalProperties"))
+                .filter(|a| a.is_object());
+            match (props, map_of) {
+                // A map: a null value is the zero value of the map's value type.
+                (None, Some(ap)) => o.values_mut().for_each(|item| norm(Some(ap), item)),
+                // A struct (or unknown): a null member is unset.
+                _ => {
+                    o.retain(|_, item| !item.is_null());
+                    for (k, item) in o.iter_mut() {
+                        norm(props.and_then(|p| p.get(k)), item);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            let item_schema = s.and_then(|s| s.get("items"));
+            for item in items.iter_mut() {
+                norm(item_schema, item);
+            }
+        }
+        Value::Null => *v = s.map(zero).unwrap_or(Value::Null),
+        _ => {}
+    }
+}
+
+/// Go's zero value of a schema's type, as JSON.
+fn zero(s: &'static Value) -> Value {
+    match resolve(s).get("type").and_then(Value::as_str) {
+        Some("string") => Value::from(""),
+        Some("integer" | "number") => Value::from(0),
+        Some("boolean") => Value::from(false),
+        Some("array") => Value::Array(Vec::new()),
+        Some("object") => Value::Object(Default::default()),
+        _ => Value::Null,
+    }
+}
+
 /// `Some(i)` for an integer JSON number.
 fn int(v: Option<&Value>) -> Option<i64> {
     v.and_then(Value::as_i64)
@@ -372,6 +424,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("config.env.A of type string"), "{e}");
+    }
+
+    #[test]
+    fn nulls_are_unset_as_in_go() {
+        let mut b = json!({"config": {"image": "x", "env": {"A": null}, "services": [{"ports": [{"port": null}]}],
+            "init": {"cmd": [null, "a"]}, "auto_destroy": null}});
+        check_types("CreateMachineRequest", &b).unwrap();
+        normalize("CreateMachineRequest", &mut b);
+        assert_eq!(
+            b,
+            json!({"config": {"image": "x", "env": {"A": ""}, "services": [{"ports": [{}]}], "init": {"cmd": ["", "a"]}}})
+        );
     }
 
     #[test]
