@@ -135,6 +135,9 @@ def toml_str(s):
     return json.dumps(s)
 
 lines = [
+    # Runs are independent: no state carried between them (and nothing written to the repo).
+    "[cache]",
+    "enabled = false",
     "[headers]",
     'Authorization = "Bearer ${FLYJOBS_CONFORMANCE_TOKEN}"',
     "[parameters]",
