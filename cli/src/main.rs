@@ -57,7 +57,7 @@ enum Command {
     },
     /// Run the Machines API emulator standalone. Every flag has a FLYJOBS_EMULATOR_* variable
     /// (the flag wins); tokens only come from FLYJOBS_EMULATOR_TOKENS or a file, never argv.
-    Emulator(EmulatorArgs),
+    Emulator(Box<EmulatorArgs>),
     /// The demo: 200 command jobs in two queues on the embedded emulator + SQLite.
     Demo(demo::DemoArgs),
 }
@@ -332,7 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Emulator(args) => {
-            let settings = args.settings()?;
+            let settings = (*args).settings()?;
             let handle = flyjobs_emulator::Emulator::start(settings)
                 .await
                 .context("emulator")?;
