@@ -117,7 +117,7 @@ struct EmulatorArgs {
     #[arg(long = "app")]
     apps: Vec<String>,
     /// Map an image ref to a directory and default command (the image's CMD, run by a create
-    /// that gives only `image`): `--image registry.fly.io/app:tag=/srv/app:bin/worker --wait 5`
+    /// that gives only `image`): `--image 'registry.fly.io/app:tag=/srv/app:bin/worker --wait 5'`
     /// (repeatable) [env FLYJOBS_EMULATOR_IMAGES, one per line].
     #[arg(long = "image", value_name = "REF=DIR[:CMD]")]
     images: Vec<String>,
