@@ -14,5 +14,6 @@ cargo build --workspace --lib --bins --tests --locked
   set -euo pipefail
   cargo nextest run --workspace --locked --no-fail-fast
   cargo test --workspace --doc --locked
+  scripts/test-conformance.sh
   if [ -x scripts/test-ruby.sh ]; then scripts/test-ruby.sh; fi
 '

@@ -55,18 +55,9 @@ enum Command {
         /// The job id.
         id: i64,
     },
-    /// Run the Machines API emulator standalone.
-    Emulator {
-        /// Port on 127.0.0.1 (0 = any free port).
-        #[arg(long, default_value_t = 4280)]
-        port: u16,
-        /// `fly` (Fly-like boot latencies) or `none`.
-        #[arg(long, default_value = "fly")]
-        latency: String,
-        /// Map an image ref to a directory: `--image registry.fly.io/app:tag=/srv/app`.
-        #[arg(long = "image")]
-        images: Vec<String>,
-    },
+    /// Run the Machines API emulator standalone. Every flag has a FLYJOBS_EMULATOR_* variable
+    /// (the flag wins); tokens only come from FLYJOBS_EMULATOR_TOKENS or a file, never argv.
+    Emulator(Box<EmulatorArgs>),
     /// The demo: 200 command jobs in two queues on the embedded emulator + SQLite.
     Demo(demo::DemoArgs),
     /// Serve an app's shared local Machines API (started by the app's processes off Fly).
@@ -75,6 +66,104 @@ enum Command {
         /// The state directory the starting process prepared.
         state: std::path::PathBuf,
     },
+}
+
+/// Flags of `flyjobs emulator`: each is mapped onto its FLYJOBS_EMULATOR_* name and parsed by
+/// `EmulatorSettings::from_lookup`, the parser the embedded default uses too.
+#[derive(clap::Args)]
+struct EmulatorArgs {
+    /// Port on 127.0.0.1 (0 = any free port) [env FLYJOBS_EMULATOR_PORT; default 4280].
+    #[arg(long)]
+    port: Option<u16>,
+    /// `fly` (Fly-like latencies, rate limits on) or `none` [env FLYJOBS_EMULATOR_LATENCY].
+    #[arg(long)]
+    latency: Option<String>,
+    /// From create to `started`, e.g. 1500ms [env FLYJOBS_EMULATOR_CREATE_LATENCY].
+    #[arg(long, value_name = "DURATION")]
+    create_latency: Option<String>,
+    /// From start of a stopped machine to `started` [env FLYJOBS_EMULATOR_START_LATENCY].
+    #[arg(long, value_name = "DURATION")]
+    start_latency: Option<String>,
+    /// From start of a suspended machine to `started` [env FLYJOBS_EMULATOR_RESUME_LATENCY].
+    #[arg(long, value_name = "DURATION")]
+    resume_latency: Option<String>,
+    /// `on` or `off`: Fly's per-action rate limits [env FLYJOBS_EMULATOR_RATE_LIMITS].
+    #[arg(long, value_name = "on|off")]
+    rate_limits: Option<String>,
+    /// Capacity: `CPUS:MEMORY_MB` for every region and/or `REGION=CPUS:MEMORY_MB`, comma
+    /// separated or repeated [env FLYJOBS_EMULATOR_CAPACITY].
+    #[arg(long, value_name = "[REGION=]CPUS:MB")]
+    capacity: Vec<String>,
+    /// Accepted tokens, one `TOKEN[@APP1+APP2]` per line; any other token gets 401
+    /// [env FLYJOBS_EMULATOR_TOKENS_FILE, or the tokens in FLYJOBS_EMULATOR_TOKENS].
+    #[arg(long, value_name = "PATH")]
+    tokens_file: Option<String>,
+    /// Fraction (0-1) of requests answered 429 [env FLYJOBS_EMULATOR_FAULT_429].
+    #[arg(long = "fault-429", value_name = "RATE")]
+    fault_429: Option<String>,
+    /// Fraction of requests answered 503 [env FLYJOBS_EMULATOR_FAULT_5XX].
+    #[arg(long = "fault-5xx", value_name = "RATE")]
+    fault_5xx: Option<String>,
+    /// Fraction of creates refused for capacity [env FLYJOBS_EMULATOR_FAULT_CAPACITY].
+    #[arg(long, value_name = "RATE")]
+    fault_capacity: Option<String>,
+    /// Fraction of requests delayed [env FLYJOBS_EMULATOR_FAULT_DELAY].
+    #[arg(long, value_name = "RATE")]
+    fault_delay: Option<String>,
+    /// How long a delayed request waits (default 2s) [env FLYJOBS_EMULATOR_FAULT_DELAY_FOR].
+    #[arg(long, value_name = "DURATION")]
+    fault_delay_for: Option<String>,
+    /// Fraction of creates performed whose response is lost [env FLYJOBS_EMULATOR_FAULT_DROP_CREATE].
+    #[arg(long, value_name = "RATE")]
+    fault_drop_create: Option<String>,
+    /// Region of machines created without one [env FLYJOBS_EMULATOR_REGION; default lax].
+    #[arg(long)]
+    region: Option<String>,
+    /// An app that exists from the start (repeatable) [env FLYJOBS_EMULATOR_APPS].
+    #[arg(long = "app")]
+    apps: Vec<String>,
+    /// Map an image ref to a directory and default command (the image's CMD, run by a create
+    /// that gives only `image`): `--image 'registry.fly.io/app:tag=/srv/app:bin/worker --wait 5'`
+    /// (repeatable) [env FLYJOBS_EMULATOR_IMAGES, one per line].
+    #[arg(long = "image", value_name = "REF=DIR[:CMD]")]
+    images: Vec<String>,
+}
+
+impl EmulatorArgs {
+    /// The flags as FLYJOBS_EMULATOR_* values; what is not given falls back to the env.
+    fn settings(self) -> anyhow::Result<flyjobs_emulator::EmulatorSettings> {
+        use flyjobs_emulator::env;
+        let mut flags: std::collections::HashMap<&str, String> = Default::default();
+        let joined = |v: Vec<String>, sep: &str| (!v.is_empty()).then(|| v.join(sep));
+        for (name, value) in [
+            (env::PORT, self.port.map(|p| p.to_string())),
+            (env::LATENCY, self.latency),
+            (env::CREATE_LATENCY, self.create_latency),
+            (env::START_LATENCY, self.start_latency),
+            (env::RESUME_LATENCY, self.resume_latency),
+            (env::RATE_LIMITS, self.rate_limits),
+            (env::CAPACITY, joined(self.capacity, ",")),
+            (env::TOKENS_FILE, self.tokens_file),
+            (env::FAULT_429, self.fault_429),
+            (env::FAULT_5XX, self.fault_5xx),
+            (env::FAULT_CAPACITY, self.fault_capacity),
+            (env::FAULT_DELAY, self.fault_delay),
+            (env::FAULT_DELAY_FOR, self.fault_delay_for),
+            (env::FAULT_DROP_CREATE, self.fault_drop_create),
+            (env::REGION, self.region),
+            (env::APPS, joined(self.apps, ",")),
+            (env::IMAGES, joined(self.images, "\n")),
+        ] {
+            if let Some(v) = value {
+                flags.insert(name, v);
+            }
+        }
+        let mut settings = flyjobs_emulator::EmulatorSettings::from_lookup(|k| {
+            flags.get(k).cloned().or_else(|| std::env::var(k).ok())
+        })?;
+        settings.port.get_or_insert(4280);
+        Ok(settings)
+    }
 }
 
 #[derive(clap::Args)]
@@ -248,29 +337,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("job {id} is ready again");
             Ok(())
         }
-        Command::Emulator {
-            port,
-            latency,
-            images,
-        } => {
-            let mut settings = match latency.as_str() {
-                "fly" => flyjobs_emulator::EmulatorSettings::default(),
-                "none" => flyjobs_emulator::EmulatorSettings::for_tests(),
-                other => bail!("--latency must be fly or none, got {other:?}"),
-            };
-            settings.port = Some(port);
-            for spec in images {
-                let (image, dir) = spec
-                    .rsplit_once('=')
-                    .with_context(|| format!("--image must be REF=DIR, got {spec:?}"))?;
-                settings.images.insert(
-                    image.to_string(),
-                    flyjobs_emulator::Image {
-                        dir: dir.into(),
-                        cmd: Vec::new(),
-                    },
-                );
-            }
+        Command::Emulator(args) => {
+            let settings = (*args).settings()?;
             let handle = flyjobs_emulator::Emulator::start(settings)
                 .await
                 .context("emulator")?;

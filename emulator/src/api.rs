@@ -7,18 +7,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::FutureExt;
 use nix::sys::signal::Signal;
 use rand::Rng;
 use serde_json::{Map, Value, json};
 
 use crate::lifecycle::{
-    Shared, finish_destroy, machine_argv, schedule_launch, schedule_start, stop_process,
+    Shared, finish_destroy, machine_argv, proc_spec, schedule_launch, schedule_start, stop_process,
 };
-use crate::process::parse_signal;
+use crate::process::{parse_signal, signal_group, signal_process};
+use crate::validate::{STOP_SIGNALS, check_config, check_types, normalize};
 use crate::world::{
     AppRec, Billing, LeaseRec, Ledger, MachineRec, Pending, World, hex_id, machine_name,
     private_ip, rfc3339,
@@ -37,17 +40,38 @@ pub(crate) struct ApiError(StatusCode, Value);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(self.1)).into_response()
+        let mut resp = (self.0, axum::Json(self.1)).into_response();
+        if self.0 == StatusCode::TOO_MANY_REQUESTS {
+            // Fly's 429 headers are undocumented (machines-api.md §12); Retry-After is what
+            // clients (flyctl, FLAME, ours) know how to honour, and 1 s is the refill time of a
+            // 1 req/s bucket.
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 
-fn err(status: StatusCode, msg: impl Into<String>) -> ApiError {
+pub(crate) fn err(status: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError(status, json!({"error": msg.into()}))
 }
 
 type ApiResult = Result<Response, ApiError>;
 
 const LEASE_HEADER: &str = "fly-machine-lease-nonce";
+
+/// Longest lease a request may ask for. Fly's maximum is not documented (machines-api.md §5,
+/// §12); a day is far above what clients ask (flyctl: 120 s) and keeps `expires_at` sane.
+pub(crate) const MAX_LEASE_TTL_S: u64 = 24 * 60 * 60;
+
+/// Unwinding with this payload drops the connection without an answer (the lost create
+/// response of fault injection); every other panic becomes a 500.
+pub(crate) struct DropConnection;
+
+/// A 400 with the text of a failed [`check_types`]/[`check_config`].
+fn invalid(msg: String) -> ApiError {
+    err(StatusCode::BAD_REQUEST, msg)
+}
 
 fn ok_json(v: Value) -> ApiResult {
     Ok((StatusCode::OK, axum::Json(v)).into_response())
@@ -56,9 +80,9 @@ fn ok_json(v: Value) -> ApiResult {
 /// Builds the router for one listener.
 pub(crate) fn router(ctx: Ctx) -> Router {
     let m = "/v1/apps/{app}/machines/{id}";
-    Router::new()
-        .route("/v1/apps", post(create_app))
-        .route("/v1/apps/{app}", get(get_app))
+    let router = Router::new()
+        .route("/v1/apps", get(list_apps).post(create_app))
+        .route("/v1/apps/{app}", get(get_app).delete(delete_app))
         .route(
             "/v1/apps/{app}/machines",
             get(list_machines).post(create_machine),
@@ -89,10 +113,96 @@ pub(crate) fn router(ctx: Ctx) -> Router {
                 .post(set_metadata_key)
                 .delete(delete_metadata_key),
         )
+        .route(&format!("{m}/signal"), post(signal_machine))
+        .route(&format!("{m}/cordon"), post(cordon_machine))
+        .route(&format!("{m}/uncordon"), post(uncordon_machine))
+        .route(&format!("{m}/versions"), get(machine_versions))
+        .route(&format!("{m}/exec"), post(exec_machine))
         .route("/emulator/ledger", get(ledger))
-        .route("/emulator/apps/{app}/machines/{id}/logs", get(logs))
-        .fallback(|| async { err(StatusCode::NOT_FOUND, "not found") })
+        .route("/emulator/apps/{app}/machines/{id}/logs", get(logs));
+    let router = if ctx.shared.settings.test_routes {
+        router.route(
+            "/emulator/apps/{app}/machines/{id}/panic",
+            post(panic_route),
+        )
+    } else {
+        router
+    };
+    router
+        .fallback(not_found_or_not_implemented)
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), guard))
         .with_state(ctx)
+}
+
+/// Every answer carries a `fly-request-id` (fly-go keeps it in its errors), and a handler that
+/// panics answers 500 instead of dropping the connection. Locks poisoned by the panic are
+/// recovered by their users, so the machine it touched stays usable.
+async fn guard(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    // Fly's ids look like `01J…-sjc`: a ULID and the region of the API server.
+    let id = format!(
+        "{}-{}",
+        ulid::Ulid::new(),
+        ctx.shared.settings.default_region
+    );
+    let route = format!("{} {}", req.method(), req.uri().path());
+    let mut resp = match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(p) if p.is::<DropConnection>() => std::panic::resume_unwind(p),
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!("flyjobs emulator: the handler of {route} panicked: {what}");
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal: the emulator failed on {route} (a bug in the emulator: {what})"),
+            )
+            .into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("fly-request-id", v);
+    }
+    resp
+}
+
+/// Routes of the spec the emulator does not serve answer 501 naming the route, so that a
+/// client does not read "machine gone" into a 404; anything else is 404 `not found`.
+async fn not_found_or_not_implemented(method: Method, uri: Uri) -> ApiError {
+    if let Some(route) = uri
+        .path()
+        .strip_prefix("/v1")
+        .and_then(|p| spec_route(&method, p))
+    {
+        return err(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("not implemented in the flyjobs emulator: {method} /v1{route}"),
+        );
+    }
+    err(StatusCode::NOT_FOUND, "not found")
+}
+
+/// The spec's path template matching `method path`, if any.
+fn spec_route(method: &Method, path: &str) -> Option<String> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let paths = crate::validate::spec().get("paths")?.as_object()?;
+    paths
+        .iter()
+        .filter(|(_, ops)| ops.get(method.as_str().to_ascii_lowercase()).is_some())
+        .map(|(t, _)| t)
+        .find(|t| {
+            let ts: Vec<&str> = t.split('/').collect();
+            ts.len() == segs.len()
+                && ts.iter().zip(&segs).all(|(t, s)| {
+                    t == s || (t.starts_with('{') && t.ends_with('}') && !s.is_empty())
+                })
+        })
+        .cloned()
 }
 
 // ---------------------------------------------------------------- preflight: auth, faults, limits
@@ -194,7 +304,8 @@ async fn inject_faults(ctx: &Ctx, is_create: bool) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// 429 body: the real one is undocumented (machines-api.md §6, §12); this text is invented.
+/// 429 body: the real one is undocumented (machines-api.md §6, §12); the text is invented, the
+/// shape is Fly's `ErrorResponse` like every other error (plus `Retry-After: 1`).
 fn rate_limited() -> ApiError {
     err(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded")
 }
@@ -343,35 +454,27 @@ fn parse_duration(v: &Value) -> Option<Duration> {
     }
 }
 
-fn guest_size(config: &Value) -> (u32, u64) {
-    let preset = config.get("size").and_then(Value::as_str).and_then(|s| {
-        let n = |p: &str| {
-            s.strip_prefix(p)
-                .and_then(|r| r.strip_suffix('x'))
-                .and_then(|n| n.parse::<u32>().ok())
-        };
-        n("shared-cpu-")
-            .map(|c| (c, c as u64 * 256))
-            .or_else(|| n("performance-").map(|c| (c, c as u64 * 2048)))
-    });
-    let (dc, dm) = preset.unwrap_or((1, 256));
-    let cpus = config
-        .pointer("/guest/cpus")
-        .and_then(Value::as_u64)
-        .map(|c| c as u32)
-        .unwrap_or(dc);
-    let mem = config
-        .pointer("/guest/memory_mb")
-        .and_then(Value::as_u64)
-        .unwrap_or(dm);
-    (cpus, mem)
+/// Validates a create/update body as Fly does (types, enums, guest size) and returns the
+/// config with its guest (cpus, memory_mb).
+fn machine_request(schema: &str, body: &Value) -> Result<(Value, u32, u64), ApiError> {
+    check_types(schema, body).map_err(invalid)?;
+    let mut body = body.clone();
+    normalize(schema, &mut body);
+    let Some(config) = body.get("config").filter(|c| c.is_object()).cloned() else {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument: config is required",
+        ));
+    };
+    let (cpus, memory_mb) = check_config(&config).map_err(invalid)?;
+    Ok((config, cpus, memory_mb))
 }
 
-fn fits(ctx: &Ctx, w: &World, cpus: u32, mem: u64) -> bool {
-    match &ctx.shared.settings.capacity {
+fn fits(ctx: &Ctx, w: &World, region: &str, cpus: u32, mem: u64) -> bool {
+    match ctx.shared.settings.capacity_of(region) {
         None => true,
         Some(c) => {
-            let (uc, um) = w.used_capacity();
+            let (uc, um) = w.used_capacity(region);
             uc + cpus as u64 <= c.cpus as u64 && um + mem <= c.memory_mb
         }
     }
@@ -415,6 +518,7 @@ pub(crate) fn insert_app(w: &mut World, name: &str, org: &str, network: &str) ->
 /// A1: 201. The spec gives no body; fly-go decodes an `App` (with `?wait=true`), so we send one.
 async fn create_app(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let body = parse_body(&body)?;
+    check_types("CreateAppRequest", &body).map_err(invalid)?;
     // Docs use `app_name`, the spec and fly-go `name`.
     let name = body
         .get("name")
@@ -453,6 +557,79 @@ async fn get_app(State(ctx): State<Ctx>, headers: HeaderMap, Path(app): Path<Str
     preflight(&ctx, &headers, &app, "get_app", &app).await?;
     let w = ctx.shared.world();
     ok_json(app_json(&w, &w.apps[&app]))
+}
+
+/// A4: `GET /apps?org_slug=` (required): the apps of that org the token may see.
+async fn list_apps(State(ctx): State<Ctx>, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+    authorize(&ctx, &headers, None)?;
+    inject_faults(&ctx, false).await?;
+    let pairs = query_pairs(&q);
+    let Some(org) = query_one(&pairs, "org_slug").filter(|o| !o.is_empty()) else {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument: org_slug is required",
+        ));
+    };
+    let w = ctx.shared.world();
+    let apps: Vec<Value> = w
+        .apps
+        .values()
+        .filter(|a| a.org_slug == org && authorize(&ctx, &headers, Some(&a.name)).is_ok())
+        .map(|a| app_json(&w, a))
+        .collect();
+    ok_json(json!({"total_apps": apps.len(), "apps": apps}))
+}
+
+/// A3: 202. Without `force`, machines that run (or are on their way) refuse it: "stop machines
+/// first or pass force" (D-APPS); the 412 and its words are ours. Every machine is destroyed.
+async fn delete_app(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    preflight(&ctx, &headers, &app, "delete_app", &app).await?;
+    let force = truthy(query_one(&query_pairs(&q), "force"));
+    let mut w = ctx.shared.world();
+    let live: Vec<String> = w
+        .machines
+        .values()
+        .filter(|m| m.app == app && m.state != "destroyed")
+        .map(|m| m.id.clone())
+        .collect();
+    if !force
+        && let Some(m) = live
+            .iter()
+            .map(|id| &w.machines[id])
+            .find(|m| m.proc.is_some() || m.launching || m.state == "starting")
+    {
+        return Err(err(
+            StatusCode::PRECONDITION_FAILED,
+            format!(
+                "failed_precondition: app '{app}' has machines running ({} is {}), stop them first or use force",
+                m.id, m.state
+            ),
+        ));
+    }
+    for id in &live {
+        if w.machines[id].proc.is_some() {
+            w.set_state(id, "destroying");
+            stop_process(
+                &ctx.shared,
+                &mut w,
+                id,
+                Signal::SIGKILL,
+                Duration::ZERO,
+                Pending::Destroy,
+            );
+        } else {
+            finish_destroy(&mut w, id);
+        }
+    }
+    w.apps.remove(&app);
+    drop(w);
+    ctx.shared.notify();
+    Ok(StatusCode::ACCEPTED.into_response())
 }
 
 // ---------------------------------------------------------------- machines
@@ -529,12 +706,7 @@ async fn create_machine(
 ) -> ApiResult {
     let owner = preflight(&ctx, &headers, &app, "create", &app).await?;
     let body = parse_body(&body)?;
-    let Some(config) = body.get("config").filter(|c| c.is_object()).cloned() else {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument: config is required",
-        ));
-    };
+    let (config, cpus, memory_mb) = machine_request("CreateMachineRequest", &body)?;
     if config
         .get("image")
         .and_then(Value::as_str)
@@ -556,11 +728,7 @@ async fn create_machine(
         .filter(|r| !r.is_empty())
         .unwrap_or(&ctx.shared.settings.default_region)
         .to_string();
-    let lease_ttl = body
-        .get("lease_ttl")
-        .and_then(Value::as_u64)
-        .filter(|t| *t > 0);
-    let (cpus, memory_mb) = guest_size(&config);
+    let lease_ttl = lease_ttl_s(body.get("lease_ttl"), "lease_ttl")?;
     let (response, id) = {
         let mut w = ctx.shared.world();
         let name = match body
@@ -584,7 +752,7 @@ async fn create_machine(
             }
             None => machine_name(),
         };
-        if !skip_launch && !fits(&ctx, &w, cpus, memory_mb) {
+        if !skip_launch && !fits(&ctx, &w, &region, cpus, memory_mb) {
             return Err(capacity_error());
         }
         let mut id = hex_id(14);
@@ -597,7 +765,7 @@ async fn create_machine(
             nonce: hex_id(12),
             owner: owner.clone(),
             description: String::new(),
-            expires_at: now + Duration::from_secs(ttl),
+            expires_at: now + ttl,
             version: instance_id.clone(),
         });
         let mut m = MachineRec {
@@ -626,7 +794,13 @@ async fn create_machine(
             state_since: Instant::now(),
             cpus,
             memory_mb,
+            cordoned: body
+                .get("skip_service_registration")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            versions: Vec::new(),
         };
+        m.remember_version();
         m.event("launch", "created", "user", json!({}));
         let nonce = m.lease.as_ref().map(|l| l.nonce.clone());
         let v = m.to_json(nonce.as_deref());
@@ -639,17 +813,17 @@ async fn create_machine(
     }
     let drop_it = {
         let mut f = ctx.shared.faults.lock().unwrap_or_else(|e| e.into_inner());
-        let d = f.drop_after_create > 0;
+        let d = f.drop_after_create > 0
+            || (f.dropped_create > 0.0
+                && rand::rng().random_bool(f.dropped_create.clamp(0.0, 1.0)));
         f.drop_after_create = f.drop_after_create.saturating_sub(1);
         d
     };
     if drop_it {
-        // Lose the response: unwinding out of the handler ends the connection task, so the
-        // client sees the connection closed without an answer. resume_unwind skips the panic
-        // hook (no noise); no lock is held here.
-        std::panic::resume_unwind(Box::new(
-            "flyjobs-emulator: dropping create response (fault injection)",
-        ));
+        // Lose the response: unwinding out of the handler (and, for this payload, out of the
+        // panic guard) ends the connection task, so the client sees the connection closed
+        // without an answer. resume_unwind skips the panic hook (no noise); no lock is held.
+        std::panic::resume_unwind(Box::new(DropConnection));
     }
     ok_json(response)
 }
@@ -673,12 +847,7 @@ async fn update_machine(
 ) -> ApiResult {
     preflight(&ctx, &headers, &app, "update", &id).await?;
     let body = parse_body(&body)?;
-    let Some(config) = body.get("config").filter(|c| c.is_object()).cloned() else {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument: config is required",
-        ));
-    };
+    let (config, cpus, memory_mb) = machine_request("UpdateMachineRequest", &body)?;
     machine_argv(&ctx.shared, &config).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
     let skip_launch = body
         .get("skip_launch")
@@ -701,7 +870,6 @@ async fn update_machine(
             ),
         ));
     }
-    let (cpus, memory_mb) = guest_size(&config);
     // The old process is stopped as the old config says.
     let stop = stop_settings(m, &Value::Null)?;
     m.instance_id = ulid::Ulid::new().to_string();
@@ -710,6 +878,7 @@ async fn update_machine(
     m.memory_mb = memory_mb;
     m.restart_count = 0;
     m.updated_at = SystemTime::now();
+    m.remember_version();
     m.event("update", "replacing", "user", json!({}));
     let has_proc = m.proc.is_some();
     let state = m.state.clone();
@@ -797,6 +966,7 @@ async fn start_machine(
     check_lease(m, &headers)?;
     let prev = m.state.clone();
     let (cpus, mem) = (m.cpus, m.memory_mb);
+    let region = m.region.clone();
     let launching = m.launching;
     let pre = |s: String| {
         err(
@@ -811,7 +981,7 @@ async fn start_machine(
             ));
         }
         "created" | "stopped" | "failed" => {
-            if !fits(&ctx, &w, cpus, mem) {
+            if !fits(&ctx, &w, &region, cpus, mem) {
                 return Err(err(
                     StatusCode::CONFLICT,
                     "aborted: could not reserve resource for machine: insufficient memory available to fulfill request",
@@ -866,10 +1036,20 @@ async fn stop_machine(
 ) -> ApiResult {
     preflight(&ctx, &headers, &app, "stop", &id).await?;
     let body = parse_body(&body)?;
-    if !(body.is_null() || body.is_object()) {
+    check_types("StopRequest", &body).map_err(invalid)?;
+    if let Some(sig) = body
+        .get("signal")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        && !STOP_SIGNALS.contains(&sig)
+    {
+        // Fly's text is unknown; the spec's enum is what it accepts.
         return Err(err(
             StatusCode::BAD_REQUEST,
-            "json: cannot unmarshal non-object into Go value of type main.stopRequest",
+            format!(
+                "invalid_argument: invalid signal '{sig}', must be one of {}",
+                STOP_SIGNALS.join(", ")
+            ),
         ));
     }
     let mut w = ctx.shared.world();
@@ -944,6 +1124,41 @@ async fn restart_machine(
     ok_json(json!({"ok": true}))
 }
 
+/// Most memory a machine may have to be suspended (machines-api.md M8, D-SUSP: 2 GB).
+const SUSPEND_MAX_MEMORY_MB: u64 = 2048;
+
+/// Fly refuses to suspend a machine with more than 2 GB of memory, with swap, or with a
+/// schedule (D-SUSP). Status and words are ours: Fly's are not documented.
+fn suspendable(m: &MachineRec) -> Result<(), ApiError> {
+    let refuse = |why: String| {
+        err(
+            StatusCode::PRECONDITION_FAILED,
+            format!("failed_precondition: machine cannot be suspended: {why}"),
+        )
+    };
+    if m.memory_mb > SUSPEND_MAX_MEMORY_MB {
+        return Err(refuse(format!(
+            "{} MB of memory is above the {SUSPEND_MAX_MEMORY_MB} MB suspend limit",
+            m.memory_mb
+        )));
+    }
+    if m.config
+        .pointer("/init/swap_size_mb")
+        .and_then(Value::as_i64)
+        .is_some_and(|s| s > 0)
+    {
+        return Err(refuse("it has swap (init.swap_size_mb)".into()));
+    }
+    if m.config
+        .get("schedule")
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Err(refuse("it has a schedule".into()));
+    }
+    Ok(())
+}
+
 async fn suspend_machine(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
@@ -953,6 +1168,9 @@ async fn suspend_machine(
     let mut w = ctx.shared.world();
     let m = live_machine(&ctx, &mut w, &app, &id)?;
     check_lease(m, &headers)?;
+    if m.state != "suspended" {
+        suspendable(m)?;
+    }
     match (m.state.as_str(), m.proc) {
         ("started", Some(p)) => {
             crate::process::signal_group(p.pid, Signal::SIGSTOP);
@@ -1082,6 +1300,14 @@ async fn wait_machine(
         .filter(|v| !v.is_empty())
         .map(str::to_string);
     // `from_event_id`: only what happened after that event counts.
+    // The docs require a version to wait for `stopped` (machines-api.md §4.4; observed as 400
+    // in 2026-02). Fly's words are not known.
+    if version.is_none() && wanted.iter().any(|s| s == "stopped") {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument: waiting for state 'stopped' requires the machine version (version or instance_id)",
+        ));
+    }
     let from_event = query_one(&pairs, "from_event_id")
         .filter(|v| !v.is_empty())
         .map(str::to_string);
@@ -1194,15 +1420,19 @@ async fn acquire_lease(
 ) -> ApiResult {
     let owner = preflight(&ctx, &headers, &app, "lease", &id).await?;
     let body = parse_body(&body)?;
+    check_types("CreateLeaseRequest", &body).map_err(invalid)?;
     let pairs = query_pairs(&q);
     // TTL from the body (spec) or the query string (fly-go).
-    let ttl = body
-        .get("ttl")
-        .and_then(Value::as_u64)
-        .or_else(|| query_one(&pairs, "ttl").and_then(|t| t.parse().ok()))
-        .filter(|t| *t > 0)
-        .map(Duration::from_secs)
-        .unwrap_or(ctx.shared.settings.default_lease_ttl);
+    let query_ttl = query_one(&pairs, "ttl").map(|t| {
+        t.parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::from(t))
+    });
+    let ttl = match lease_ttl_s(body.get("ttl"), "ttl")? {
+        Some(t) => Some(t),
+        None => lease_ttl_s(query_ttl.as_ref(), "ttl")?,
+    }
+    .unwrap_or(ctx.shared.settings.default_lease_ttl);
     let description = body
         .get("description")
         .and_then(Value::as_str)
@@ -1239,6 +1469,28 @@ async fn acquire_lease(
     }
     let v = lease_envelope(m.lease.as_ref().expect("just set"));
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+}
+
+/// A lease TTL in seconds: absent, null or 0 = none given; otherwise 1..=[`MAX_LEASE_TTL_S`].
+fn lease_ttl_s(v: Option<&Value>, name: &str) -> Result<Option<Duration>, ApiError> {
+    let bad = |got: &Value| {
+        err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid_argument: {name} must be a whole number of seconds from 1 to {MAX_LEASE_TTL_S}, got {got}"
+            ),
+        )
+    };
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_i64() {
+            Some(0) => Ok(None),
+            Some(t) if (1..=MAX_LEASE_TTL_S as i64).contains(&t) => {
+                Ok(Some(Duration::from_secs(t as u64)))
+            }
+            _ => Err(bad(v)),
+        },
+    }
 }
 
 async fn get_lease(
@@ -1337,6 +1589,7 @@ async fn set_metadata_key(
 ) -> ApiResult {
     preflight(&ctx, &headers, &app, "metadata", &id).await?;
     let body = parse_body(&body)?;
+    check_types("upsertMetadataKeyRequest", &body).map_err(invalid)?;
     let Some(value) = body.get("value").and_then(Value::as_str) else {
         return Err(err(
             StatusCode::BAD_REQUEST,
@@ -1372,6 +1625,7 @@ async fn bulk_metadata(
 ) -> ApiResult {
     preflight(&ctx, &headers, &app, "metadata", &id).await?;
     let body = parse_body(&body)?;
+    check_types("updateMetadataRequest", &body).map_err(invalid)?;
     let Some(md) = body.get("metadata").and_then(Value::as_object).cloned() else {
         return Err(err(
             StatusCode::BAD_REQUEST,
@@ -1430,4 +1684,242 @@ async fn logs(
         bytes,
     )
         .into_response())
+}
+
+// ---------------------------------------------------------------- signal, cordon, versions, exec
+
+/// Signals `signal` accepts (the spec's `SignalRequest` enum).
+const SIGNALS: &[&str] = &[
+    "SIGABRT", "SIGALRM", "SIGFPE", "SIGHUP", "SIGILL", "SIGINT", "SIGKILL", "SIGPIPE", "SIGQUIT",
+    "SIGSEGV", "SIGTERM", "SIGTRAP", "SIGUSR1", "SIGUSR2",
+];
+
+/// X3: the signal goes to the machine's main process, like `stop`'s (the init forwards it).
+/// Not lease-guarded (fly-go sends no nonce). A machine not running is 412 (our words).
+async fn signal_machine(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Path((app, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    preflight(&ctx, &headers, &app, "signal", &id).await?;
+    let body = parse_body(&body)?;
+    check_types("SignalRequest", &body).map_err(invalid)?;
+    let name = body.get("signal").and_then(Value::as_str).unwrap_or("");
+    if !SIGNALS.contains(&name) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid_argument: invalid signal '{name}', must be one of {}",
+                SIGNALS.join(", ")
+            ),
+        ));
+    }
+    let sig = parse_signal(name).ok_or_else(|| {
+        err(
+            StatusCode::BAD_REQUEST,
+            format!("invalid_argument: invalid signal '{name}'"),
+        )
+    })?;
+    let mut w = ctx.shared.world();
+    let m = live_machine(&ctx, &mut w, &app, &id)?;
+    match (m.state.as_str(), m.proc) {
+        ("started", Some(p)) => signal_process(p.pid, sig),
+        (state, _) => {
+            return Err(err(
+                StatusCode::PRECONDITION_FAILED,
+                format!("failed_precondition: unable to signal machine in state '{state}'"),
+            ));
+        }
+    }
+    ok_json(json!({"ok": true}))
+}
+
+/// X2: cordon/uncordon flip whether Fly Proxy would route to the machine (`cordoned`); the
+/// emulator has no proxy, so that is all they do. Lease-guarded (fly-go sends the nonce).
+async fn set_cordon(
+    ctx: Ctx,
+    headers: HeaderMap,
+    app: String,
+    id: String,
+    cordoned: bool,
+) -> ApiResult {
+    let action = if cordoned { "cordon" } else { "uncordon" };
+    preflight(&ctx, &headers, &app, action, &id).await?;
+    let mut w = ctx.shared.world();
+    let m = live_machine(&ctx, &mut w, &app, &id)?;
+    check_lease(m, &headers)?;
+    m.cordoned = cordoned;
+    m.updated_at = SystemTime::now();
+    ok_json(json!({"ok": true}))
+}
+
+async fn cordon_machine(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult {
+    set_cordon(ctx, headers, app, id, true).await
+}
+
+async fn uncordon_machine(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult {
+    set_cordon(ctx, headers, app, id, false).await
+}
+
+/// X5: every config version of the machine, newest first: `[{version, user_config}]`.
+async fn machine_versions(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult {
+    preflight(&ctx, &headers, &app, "versions", &id).await?;
+    let mut w = ctx.shared.world();
+    let m = machine(&ctx, &mut w, &app, &id)?;
+    ok_json(Value::Array(
+        m.versions
+            .iter()
+            .rev()
+            .map(|(v, c)| json!({"version": v, "user_config": c}))
+            .collect(),
+    ))
+}
+
+/// Default and longest run time of an exec, in seconds (Fly's are not documented).
+const EXEC_DEFAULT_TIMEOUT_S: u64 = 30;
+const EXEC_MAX_TIMEOUT_S: u64 = 300;
+
+/// X4: runs `command` (or the deprecated `cmd` string, split like a shell) in the machine's
+/// directory with its environment, feeding `stdin`, and answers Fly's `ExecResponse`
+/// `{exit_code, exit_signal, stdout, stderr}`. Needs a started machine (412) and, like Fly, is
+/// refused while someone else holds the lease (409). Past `timeout` the command is killed and
+/// the answer is 408 `deadline_exceeded`.
+async fn exec_machine(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Path((app, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    preflight(&ctx, &headers, &app, "exec", &id).await?;
+    let body = parse_body(&body)?;
+    check_types("MachineExecRequest", &body).map_err(invalid)?;
+    let mut argv: Vec<String> = body
+        .get("command")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    if argv.is_empty()
+        && let Some(cmd) = body.get("cmd").and_then(Value::as_str)
+    {
+        argv = crate::settings::split_words(cmd).map_err(|e| {
+            err(
+                StatusCode::BAD_REQUEST,
+                format!("invalid_argument: cmd: {e}"),
+            )
+        })?;
+    }
+    if argv.is_empty() {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument: command is required",
+        ));
+    }
+    let timeout = match body.get("timeout").and_then(Value::as_i64) {
+        None | Some(0) => EXEC_DEFAULT_TIMEOUT_S,
+        Some(t) if (1..=EXEC_MAX_TIMEOUT_S as i64).contains(&t) => t as u64,
+        Some(t) => {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid_argument: timeout must be from 1 to {EXEC_MAX_TIMEOUT_S} seconds, got {t}"
+                ),
+            ));
+        }
+    };
+    let stdin = body
+        .get("stdin")
+        .and_then(Value::as_str)
+        .map(|s| s.as_bytes().to_vec());
+    let spec = {
+        let mut w = ctx.shared.world();
+        let m = live_machine(&ctx, &mut w, &app, &id)?;
+        check_lease(m, &headers)?;
+        if m.state != "started" || m.proc.is_none() {
+            return Err(err(
+                StatusCode::PRECONDITION_FAILED,
+                format!(
+                    "failed_precondition: unable to exec on machine in state '{}'",
+                    m.state
+                ),
+            ));
+        }
+        let mut spec = proc_spec(&ctx.shared, &w, &id).map_err(|e| {
+            err(
+                StatusCode::PRECONDITION_FAILED,
+                format!("failed_precondition: {e}"),
+            )
+        })?;
+        spec.argv = argv;
+        spec.stdin = stdin.is_some();
+        spec
+    };
+    let mut child = ctx.shared.spawner.spawn(spec).await.map_err(|e| {
+        err(
+            StatusCode::BAD_REQUEST,
+            format!("invalid_argument: cannot run the command: {e}"),
+        )
+    })?;
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    if let (Some(mut pipe), Some(input)) = (child.stdin.take(), stdin) {
+        use tokio::io::AsyncWriteExt;
+        // A command that does not read its stdin must not block us: ignore write errors.
+        let _ = pipe.write_all(&input).await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(timeout), child.wait_with_output()).await;
+    // The command's own children go with it, as in a machine's exec session.
+    signal_group(pid, Signal::SIGKILL);
+    ctx.shared.spawner.forget(pid);
+    let out = match out {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            return Err(err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal: exec failed: {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err(err(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("deadline_exceeded: command did not finish within {timeout}s"),
+            ));
+        }
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let (code, signal) = match (out.status.code(), out.status.signal()) {
+        (Some(c), _) => (c, 0),
+        (None, Some(sg)) => (128 + sg, sg),
+        _ => (-1, 0),
+    };
+    ok_json(json!({
+        "exit_code": code,
+        "exit_signal": signal,
+        "stdout": String::from_utf8_lossy(&out.stdout),
+        "stderr": String::from_utf8_lossy(&out.stderr),
+    }))
+}
+
+/// Test route (settings `test_routes`): panics while holding the world lock and the machine,
+/// to prove the panic guard answers 500 and leaves the machine usable.
+async fn panic_route(State(ctx): State<Ctx>, Path((app, id)): Path<(String, String)>) -> ApiResult {
+    let mut w = ctx.shared.world();
+    let m = machine(&ctx, &mut w, &app, &id)?;
+    m.updated_at = SystemTime::now();
+    panic!("test route: panicking while holding machine {}", m.id);
 }

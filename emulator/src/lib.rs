@@ -37,13 +37,24 @@
 //! every group; a machine's leftover processes are killed when its main process exits.
 //!
 //! Where the emulator chooses (facts unconfirmed in machines-api.md §12): the 429 body
-//! `{"error":"rate limit exceeded"}`; destroy of a started machine without `force`/`kill` is
-//! 412 `failed_precondition: …`; `wait` on a replaced `version` waits out its timeout and
-//! answers 408 `… currently replaced`, `from_event_id` counts only newer events, and it never
-//! answers 400 for `stopped` without a version (unsettled, §4.4); an exit by signal reports `exit_code` 128+signal; the
-//! default lease TTL is 30 s; an API `stop` of an `auto_destroy` machine destroys it; a duplicate
-//! machine name is 409 `already_exists: …`; 403 for a token not scoped to the app; stop/start
-//! of a machine already stopped/started are 200 / 412 `machine still active, refusing to start`.
+//! `{"error":"rate limit exceeded"}` with `Retry-After: 1`; destroy of a started machine without
+//! `force`/`kill` is 412 `failed_precondition: …`; `wait` on a replaced `version` waits out its
+//! timeout and answers 408 `… currently replaced`, `from_event_id` counts only newer events, and
+//! `stopped` without a version is 400 (as the docs say, §4.4); an exit by signal reports
+//! `exit_code` 128+signal; the default lease TTL is 30 s and a TTL above a day is 400; an API
+//! `stop` of an `auto_destroy` machine destroys it; a duplicate machine name is 409
+//! `already_exists: …`; 403 for a token not scoped to the app; stop/start of a machine already
+//! stopped/started are 200 / 412 `machine still active, refusing to start`; suspend of a machine
+//! with more than 2 GB, swap or a schedule is 412; delete of an app with running machines and no
+//! `force` is 412; exec runs at most 300 s (default 30 s), then 408.
+//!
+//! Requests are validated as Fly does (module `validate`): JSON types against the spec (a wrong
+//! type is Go's `json: cannot unmarshal …` 400), restart policy, stop signal, schedule, and guest
+//! sizes (shared: 1, 2, 4, 6, 8 CPUs with 256–2048 MB each; performance: 1–16 CPUs with
+//! 2048–8192 MB each; memory in 256 MB steps). Every answer has a `fly-request-id` header; a
+//! handler that panics answers 500 and leaves its machine usable. Routes of the spec the emulator
+//! does not serve answer 501 naming the route.
+//!
 //! Rate limits: 1 req/s burst 3 per (action, machine or app) for every action including `wait`,
 //! events, leases and metadata; get machine 5 req/s burst 10. The tokenless unix socket serves
 //! every app (Fly's `/.fly/api` is scoped to the machine's own app).
@@ -52,6 +63,7 @@ mod api;
 mod lifecycle;
 mod process;
 mod settings;
+mod validate;
 mod world;
 
 use std::path::{Path, PathBuf};
@@ -59,7 +71,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 
-pub use settings::{Capacity, EmulatorSettings, Faults, Image, Latencies};
+pub use settings::{Capacity, EmulatorSettings, Faults, Image, Latencies, SettingsError, env};
 pub use world::{Ledger, LedgerMachine, MachineSnapshot};
 
 use lifecycle::Shared;

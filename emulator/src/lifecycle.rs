@@ -97,7 +97,7 @@ pub(crate) fn machine_argv(
 }
 
 /// Builds the process spec (argv, dir, env) of a machine. Called under the world lock.
-fn proc_spec(shared: &Shared, w: &World, id: &str) -> Result<ProcSpec, String> {
+pub(crate) fn proc_spec(shared: &Shared, w: &World, id: &str) -> Result<ProcSpec, String> {
     let m = &w.machines[id];
     let (argv, dir) = machine_argv(shared, &m.config)?;
     let mut env = BTreeMap::new();
@@ -135,7 +135,12 @@ fn proc_spec(shared: &Shared, w: &World, id: &str) -> Result<ProcSpec, String> {
     ] {
         env.insert(k.to_string(), v);
     }
-    Ok(ProcSpec { argv, dir, env })
+    Ok(ProcSpec {
+        argv,
+        dir,
+        env,
+        stdin: false,
+    })
 }
 
 /// Schedules the machine (now in `starting`) to be started after `delay`: a fresh process, or

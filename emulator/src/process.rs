@@ -30,6 +30,8 @@ pub(crate) struct ProcSpec {
     pub argv: Vec<String>,
     pub dir: PathBuf,
     pub env: BTreeMap<String, String>,
+    /// Give the process a stdin pipe (exec with `stdin`); otherwise /dev/null.
+    pub stdin: bool,
 }
 
 struct SpawnReq {
@@ -177,7 +179,11 @@ fn spawn_now(spec: &ProcSpec) -> io::Result<tokio::process::Child> {
         .current_dir(&spec.dir)
         .env_clear()
         .envs(&spec.env)
-        .stdin(Stdio::null())
+        .stdin(if spec.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Own process group: stop/suspend/kill signal the whole machine, not just its init.

@@ -97,9 +97,23 @@ pub(crate) struct MachineRec {
     pub state_since: Instant,
     pub cpus: u32,
     pub memory_mb: u64,
+    /// Taken out of Fly Proxy routing (`cordon`, or created with skip_service_registration).
+    pub cordoned: bool,
+    /// Every config version, oldest first: (version, config).
+    pub versions: Vec<(String, Value)>,
 }
 
 impl MachineRec {
+    /// Records the current version and config in the history `versions` serves.
+    pub fn remember_version(&mut self) {
+        self.versions
+            .push((self.instance_id.clone(), self.config.clone()));
+        // Bounded like events: a machine updated forever must not grow without limit.
+        if self.versions.len() > 50 {
+            self.versions.drain(..self.versions.len() - 50);
+        }
+    }
+
     /// Billing so far, including the current state's running time.
     pub fn billing_now(&self) -> Billing {
         let mut b = self.billing;
@@ -121,16 +135,20 @@ impl MachineRec {
         )
     }
 
-    /// Appends an event (id = ULID, timestamp = unix ms).
+    /// Appends an event (id = ULID, timestamp = unix ms). An empty `request` is left out, as
+    /// Fly does (one SDK's parser breaks on `"request": {}`).
     pub fn event(&mut self, kind: &str, status: &str, source: &str, request: Value) {
-        self.events.push(json!({
+        let mut e = json!({
             "id": ulid::Ulid::new().to_string(),
             "type": kind,
             "status": status,
             "source": source,
             "timestamp": unix_ms(SystemTime::now()),
-            "request": request,
-        }));
+        });
+        if !(request.is_null() || request.as_object().is_some_and(|o| o.is_empty())) {
+            e["request"] = request;
+        }
+        self.events.push(e);
         // Bounded: a machine restarting forever must not grow without limit.
         if self.events.len() > 200 {
             self.events.drain(..self.events.len() - 200);
@@ -161,6 +179,7 @@ impl MachineRec {
             "events": self.events.iter().rev().take(20).cloned().collect::<Vec<_>>(),
             "checks": [],
             "host_status": "ok",
+            "cordoned": self.cordoned,
         });
         if let Some(n) = nonce {
             v["nonce"] = json!(n);
@@ -206,11 +225,11 @@ impl World {
         m.updated_at = SystemTime::now();
     }
 
-    /// CPUs and memory held by machines that hold capacity.
-    pub fn used_capacity(&self) -> (u64, u64) {
+    /// CPUs and memory held in `region` by machines that hold capacity.
+    pub fn used_capacity(&self, region: &str) -> (u64, u64) {
         self.machines
             .values()
-            .filter(|m| m.holds_capacity())
+            .filter(|m| m.region == region && m.holds_capacity())
             .fold((0, 0), |(c, mem), m| (c + m.cpus as u64, mem + m.memory_mb))
     }
 }
@@ -347,8 +366,15 @@ pub(crate) fn unix_ms(t: SystemTime) -> i64 {
 }
 
 /// RFC 3339 UTC with seconds, as the API shows (`2023-11-08T01:52:30Z`).
+/// Never panics: a time chrono cannot represent (beyond year 262143) shows as the latest it can.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    chrono::DateTime::<chrono::Utc>::from_timestamp(secs, 0)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// `n` random lowercase hex chars.

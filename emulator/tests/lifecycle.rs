@@ -344,7 +344,7 @@ async fn wait_semantics() {
     // Comma-separated and repeated states.
     let r = api
         .get(&format!(
-            "{}/wait?state=stopped,started&timeout=10",
+            "{}/wait?state=failed,started&timeout=10",
             api.m(&id)
         ))
         .await;

@@ -17,10 +17,7 @@ pub const TOKEN: &str = "test-token";
 fn spec() -> &'static Value {
     static SPEC: OnceLock<Value> = OnceLock::new();
     SPEC.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/spec/machines-openapi.json"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/spec/machines-openapi.json");
         serde_json::from_str(&std::fs::read_to_string(path).expect("spec file")).expect("spec JSON")
     })
 }
@@ -175,9 +172,18 @@ impl Api {
     }
 
     pub async fn wait(&self, id: &str, state: &str, timeout: u64) -> Resp {
+        // Fly wants the version to wait for `stopped` (machines-api.md §4.4): send the current
+        // one, as the Python SDK does.
+        let mut version = String::new();
+        if state.contains("stopped") {
+            let m = self.get(&self.m(id)).await;
+            if let Some(v) = m.body["instance_id"].as_str() {
+                version = format!("&version={v}");
+            }
+        }
         let r = self
             .get(&format!(
-                "{}/wait?state={state}&timeout={timeout}",
+                "{}/wait?state={state}&timeout={timeout}{version}",
                 self.m(id)
             ))
             .await;
