@@ -6,7 +6,7 @@ packages=(
   build-essential pkg-config libclang-dev
   postgresql postgresql-client
   ruby ruby-dev ruby-rails ruby-activejob ruby-minitest ruby-sqlite3
-  redis-server ruby-sidekiq ruby-redis
+  redis-server ruby-sidekiq ruby-redis puma
   procps psmisc
 )
 missing=()

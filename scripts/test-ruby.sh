@@ -43,5 +43,9 @@ run_suite() { # label, files...
 run_suite "unit" test/unit/*_test.rb
 FLYJOBS_TEST_STORE=postgres run_suite "unit on PostgreSQL" test/unit/client_test.rb test/unit/errors_test.rb
 STRESS=1 run_suite "unit under GC.stress (STRESS=1)" test/unit/errors_test.rb test/unit/client_test.rb
-run_suite "integration (Rails app, emulator machines)" test/integration/*_test.rb
+run_suite "integration (Rails app, emulator machines)" test/integration/active_job_test.rb
+# Its own process: the Puma test checks that the app's processes (Puma's, not this one) own the
+# local Machines API, and that it goes away with them.
+command -v puma >/dev/null || fail "puma not found (Debian puma); run scripts/setup.sh"
+FLYJOBS_REUSE_APP=1 run_suite "Puma cluster (embedded default under an app server)" test/integration/puma_test.rb
 echo "test-ruby: all Ruby suites passed" >&2

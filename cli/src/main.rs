@@ -6,7 +6,7 @@
 mod command;
 mod demo;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use flyjobs::job::{JobId, JobState, NewJob};
 use flyjobs::store::WorkerState;

@@ -62,20 +62,35 @@ async fn one_local_api_per_app_outlives_its_processes_and_stops_machines_gracefu
     let (api_a, app) = a.machines_api().await.unwrap();
     let (_api_b, _) = b.machines_api().await.unwrap();
     let url = a.local_api_url().await.unwrap();
-    assert_eq!(b.local_api_url().await.unwrap(), url, "one API for both clients");
+    assert_eq!(
+        b.local_api_url().await.unwrap(),
+        url,
+        "one API for both clients"
+    );
 
     let marker = dir.path().join("stopped-gracefully");
     let m = api_a.create_machine(&app, &machine(&marker)).await.unwrap();
-    until("the machine to start", Duration::from_secs(30), async || {
-        b.machines().await.unwrap().iter().any(|x| x.id == m.id && x.state == "started")
-    })
+    until(
+        "the machine to start",
+        Duration::from_secs(30),
+        async || {
+            b.machines()
+                .await
+                .unwrap()
+                .iter()
+                .any(|x| x.id == m.id && x.state == "started")
+        },
+    )
     .await;
 
     // The client that created it leaves: the machine and the API stay for the other one.
     a.shutdown().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let seen = b.machines().await.unwrap();
-    assert!(seen.iter().any(|x| x.id == m.id && x.state == "started"), "{seen:?}");
+    assert!(
+        seen.iter().any(|x| x.id == m.id && x.state == "started"),
+        "{seen:?}"
+    );
     assert!(!marker.exists());
 
     // A third process only looking (flyjobs status) finds the API without keeping it alive.
@@ -91,7 +106,10 @@ async fn one_local_api_per_app_outlives_its_processes_and_stops_machines_gracefu
 
     // The last one leaves: the daemon stops the machine with SIGTERM (graceful) and exits.
     b.shutdown().await;
-    until("a graceful stop", Duration::from_secs(30), async || marker.exists()).await;
+    until("a graceful stop", Duration::from_secs(30), async || {
+        marker.exists()
+    })
+    .await;
     assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "graceful");
     until("the API to go away", Duration::from_secs(30), async || {
         reqwest_free_probe(&url).is_err()
@@ -108,5 +126,6 @@ async fn one_local_api_per_app_outlives_its_processes_and_stops_machines_gracefu
 /// Connect to the API's port: an error once nothing listens.
 fn reqwest_free_probe(url: &str) -> std::io::Result<()> {
     let addr = url.trim_start_matches("http://");
-    std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200)).map(drop)
+    std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200))
+        .map(drop)
 }

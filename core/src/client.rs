@@ -38,8 +38,11 @@ pub trait LocalMachines: Send + Sync {
     fn default_database_url(&self) -> Result<String>;
     /// Start (or join) the local Machines API of the app whose queue is `database_url`; its
     /// machines run `worker_command` as the image's default command.
-    async fn start(&self, worker_command: &[String], database_url: &str)
-    -> Result<Box<dyn LocalApi>>;
+    async fn start(
+        &self,
+        worker_command: &[String],
+        database_url: &str,
+    ) -> Result<Box<dyn LocalApi>>;
     /// The app's local Machines API if one already runs (started by another process), without
     /// starting one: what `flyjobs status` lists machines from.
     async fn find(&self, _database_url: &str) -> Option<Box<dyn LocalApi>> {

@@ -97,18 +97,10 @@ impl Embedded {
     }
 }
 
-/// Emulator settings for the embedded default from the environment.
+/// Emulator settings for the embedded default from the environment (`FLYJOBS_EMULATOR_*`:
+/// `LATENCY=none` for tests, faults, capacity, …; see `flyjobs emulator --help`).
 pub fn settings_from_env() -> Result<EmulatorSettings> {
-    match std::env::var("FLYJOBS_EMULATOR_LATENCY").as_deref() {
-        Ok("none" | "zero" | "0") => Ok(EmulatorSettings::for_tests()),
-        Ok("fly") | Err(std::env::VarError::NotPresent) => Ok(EmulatorSettings::default()),
-        Ok(other) => Err(Error::config(format!(
-            "FLYJOBS_EMULATOR_LATENCY must be fly or none, got {other:?}"
-        ))),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            Err(Error::config("FLYJOBS_EMULATOR_LATENCY is not valid UTF-8"))
-        }
-    }
+    EmulatorSettings::from_env().map_err(|e| Error::config(e.to_string()))
 }
 
 #[async_trait]

@@ -48,8 +48,6 @@ struct Spec {
     dir: PathBuf,
     /// The app's worker command: the local image's CMD.
     worker_command: Vec<String>,
-    /// `fly` or `none` (`FLYJOBS_EMULATOR_LATENCY`).
-    latency: String,
 }
 
 /// Where a running daemon answers.
@@ -85,7 +83,8 @@ fn open_lock(dir: &Path, name: &str) -> Result<File> {
 
 /// Take a lock, blocking this (non-runtime) thread.
 fn lock(file: File, arg: FlockArg, what: &str) -> Result<Flock<File>> {
-    Flock::lock(file, arg).map_err(|(_, e)| Error::config(format!("local Machines API: {what}: {e}")))
+    Flock::lock(file, arg)
+        .map_err(|(_, e)| Error::config(format!("local Machines API: {what}: {e}")))
 }
 
 fn read_record(dir: &Path) -> Option<Record> {
@@ -179,19 +178,31 @@ impl LocalMachines for SharedLocal {
         }))
     }
 
-    async fn start(&self, worker_command: &[String], database_url: &str) -> Result<Box<dyn LocalApi>> {
+    async fn start(
+        &self,
+        worker_command: &[String],
+        database_url: &str,
+    ) -> Result<Box<dyn LocalApi>> {
         let state = state_dir(database_url);
         let spec = Spec {
             dir: self.dir.clone(),
             worker_command: worker_command.to_vec(),
-            latency: std::env::var("FLYJOBS_EMULATOR_LATENCY").unwrap_or_else(|_| "fly".into()),
         };
         let command = self.daemon_command.clone();
         // The locks block: take them off the runtime's threads.
         let (host, url) = tokio::task::spawn_blocking(move || -> Result<(Flock<File>, String)> {
-            std::fs::create_dir_all(&state).map_err(io(format!("cannot create {}", state.display())))?;
-            let host = lock(open_lock(&state, "hosts.lock")?, FlockArg::LockShared, "hosts.lock")?;
-            let starting = lock(open_lock(&state, "api.lock")?, FlockArg::LockExclusive, "api.lock")?;
+            std::fs::create_dir_all(&state)
+                .map_err(io(format!("cannot create {}", state.display())))?;
+            let host = lock(
+                open_lock(&state, "hosts.lock")?,
+                FlockArg::LockShared,
+                "hosts.lock",
+            )?;
+            let starting = lock(
+                open_lock(&state, "api.lock")?,
+                FlockArg::LockExclusive,
+                "api.lock",
+            )?;
             let rt = flyjobs::runtime::handle();
             if let Some(r) = read_record(&state)
                 && rt.block_on(answers(&r))
@@ -201,7 +212,8 @@ impl LocalMachines for SharedLocal {
             }
             let _ = std::fs::remove_file(state.join("api.json"));
             let spec_text = serde_json::to_vec(&spec).map_err(|e| Error::config(e.to_string()))?;
-            std::fs::write(state.join("spec.json"), spec_text).map_err(io("cannot write spec.json"))?;
+            std::fs::write(state.join("spec.json"), spec_text)
+                .map_err(io("cannot write spec.json"))?;
             let url = spawn_and_wait(&command, &state, &rt)?;
             drop(starting);
             Ok((host, url))
@@ -219,11 +231,7 @@ impl LocalMachines for SharedLocal {
 
 /// Start the daemon in its own process group (a Ctrl-C in the terminal or a signal to the app's
 /// group does not reach it: it stops its machines itself, gracefully), then wait for its record.
-fn spawn_and_wait(
-    command: &[String],
-    state: &Path,
-    rt: &tokio::runtime::Handle,
-) -> Result<String> {
+fn spawn_and_wait(command: &[String], state: &Path, rt: &tokio::runtime::Handle) -> Result<String> {
     use std::os::unix::process::CommandExt;
     let (program, args) = command
         .split_first()
@@ -274,15 +282,16 @@ pub async fn serve(state: &Path) -> Result<()> {
         &std::fs::read(state.join("spec.json")).map_err(io("cannot read spec.json"))?,
     )
     .map_err(|e| Error::config(format!("local Machines API: bad spec.json: {e}")))?;
-    let Ok(_daemon) = Flock::lock(open_lock(state, "daemon.lock")?, FlockArg::LockExclusiveNonblock)
-    else {
+    let Ok(_daemon) = Flock::lock(
+        open_lock(state, "daemon.lock")?,
+        FlockArg::LockExclusiveNonblock,
+    ) else {
         info!("another local Machines API serves {}", state.display());
         return Ok(());
     };
-    let mut settings = match spec.latency.as_str() {
-        "none" | "zero" | "0" => flyjobs_emulator::EmulatorSettings::for_tests(),
-        _ => flyjobs_emulator::EmulatorSettings::default(),
-    };
+    // The daemon inherits the environment of the process that started it: the same
+    // FLYJOBS_EMULATOR_* settings as an in-process emulator would read.
+    let mut settings = crate::settings_from_env()?;
     settings.images.insert(
         EMBEDDED_IMAGE.to_string(),
         flyjobs_emulator::Image {
@@ -296,8 +305,11 @@ pub async fn serve(state: &Path) -> Result<()> {
         pid: std::process::id(),
     };
     let tmp = state.join(format!("api.json.{}", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec(&record).map_err(|e| Error::config(e.to_string()))?)
-        .map_err(io("cannot write api.json"))?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(&record).map_err(|e| Error::config(e.to_string()))?,
+    )
+    .map_err(io("cannot write api.json"))?;
     std::fs::rename(&tmp, state.join("api.json")).map_err(io("cannot write api.json"))?;
     info!(url = %record.url, "local Machines API serving");
 
@@ -331,7 +343,11 @@ async fn stop_all(api: &dyn Machines) {
         .list_machines(
             EMBEDDED_APP,
             &ListMachinesQuery {
-                states: vec![MachineState::Started, MachineState::Starting, MachineState::Created],
+                states: vec![
+                    MachineState::Started,
+                    MachineState::Starting,
+                    MachineState::Created,
+                ],
                 ..Default::default()
             },
         )

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "json"
+require "rbconfig"
 require_relative "flyjobs/version"
 require_relative "flyjobs/errors"
 require_relative "flyjobs/native"
@@ -54,8 +55,31 @@ module FlyJobs
         opened.start_scaler if start_scaler?
         @client_pid = pid
         @client = opened
+        close_at_exit(pid)
+        opened
       end
     end
+
+    # The command that serves the app's local Machines API off Fly: one daemon shared by every
+    # process of the app (Puma workers, the console, bin/fly-machine-worker...), started by the
+    # first one that needs it; its machines outlive any one process, and when the last process
+    # leaves it stops them with their stop signal and grace.
+    # @return [Array<String>]
+    def local_api_command
+      [RbConfig.ruby, "-I", __dir__, "-e", "require 'flyjobs'; FlyJobs::Native._serve_local_api(ARGV.fetch(0))"]
+    end
+
+    # When this process exits (a Puma or Unicorn worker told to stop, `rails s` and Ctrl-C), close
+    # its client: the scaler stops and gives up the leader lock at once (the next process to
+    # start does not wait for it to expire), and this process stops counting as a user of the
+    # local Machines API.
+    def close_at_exit(pid)
+      return if @closing_at_exit == pid
+
+      @closing_at_exit = pid
+      at_exit { reset! if Process.pid == pid }
+    end
+    private :close_at_exit
 
     # Use this client instead of opening one from {config} (tests, custom set-ups).
     # @param client [FlyJobs::Client, nil]

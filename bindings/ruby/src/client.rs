@@ -48,13 +48,19 @@ impl RbClient {
         })
     }
 
-    /// `Client._open(options_json, default_worker_command)`.
-    fn open(options: String, default_worker_command: Vec<String>) -> Result<Self, Error> {
+    /// `Client._open(options_json, default_worker_command, local_api_command)`.
+    fn open(
+        options: String,
+        default_worker_command: Vec<String>,
+        local_api_command: Vec<String>,
+    ) -> Result<Self, Error> {
         guard(|ruby| {
             let options = json_arg(ruby, "options", &options)?;
-            let client = block(ruby, async move {
-                surface::open(&options, default_worker_command).await
-            })?;
+            let how = surface::OpenOptions {
+                default_worker_command,
+                local_api_command,
+            };
+            let client = block(ruby, async move { surface::open_with(&options, how).await })?;
             Ok(RbClient {
                 inner: Mutex::new(Some(client)),
             })

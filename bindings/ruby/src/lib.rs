@@ -56,7 +56,10 @@ fn logs_drain(seconds: f64) -> Result<String, Error> {
 /// process of the app is left and its machines are stopped.
 fn serve_local_api(state_dir: String) -> Result<(), Error> {
     error::guard(|ruby| {
-        client::block(ruby, async move { surface::serve_local_api(&state_dir).await })
+        client::block(
+            ruby,
+            async move { surface::serve_local_api(&state_dir).await },
+        )
     })
 }
 

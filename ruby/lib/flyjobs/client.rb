@@ -21,12 +21,16 @@ module FlyJobs
     #
     # @param default_worker_command [Array<String>, nil] what worker machines run unless the
     #   worker_command option (FLYJOBS_WORKER_COMMAND) says otherwise
+    # @param local_api_command [Array<String>, nil] off Fly, the command that serves the app's
+    #   shared local Machines API (default: this gem's, {FlyJobs.local_api_command}); [] runs it
+    #   inside this process instead, where its machines live and die with this process
     # @param options [Hash] core options: database_url, queues ({"mail" => {max_machines: 3}}), ...
     # @return [Client, Object] the client, or the block's value
     # @raise [FlyJobs::ConfigError] for a bad option (the message names it and what it accepts)
-    def self.open(default_worker_command: nil, **options)
+    def self.open(default_worker_command: nil, local_api_command: nil, **options)
       command = Array(default_worker_command || FlyJobs.default_worker_command).map(&:to_s)
-      client = new(Native::Client._open(FlyJobs.to_json(options), command))
+      local = Array(local_api_command || FlyJobs.local_api_command).map(&:to_s)
+      client = new(Native::Client._open(FlyJobs.to_json(options), command, local))
       return client unless block_given?
 
       begin

@@ -43,7 +43,7 @@ class ActiveJobTest < Minitest::Test
 
   # The last lines of the emulator machines' output, for failure messages.
   def machine_logs
-    url = FlyJobs.client.emulator_url or return "(no emulator started)"
+    url = FlyJobs.client.local_api_url or return "(no local Machines API started)"
     require "net/http"
     auth = { "Authorization" => "Bearer test" }
     machines = JSON.parse(Net::HTTP.get(URI("#{url}/v1/apps/flyjobs-local/machines"), auth))
@@ -167,7 +167,7 @@ class ActiveJobTest < Minitest::Test
 
   def test_sigterm_lets_the_running_job_finish_and_exits_zero
     job = SlowJob.set(queue: "manual").perform_later(tag, 3)
-    env = { "FLYJOBS_DATABASE_URL" => FlyJobs.client.database_url }
+    env = { "FLYJOBS_DATABASE_URL" => FlyJobs.client.config["database_url"] }
     log = File.join(RailsApp::ROOT, "log", "manual-worker.log")
     pid = Process.spawn(env, "bin/fly-machine-worker", "--queues", "manual", "--wait", "forever",
                         out: log, err: [:child, :out])

@@ -9,6 +9,8 @@ Rails.application.configure do
   config.flyjobs.queues = {
     "default" => { max_machines: 2, concurrency: 2, wait: 30 },
     # Served only by the worker a test starts by hand (SIGTERM test): the scaler boots nothing.
-    "manual" => { max_machines: 0 }
+    "manual" => { max_machines: 0 },
+    # The Puma test's long jobs: one machine runs them all at once.
+    "slow" => { max_machines: 1, concurrency: 5, wait: 30 }
   }
 end
