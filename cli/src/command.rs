@@ -132,6 +132,23 @@ async fn run_command(cmd: &CommandJob) -> Result<(), Failure> {
         // otherwise die and count a failed attempt.
         .process_group(0)
         .kill_on_drop(true);
+    // Out of the worker's group, the job would outlive a worker killed outright (SIGKILL, a
+    // crash): have the kernel kill it when the worker dies.
+    let worker_pid = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and makes only
+    // async-signal-safe calls (prctl, getppid); it touches no memory of the parent's.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            // The worker may have died before the line above: then no signal would come.
+            if nix::unistd::getppid().as_raw().cast_unsigned() != worker_pid {
+                return Err(std::io::Error::other("the worker exited"));
+            }
+            Ok(())
+        });
+    }
     // A worker never hands an API token to a job, whatever its own environment holds.
     for (name, _) in std::env::vars_os() {
         if let Some(n) = name.to_str()
