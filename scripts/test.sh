@@ -15,5 +15,7 @@ cargo build --workspace --lib --bins --tests --locked
   cargo nextest run --workspace --locked --no-fail-fast
   cargo test --workspace --doc --locked
   scripts/test-conformance.sh
+  # The chaos suite, short (tests/chaos/run.sh runs the full one on the release build).
+  target/debug/flyjobs-chaos --short
   if [ -x scripts/test-ruby.sh ]; then scripts/test-ruby.sh; fi
 '

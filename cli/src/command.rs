@@ -107,22 +107,76 @@ async fn run_one(lease: WorkerLease) {
     }
 }
 
+/// Kills a job's whole process group when dropped (the worker aborted the job at its stop
+/// deadline; the job was released): nothing it started keeps running behind our back.
+struct GroupGuard(Option<nix::unistd::Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 async fn run_command(cmd: &CommandJob) -> Result<(), Failure> {
-    let output = Command::new(&cmd.argv[0])
+    let mut command = Command::new(&cmd.argv[0]);
+    command
         .args(&cmd.argv[1..])
         .envs(&cmd.env)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::inherit())
         .stderr(std::process::Stdio::piped())
-        // A job released at shutdown must not keep running behind our back.
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| Failure {
-            class: "FlyJobs::CommandNotStarted".into(),
-            message: format!("could not start {:?}: {e}", cmd.argv[0]),
-            backtrace: Vec::new(),
-        })?;
+        // Its own process group: a Ctrl-C in the worker's terminal (SIGINT to the foreground
+        // group) reaches the worker, which stops gracefully, and not the job, which would
+        // otherwise die and count a failed attempt.
+        .process_group(0)
+        .kill_on_drop(true);
+    // Out of the worker's group, the job would outlive a worker killed outright (SIGKILL, a
+    // crash): have the kernel kill it when the worker dies.
+    let worker_pid = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and makes only
+    // async-signal-safe calls (prctl, getppid); it touches no memory of the parent's.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            // The worker may have died before the line above: then no signal would come.
+            if nix::unistd::getppid().as_raw().cast_unsigned() != worker_pid {
+                return Err(std::io::Error::other("the worker exited"));
+            }
+            Ok(())
+        });
+    }
+    // A worker never hands an API token to a job, whatever its own environment holds.
+    for (name, _) in std::env::vars_os() {
+        if let Some(n) = name.to_str()
+            && flyjobs::fork::is_token_var(n)
+            && !cmd.env.contains_key(n)
+        {
+            command.env_remove(n);
+        }
+    }
+    let child = command.spawn().map_err(|e| Failure {
+        class: "FlyJobs::CommandNotStarted".into(),
+        message: format!("could not start {:?}: {e}", cmd.argv[0]),
+        backtrace: Vec::new(),
+    })?;
+    let mut guard = GroupGuard(
+        child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(nix::unistd::Pid::from_raw),
+    );
+    let output = child.wait_with_output().await.map_err(|e| Failure {
+        class: "FlyJobs::CommandNotStarted".into(),
+        message: format!("could not wait for {:?}: {e}", cmd.argv[0]),
+        backtrace: Vec::new(),
+    })?;
+    // Finished: leftovers of its group are its own business (daemons it meant to start are
+    // rare in jobs, but the group id may be reused once the leader is reaped).
+    guard.0 = None;
     if output.status.success() {
         return Ok(());
     }

@@ -33,6 +33,13 @@ enum Command {
         /// Do one tick and exit.
         #[arg(long)]
         once: bool,
+        /// Clear the recorded boot failures (all queues, or `--queue`), so that queues whose
+        /// machines kept failing at boot get machines again; then exit.
+        #[arg(long)]
+        reset_failures: bool,
+        /// With `--reset-failures`: only this queue.
+        #[arg(long, requires = "reset_failures")]
+        queue: Option<String>,
     },
     /// Enqueue a command job: `flyjobs enqueue --queue q -- CMD ARGS…`.
     Enqueue(EnqueueArgs),
@@ -253,8 +260,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = WorkerOptions::from_options(client.config(), &options)?;
             command::run_worker(client, options).await
         }
-        Command::Scaler { once } => {
+        Command::Scaler {
+            once,
+            reset_failures,
+            queue,
+        } => {
             let client = open().await?;
+            if reset_failures {
+                let n = client
+                    .store()
+                    .clear_boot_failures(queue.as_deref())
+                    .await
+                    .context("reset boot failures")?;
+                println!(
+                    "cleared {n} boot failure(s){}; the scaler boots machines again",
+                    queue.map(|q| format!(" of queue {q}")).unwrap_or_default()
+                );
+                return Ok(());
+            }
             if once {
                 let scaler = client
                     .build_scaler(flyjobs::scaler::ScalerOptions::default())
@@ -264,30 +287,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{report:?}");
                 return Ok(());
             }
+            // Listen before starting: a SIGTERM during start-up must not kill us with the lock.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut int =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
             client.start_scaler().await.context("scaler")?;
-            eprintln!("flyjobs: scaler running; Ctrl-C to stop");
-            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("flyjobs: scaler running; Ctrl-C or SIGTERM to stop");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            // Stops the loop and releases the leader lock, so another scaler takes over at
+            // once instead of after the lock's TTL.
             client.shutdown().await;
+            eprintln!("flyjobs: scaler stopped");
             Ok(())
         }
         Command::Enqueue(args) => {
-            let client = open().await?;
-            let mut job = NewJob::new(args.queue, command::payload(&args.argv));
-            job.name = "command".into();
-            job.priority = args.priority;
-            job.max_attempts = args.max_attempts;
-            job.run_at = match (args.at, args.delay) {
+            // Checked before anything is opened or written.
+            let run_at = match (args.at, args.delay) {
                 (Some(at), _) => Some(
                     chrono::DateTime::parse_from_rfc3339(&at)
                         .with_context(|| format!("--at must be RFC 3339: {at:?}"))?
                         .with_timezone(&chrono::Utc),
                 ),
-                (None, Some(d)) => {
-                    let d = flyjobs::config::parse_duration("--in", &d)?;
-                    Some(chrono::Utc::now() + chrono::Duration::from_std(d)?)
-                }
+                (None, Some(d)) => Some(run_after(&d)?),
                 (None, None) => None,
             };
+            let client = open().await?;
+            let mut job = NewJob::new(args.queue, command::payload(&args.argv));
+            job.name = "command".into();
+            job.priority = args.priority;
+            job.max_attempts = args.max_attempts;
+            job.run_at = run_at;
             let job = client.enqueue(job).await.context("enqueue")?;
             println!("{}", job.id);
             Ok(())
@@ -355,6 +388,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `now + --in`, refusing a delay too large to be a date (instead of panicking on overflow).
+fn run_after(value: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let d = flyjobs::config::parse_duration("--in", value)?;
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+        .filter(|t| t.timestamp() < 253_402_300_800) // before year 10000: every store keeps it
+        .with_context(|| format!("--in {value:?} is too far in the future"))
+}
+
 async fn status(client: Client) -> anyhow::Result<()> {
     let stats = client.stats().await.context("stats")?;
     let workers = client.workers().await.context("workers")?;
@@ -386,6 +429,40 @@ async fn status(client: Client) -> anyhow::Result<()> {
             idle,
             suspended
         );
+    }
+    let failures = client
+        .store()
+        .boot_failures(10)
+        .await
+        .context("boot failures")?;
+    if !failures.is_empty() {
+        println!(
+            "\nrecent boot failures (newest first; `flyjobs scaler --reset-failures` clears):"
+        );
+        for f in &failures {
+            println!(
+                "  {} queue={} machine={} exit={} {}{}: {}",
+                f.at.format("%Y-%m-%d %H:%M:%S"),
+                f.queue,
+                f.machine_id,
+                f.exit_code
+                    .map_or_else(|| "-".to_string(), |c| c.to_string()),
+                f.release,
+                if f.cleared { " (cleared)" } else { "" },
+                f.reason
+            );
+            for line in f
+                .log_tail
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                println!("      | {line}");
+            }
+        }
     }
     let machines = client.machines().await.context("machines")?;
     println!(

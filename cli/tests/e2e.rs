@@ -552,14 +552,28 @@ async fn a_machine_that_never_registers_is_destroyed_after_boot_timeout() {
         second.destroyed, 1,
         "the machine that never registered goes: {second:?}"
     );
-    // Destroyed with force; then the job still wants a machine: a new one is created.
-    let third = scaler.tick().await.unwrap();
+    // A boot that timed out is a boot failure: recorded, and the next boot of the queue waits
+    // for the backoff (2 s after the first failure).
+    assert_eq!(second.boot_failures, 1, "{second:?}");
+    assert!(second.created.is_empty(), "{second:?}");
+    let failures = env.client.store().boot_failures(10).await.unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].machine_id, stuck_id);
+    assert!(failures[0].reason.contains("boot_timeout"), "{failures:?}");
+    // Destroyed with force; the job still wants a machine: after the backoff a new one comes.
+    let until = Instant::now() + Duration::from_secs(15);
+    let third = loop {
+        let r = scaler.tick().await.unwrap();
+        if !r.created.is_empty() {
+            break r;
+        }
+        assert!(r.boots_held.contains_key("stuck"), "{r:?}");
+        assert!(Instant::now() < until, "no new machine after the backoff");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(third.created.get("stuck"), Some(&1));
     let ids: Vec<String> = env.active_machines().into_iter().map(|m| m.id).collect();
     assert!(!ids.contains(&stuck_id), "{ids:?}");
-    assert_eq!(
-        second.created.get("stuck").or(third.created.get("stuck")),
-        Some(&1)
-    );
     env.emulator.shutdown().await;
 }
 

@@ -53,6 +53,12 @@ pub async fn template(
             "no worker command: set FLYJOBS_WORKER_COMMAND",
         ));
     }
+    if let Some(name) = config.env_allowlist().iter().find(|n| is_token_var(n)) {
+        return Err(Error::config(format!(
+            "FLYJOBS_ENV_ALLOWLIST names {name}: API tokens are never given to worker \
+             machines; remove it from the allowlist"
+        )));
+    }
     let (mut machine_config, region) = match (config.on_fly(), config.worker_app()) {
         // A separate worker app has its own image and secrets; the parent's config is not
         // its business beyond the image.
@@ -94,12 +100,22 @@ pub async fn template(
         }
     }
     env.extend(extra_env);
+    // Whatever the parent's config or the caller put there, a worker never gets a token.
+    env.retain(|name, _| !is_token_var(name));
     Ok(Template {
         config: machine_config,
         region,
         release,
         command,
     })
+}
+
+/// Whether an environment variable holds an API token that must never reach a worker
+/// machine: `FLY_API_TOKEN*` and `FLYJOBS_*TOKEN*` (case-insensitive).
+pub fn is_token_var(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    upper.starts_with("FLY_API_TOKEN")
+        || (upper.starts_with("FLYJOBS_") && upper["FLYJOBS_".len()..].contains("TOKEN"))
 }
 
 /// Remove what a worker must not inherit from the parent's config.
@@ -118,6 +134,9 @@ pub fn strip_for_worker(c: &mut MachineConfig) {
     c.processes = None;
     for k in ["standbys", "statics"] {
         c.extra.remove(k);
+    }
+    if let Some(env) = c.env.as_mut() {
+        env.retain(|name, _| !is_token_var(name));
     }
 }
 
@@ -163,5 +182,27 @@ impl Template {
             ),
         ]));
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_vars_are_recognised() {
+        for n in [
+            "FLY_API_TOKEN",
+            "fly_api_token",
+            "FLY_API_TOKEN_DEPLOY",
+            "FLYJOBS_API_TOKEN",
+            "FLYJOBS_TOKEN",
+            "FLYJOBS_MY_TOKENS",
+        ] {
+            assert!(is_token_var(n), "{n}");
+        }
+        for n in ["FLY_APP_NAME", "TOKEN", "FLYJOBS_DATABASE_URL", "MY_TOKEN"] {
+            assert!(!is_token_var(n), "{n}");
+        }
     }
 }

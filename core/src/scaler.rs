@@ -27,8 +27,11 @@ use crate::config::{Config, PoolMode};
 use crate::error::{ErrorKind, Result};
 use crate::fork::Template;
 use crate::machines::Machines;
-use crate::machines::types::{CreateMachineRequest, ListMachinesQuery, Machine};
-use crate::store::Store;
+use crate::machines::types::{
+    CreateMachineRequest, ExitEvent, ListMachinesQuery, Machine, MachineEvent,
+};
+use crate::store::boot_failures::BootFailure;
+use crate::store::{Store, WorkerState};
 
 /// Tuning of the control loop.
 #[derive(Clone, Debug)]
@@ -39,6 +42,15 @@ pub struct ScalerOptions {
     pub create_rate: f64,
     /// Creates allowed in a burst.
     pub create_burst: u32,
+    /// Consecutive boot failures of one release of a queue after which the scaler boots no
+    /// more machines for it, until a new release or [`Store::clear_boot_failures`]
+    /// (`flyjobs scaler --reset-failures`).
+    pub boot_failure_limit: u32,
+    /// Pause after a boot failure before the queue's next boot; doubles with each
+    /// consecutive failure, up to [`ScalerOptions::boot_backoff_max`].
+    pub boot_backoff: Duration,
+    /// Longest pause between boots of a queue whose machines keep failing at boot.
+    pub boot_backoff_max: Duration,
 }
 
 impl Default for ScalerOptions {
@@ -47,6 +59,9 @@ impl Default for ScalerOptions {
             interval: Duration::from_secs(2),
             create_rate: 1.0,
             create_burst: 3,
+            boot_failure_limit: 5,
+            boot_backoff: Duration::from_secs(2),
+            boot_backoff_max: Duration::from_secs(300),
         }
     }
 }
@@ -105,6 +120,15 @@ pub struct TickReport {
     pub destroyed: u32,
     /// Leases reaped back to ready.
     pub reaped: u64,
+    /// Registrations removed because their worker is dead (machine gone, or silent longer
+    /// than a lease).
+    pub deregistered: u32,
+    /// Machines found to have failed at boot (exited or timed out before registering).
+    pub boot_failures: u32,
+    /// Queues whose boots wait (backoff after boot failures) or stopped (too many).
+    pub boots_held: BTreeMap<String, String>,
+    /// Whether the tick was cut short because the leader lock could not be kept.
+    pub lost_leadership: bool,
 }
 
 /// The scaler. Cheap to share; run it with [`Scaler::spawn`] or tick it by hand.
@@ -119,6 +143,32 @@ pub struct Scaler {
     bucket: tokio::sync::Mutex<TokenBucket>,
     /// Region index per queue: after a capacity error the next create tries the next region.
     region_cursor: std::sync::Mutex<HashMap<String, usize>>,
+    /// Machines this scaler booted (created, started or resumed) that have not registered yet,
+    /// by machine id: how each of them ends tells a boot failure from a healthy worker.
+    booting: std::sync::Mutex<HashMap<String, Booting>>,
+    /// (queue, release) pairs whose boots were stopped, so that it is logged once.
+    halted: std::sync::Mutex<HashSet<(String, String)>>,
+}
+
+#[derive(Clone, Debug)]
+struct Booting {
+    queue: String,
+    release: String,
+}
+
+/// Whether a queue may boot machines now, given its recent boot failures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum BootGate {
+    Open,
+    /// Backing off after `failures` consecutive boot failures.
+    Wait {
+        failures: u32,
+        until: chrono::DateTime<Utc>,
+    },
+    /// Stopped after `failures` consecutive boot failures of the current release.
+    Halted {
+        failures: u32,
+    },
 }
 
 impl std::fmt::Debug for Scaler {
@@ -175,7 +225,14 @@ impl Scaler {
             owner,
             options,
             region_cursor: std::sync::Mutex::new(HashMap::new()),
+            booting: std::sync::Mutex::new(HashMap::new()),
+            halted: std::sync::Mutex::new(HashSet::new()),
         }
+    }
+
+    /// How long the leader lock is taken for: renewed every quarter of it while a tick works.
+    fn leader_ttl(&self) -> Duration {
+        (self.options.interval * 5).max(Duration::from_millis(500))
     }
 
     /// Run the loop in the background until the handle is stopped.
@@ -209,9 +266,17 @@ impl Scaler {
     }
 
     /// One pass of the control loop.
+    ///
+    /// Everything a tick does is done under the store's leader lock, and only while it is
+    /// held: a keeper renews the lock every quarter of its TTL, and when it cannot (another
+    /// scaler took it, or the store does not answer) the tick is abandoned before the lock
+    /// runs out, in-flight creates included. Two scalers therefore never act at once, however
+    /// slowly the Machines API answers.
     pub async fn tick(&self) -> Result<TickReport> {
         let mut report = TickReport::default();
-        let ttl = self.options.interval * 5;
+        let ttl = self.leader_ttl();
+        // Measured before asking: the lock is certainly ours until then + ttl, not longer.
+        let asked = Instant::now();
         if !self
             .store
             .try_acquire_leader("scaler", &self.owner, ttl)
@@ -220,12 +285,50 @@ impl Scaler {
             return Ok(report);
         }
         report.leader = true;
+        let outcome = tokio::select! {
+            r = self.lead(&mut report) => Some(r),
+            () = self.keep_leadership(asked, ttl) => None,
+        };
+        match outcome {
+            Some(r) => r.map(|()| report),
+            None => {
+                warn!(owner = %self.owner, "scaler lost the leader lock mid-tick; stopped acting");
+                report.lost_leadership = true;
+                Ok(report)
+            }
+        }
+    }
+
+    /// Renew the leader lock until it cannot be confirmed; returns (cutting the tick short)
+    /// a safe margin before the last confirmed hold runs out.
+    async fn keep_leadership(&self, asked: Instant, ttl: Duration) {
+        let margin = ttl / 4;
+        let mut held_until = asked + ttl;
+        loop {
+            let fence = tokio::time::Instant::from_std(held_until - margin);
+            tokio::select! {
+                () = tokio::time::sleep_until(fence) => return,
+                () = tokio::time::sleep(ttl / 4) => {}
+            }
+            let asked = Instant::now();
+            match tokio::time::timeout_at(
+                fence,
+                self.store.try_acquire_leader("scaler", &self.owner, ttl),
+            )
+            .await
+            {
+                Ok(Ok(true)) => held_until = asked + ttl,
+                Ok(Ok(false)) => return,
+                Ok(Err(e)) => warn!(error = %e, "could not renew the scaler's leader lock"),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// The body of a tick, run while the leader lock is held.
+    async fn lead(&self, report: &mut TickReport) -> Result<()> {
         let reaped = self.store.reap_expired(Utc::now()).await?;
         report.reaped = reaped.retried + reaped.dead;
-        // Registrations that stopped heartbeating long ago (a worker killed outright).
-        let stale = Utc::now()
-            - chrono::Duration::from_std(self.config.lease_duration() * 10).unwrap_or_default();
-        self.store.prune_workers(stale).await?;
 
         let machines = self
             .machines
@@ -240,22 +343,33 @@ impl Scaler {
         let workers = self.store.workers().await?;
         let registered: HashSet<&str> = workers.iter().map(|w| w.id.as_str()).collect();
 
-        // Reaper: a registered worker whose machine stopped, failed or was destroyed is gone.
-        // Its registration goes now; its leases expire and are reaped above, so its jobs run
-        // again elsewhere. Workers that are not machines of this app (a local `flyjobs
-        // worker`) are left alone.
+        // Dead registrations: a worker whose machine stopped, failed or is gone, or that has
+        // not heartbeaten for a whole lease (it heartbeats every third of one), is dead. Its
+        // leases expire and are reaped, so its jobs run again elsewhere. A suspended pool
+        // member does not heartbeat; it is dead only when its machine is gone.
         let by_id: HashMap<&str, &Machine> = machines.iter().map(|m| (m.id.as_str(), m)).collect();
+        let now = Utc::now();
+        let silent_since =
+            now - chrono::Duration::from_std(self.config.lease_duration()).unwrap_or_default();
         for w in &workers {
-            if let Some(m) = by_id.get(w.id.as_str())
-                && matches!(m.state_str(), "stopped" | "destroyed" | "failed")
-            {
-                info!(worker = %w.id, state = m.state_str(), "worker machine is down; deregistering");
-                let _ = self.store.deregister_worker(&w.id).await;
+            let machine = by_id.get(w.id.as_str());
+            let down = machine
+                .is_some_and(|m| matches!(m.state_str(), "stopped" | "destroyed" | "failed"));
+            let silent = w.state != WorkerState::Suspended && w.last_heartbeat_at < silent_since;
+            let vanished = w.state == WorkerState::Suspended && machine.is_none();
+            if down || silent || vanished {
+                info!(worker = %w.id, down, silent, vanished, last_heartbeat = %w.last_heartbeat_at, "worker is dead; deregistering");
+                match self.store.deregister_worker(&w.id).await {
+                    Ok(()) => report.deregistered += 1,
+                    Err(e) => warn!(worker = %w.id, error = %e, "deregister failed"),
+                }
             }
         }
 
+        // How the machines booted since the last tick ended: registered, or failed at boot.
+        self.check_boots(&machines, &registered, report).await;
+
         // Boot timeout and release pinning.
-        let now = Utc::now();
         for m in &machines {
             // Since the last state change: a pool machine started again boots anew.
             let age = m
@@ -269,7 +383,8 @@ impl Scaler {
                 && !registered.contains(m.id.as_str());
             let old_release = matches!(m.state_str(), "stopped" | "suspended")
                 && m.metadata_value("flyjobs_release") != Some(self.template.release.as_str());
-            if (booting && age > self.config.boot_timeout()) || old_release {
+            let timed_out = booting && age > self.config.boot_timeout();
+            if timed_out || old_release {
                 info!(machine = %m.id, state = m.state_str(), old_release, "destroying worker machine");
                 match self
                     .machines
@@ -280,8 +395,29 @@ impl Scaler {
                     Err(e) if e.kind() == ErrorKind::NotFound => {}
                     Err(e) => warn!(machine = %m.id, error = %e, "destroy failed"),
                 }
+                if timed_out {
+                    let tracked = self.lock_booting().remove(&m.id);
+                    let queue = tracked
+                        .as_ref()
+                        .map(|b| b.queue.clone())
+                        .or_else(|| m.metadata_value("flyjobs_queue").map(str::to_string));
+                    let release = tracked
+                        .map(|b| b.release)
+                        .or_else(|| m.metadata_value("flyjobs_release").map(str::to_string));
+                    if let (Some(queue), Some(release)) = (queue, release) {
+                        let reason = format!(
+                            "did not register within boot_timeout ({:?})",
+                            self.config.boot_timeout()
+                        );
+                        self.record_boot_failure(&queue, &release, &m.id, None, reason)
+                            .await;
+                        report.boot_failures += 1;
+                    }
+                }
             }
         }
+
+        let gates = self.boot_gates().await;
 
         // Demand per queue.
         let stats = self.store.stats().await?;
@@ -301,6 +437,23 @@ impl Scaler {
         let mut total_active = machines.iter().filter(|m| is_active(m)).count() as u32;
         for (queue, (ready, running)) in demand {
             let settings = self.config.queue(&queue);
+            match gates.get(&queue) {
+                None | Some(BootGate::Open) => {}
+                Some(BootGate::Wait { failures, until }) => {
+                    report.boots_held.insert(
+                        queue.clone(),
+                        format!("backing off after {failures} boot failures until {until}"),
+                    );
+                    continue;
+                }
+                Some(BootGate::Halted { failures }) => {
+                    report.boots_held.insert(
+                        queue.clone(),
+                        format!("stopped after {failures} consecutive boot failures"),
+                    );
+                    continue;
+                }
+            }
             let mine: Vec<&Machine> = machines
                 .iter()
                 .filter(|m| m.metadata_value("flyjobs_queue") == Some(queue.as_str()))
@@ -341,6 +494,7 @@ impl Scaler {
                 let resumed = m.state_str() == "suspended";
                 match self.machines.start_machine(&self.app, &m.id, None).await {
                     Ok(_) => {
+                        self.track(&m.id, &queue);
                         missing -= 1;
                         total_active += 1;
                         let counter = if resumed {
@@ -363,6 +517,7 @@ impl Scaler {
                 }
                 match self.create(&queue).await {
                     Ok(m) => {
+                        self.track(&m.id, &queue);
                         missing -= 1;
                         total_active += 1;
                         *report.created.entry(queue.clone()).or_default() += 1;
@@ -378,7 +533,173 @@ impl Scaler {
                 }
             }
         }
-        Ok(report)
+        Ok(())
+    }
+
+    fn lock_booting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Booting>> {
+        self.booting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remember a machine booted for `queue`, until it registers or ends.
+    fn track(&self, id: &str, queue: &str) {
+        self.lock_booting().insert(
+            id.to_string(),
+            Booting {
+                queue: queue.to_string(),
+                release: self.template.release.clone(),
+            },
+        );
+    }
+
+    /// Settle the machines booted earlier: registered (a healthy boot: the queue's boot
+    /// failures are cleared), still booting (left alone; the boot timeout covers a hang), or
+    /// ended without registering. An exit 0 is a worker that found nothing to do; any other
+    /// end is a boot failure, recorded with its exit code and the machine's last log lines.
+    async fn check_boots(
+        &self,
+        machines: &[Machine],
+        registered: &HashSet<&str>,
+        report: &mut TickReport,
+    ) {
+        let by_id: HashMap<&str, &Machine> = machines.iter().map(|m| (m.id.as_str(), m)).collect();
+        let tracked: Vec<(String, Booting)> = self
+            .lock_booting()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut healthy: HashSet<String> = HashSet::new();
+        for (id, boot) in tracked {
+            if registered.contains(id.as_str()) {
+                self.lock_booting().remove(&id);
+                healthy.insert(boot.queue);
+                continue;
+            }
+            let state = by_id.get(id.as_str()).map(|m| m.state_str());
+            if matches!(
+                state,
+                Some("created" | "starting" | "started" | "replacing" | "updating" | "suspended")
+            ) {
+                continue;
+            }
+            self.lock_booting().remove(&id);
+            let exit = self.last_exit(&id).await;
+            match exit {
+                Some(e) if e.exit_code == Some(0) && e.signal.is_none_or(|s| s <= 0) => {
+                    healthy.insert(boot.queue);
+                }
+                Some(e) => {
+                    let reason = match (e.exit_code, e.signal.filter(|s| *s > 0)) {
+                        (_, Some(sig)) => format!("exited by signal {sig} before registering"),
+                        (Some(code), None) => format!("exited with code {code} before registering"),
+                        (None, None) => "exited before registering".to_string(),
+                    };
+                    self.record_boot_failure(&boot.queue, &boot.release, &id, e.exit_code, reason)
+                        .await;
+                    report.boot_failures += 1;
+                }
+                None => {
+                    debug!(machine = %id, "booted machine ended without a recorded exit; not counted");
+                }
+            }
+        }
+        for queue in healthy {
+            if let Err(e) = self.store.clear_boot_failures(Some(&queue)).await {
+                warn!(queue, error = %e, "could not clear the queue's boot failures");
+            }
+            self.halted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(q, _)| *q != queue);
+        }
+    }
+
+    /// The newest exit event of a machine, if the API still knows it.
+    async fn last_exit(&self, id: &str) -> Option<ExitEvent> {
+        let events = self
+            .machines
+            .machine_events(&self.app, id, Some(20))
+            .await
+            .ok()?;
+        events
+            .iter()
+            .find(|e| e.kind.as_deref() == Some("exit"))
+            .and_then(MachineEvent::exit_event)
+    }
+
+    async fn record_boot_failure(
+        &self,
+        queue: &str,
+        release: &str,
+        id: &str,
+        exit_code: Option<i32>,
+        reason: String,
+    ) {
+        let log_tail = match self.machines.machine_logs(&self.app, id).await {
+            Ok(Some(log)) => tail_lines(&log, BOOT_LOG_LINES, BOOT_LOG_CHARS),
+            Ok(None) => String::new(),
+            Err(e) => format!("(logs unavailable: {e})"),
+        };
+        warn!(queue, release, machine = %id, exit_code, reason = %reason, log = %log_tail, "worker machine failed at boot");
+        let failure = BootFailure {
+            queue: queue.to_string(),
+            release: release.to_string(),
+            machine_id: id.to_string(),
+            exit_code,
+            reason,
+            log_tail,
+            at: Utc::now(),
+            cleared: false,
+        };
+        if let Err(e) = self.store.record_boot_failure(failure).await {
+            warn!(queue, error = %e, "could not record the boot failure");
+        }
+    }
+
+    /// Per queue: may it boot now? From the recorded, uncleared boot failures of the current
+    /// release: after n of them the next boot waits `boot_backoff * 2^(n-1)` (capped) after
+    /// the last; after `boot_failure_limit` boots stop until a new release or a reset.
+    async fn boot_gates(&self) -> HashMap<String, BootGate> {
+        let failures = match self.store.boot_failures(BOOT_FAILURES_SCANNED).await {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "could not read boot failures; booting as usual");
+                return HashMap::new();
+            }
+        };
+        let mut per_queue: HashMap<String, (u32, chrono::DateTime<Utc>)> = HashMap::new();
+        for f in failures
+            .iter()
+            .filter(|f| !f.cleared && f.release == self.template.release)
+        {
+            let e = per_queue.entry(f.queue.clone()).or_insert((0, f.at));
+            e.0 += 1;
+            e.1 = e.1.max(f.at);
+        }
+        let now = Utc::now();
+        per_queue
+            .into_iter()
+            .map(|(queue, (n, last))| {
+                let gate = boot_gate(&self.options, n, last, now);
+                if let BootGate::Halted { failures } = gate {
+                    let key = (queue.clone(), self.template.release.clone());
+                    if self
+                        .halted
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key)
+                    {
+                        warn!(
+                            queue,
+                            release = %self.template.release,
+                            failures,
+                            "worker machines keep failing at boot: no more boots for this queue \
+                             until a new release or `flyjobs scaler --reset-failures`"
+                        );
+                    }
+                }
+                (queue, gate)
+            })
+            .collect()
     }
 
     async fn create(&self, queue: &str) -> Result<Machine> {
@@ -415,6 +736,46 @@ impl Scaler {
     }
 }
 
+/// Lines of a failed machine's log kept with its boot failure.
+const BOOT_LOG_LINES: usize = 20;
+/// Characters of them at most.
+const BOOT_LOG_CHARS: usize = 4000;
+/// Recent boot failures read per tick to decide the backoff (more than any sane limit).
+const BOOT_FAILURES_SCANNED: usize = 500;
+
+fn boot_gate(
+    options: &ScalerOptions,
+    failures: u32,
+    last: chrono::DateTime<Utc>,
+    now: chrono::DateTime<Utc>,
+) -> BootGate {
+    if failures == 0 {
+        return BootGate::Open;
+    }
+    if failures >= options.boot_failure_limit.max(1) {
+        return BootGate::Halted { failures };
+    }
+    let pause = options
+        .boot_backoff
+        .saturating_mul(1u32 << (failures - 1).min(20))
+        .min(options.boot_backoff_max);
+    let until = last + chrono::Duration::from_std(pause).unwrap_or_default();
+    if now < until {
+        BootGate::Wait { failures, until }
+    } else {
+        BootGate::Open
+    }
+}
+
+/// The last `lines` lines of `text`, at most `chars` characters.
+fn tail_lines(text: &str, lines: usize, chars: usize) -> String {
+    let mut tail: Vec<&str> = text.lines().rev().take(lines).collect();
+    tail.reverse();
+    let joined = tail.join("\n");
+    let skip = joined.chars().count().saturating_sub(chars);
+    joined.chars().skip(skip).collect()
+}
+
 fn is_active(m: &Machine) -> bool {
     matches!(
         m.state_str(),
@@ -442,5 +803,42 @@ mod tests {
         b.at -= Duration::from_secs(60);
         b.drain();
         assert!(!b.take(), "drained after a 429: nothing until time passes");
+    }
+
+    #[test]
+    fn boot_gate_backs_off_exponentially_then_stops() {
+        let o = ScalerOptions::default();
+        let t = Utc::now();
+        let s = |n: i64| chrono::Duration::seconds(n);
+        assert_eq!(boot_gate(&o, 0, t, t), BootGate::Open);
+        assert!(matches!(
+            boot_gate(&o, 1, t, t + s(1)),
+            BootGate::Wait { .. }
+        ));
+        assert_eq!(boot_gate(&o, 1, t, t + s(2)), BootGate::Open);
+        assert!(matches!(
+            boot_gate(&o, 3, t, t + s(7)),
+            BootGate::Wait { .. }
+        ));
+        assert_eq!(boot_gate(&o, 3, t, t + s(8)), BootGate::Open);
+        assert_eq!(
+            boot_gate(&o, 5, t, t + s(9999)),
+            BootGate::Halted { failures: 5 }
+        );
+        let capped = ScalerOptions {
+            boot_failure_limit: 100,
+            ..ScalerOptions::default()
+        };
+        assert_eq!(
+            boot_gate(&capped, 40, t, t + s(301)),
+            BootGate::Open,
+            "capped at 5 min"
+        );
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail_lines("a\nb\nc\n", 2, 100), "b\nc");
+        assert_eq!(tail_lines("abcdef", 5, 3), "def");
     }
 }

@@ -150,7 +150,12 @@ impl WorkerOptions {
 struct Running {
     token: i64,
     lost: bool,
+    /// The lease's expiry as last confirmed by the store (claim or extension).
+    expires_at: chrono::DateTime<chrono::Utc>,
 }
+
+/// How long a worker keeps retrying claims through a store outage before it gives up.
+const STORE_OUTAGE_LIMIT: Duration = Duration::from_secs(300);
 
 struct Inner {
     id: String,
@@ -234,10 +239,13 @@ impl Worker {
     }
 
     /// Wait for the next job; `None` means the worker should leave (idle `wait` elapsed, or
-    /// quiet/stopping). Store outages are retried here, with backoff, for up to a minute.
+    /// quiet/stopping). Store outages are retried here, with backoff, for up to five minutes;
+    /// time spent failing to claim is not idleness (the queue may be full), so a worker never
+    /// leaves "idle" because its database was down.
     pub async fn next(&self) -> Result<Option<WorkerLease>> {
         let inner = &self.inner;
         let mut failures = 0u32;
+        let mut failing_since: Option<Instant> = None;
         loop {
             if inner.quiet.is_cancelled() {
                 return Ok(None);
@@ -256,6 +264,11 @@ impl Worker {
                 .await;
             match claimed {
                 Ok(mut leases) => {
+                    if failing_since.take().is_some() {
+                        // Back from an outage: idleness counts from now, not from before it.
+                        info!(worker = %inner.id, failures, "store reachable again");
+                        inner.touch();
+                    }
                     failures = 0;
                     if let Some(lease) = leases.pop() {
                         // Claimed after quiet began: give it back untouched.
@@ -269,6 +282,7 @@ impl Worker {
                             Running {
                                 token: lease.token,
                                 lost: false,
+                                expires_at: lease.expires_at,
                             },
                         );
                         debug!(worker = %inner.id, job = %lease.job.id, "claimed");
@@ -280,13 +294,16 @@ impl Worker {
                 }
                 Err(e) => {
                     failures += 1;
+                    let since = *failing_since.get_or_insert_with(Instant::now);
                     warn!(worker = %inner.id, error = %e, failures, "claim failed; retrying");
-                    if failures >= 30 {
+                    if since.elapsed() >= STORE_OUTAGE_LIMIT {
                         return Err(e);
                     }
                 }
             }
-            if let Wait::Idle(wait) = inner.opts.wait {
+            if let Wait::Idle(wait) = inner.opts.wait
+                && failing_since.is_none()
+            {
                 let idle_for = inner.idle_for();
                 if let Some(idle_for) = idle_for
                     && idle_for >= wait
@@ -399,6 +416,41 @@ impl Inner {
         self.store.register_worker(info).await
     }
 
+    /// Run `op` (a write that ends a job's lease) until it succeeds, fails for good
+    /// (stale lease, bad input), or the lease would expire before another attempt: a store
+    /// outage must not turn a finished job into one that runs twice.
+    async fn until_lease_ends<T, F, Fut>(&self, id: JobId, what: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut pause = Duration::from_millis(100);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let e = match op().await {
+                Ok(v) => {
+                    if attempt > 1 {
+                        info!(worker = %self.id, job = %id, attempt, "{what} recorded after retries");
+                    }
+                    return Ok(v);
+                }
+                Err(e) => e,
+            };
+            let transient = e.kind() == ErrorKind::Store || e.is_retryable();
+            let expires_at = self.lock_running().get(&id).map(|r| r.expires_at);
+            let fits = expires_at.is_some_and(|t| {
+                chrono::Utc::now() + chrono::Duration::from_std(pause).unwrap_or_default() < t
+            });
+            if !transient || !fits {
+                return Err(e);
+            }
+            warn!(worker = %self.id, job = %id, error = %e, attempt, "{what} failed; retrying while the lease holds");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
     fn finish(&self, id: JobId) {
         self.lock_running().remove(&id);
         self.touch();
@@ -440,16 +492,33 @@ async fn keep_alive(inner: std::sync::Weak<Inner>, closed: CancellationToken) {
             .filter(|(_, r)| !r.lost)
             .map(|(id, r)| (*id, r.token))
             .collect();
-        if let Err(e) = inner
+        match inner
             .store
             .heartbeat_worker(&inner.id, jobs.len() as u32)
             .await
         {
-            warn!(worker = %inner.id, error = %e, "heartbeat failed");
+            Ok(()) => {}
+            // The scaler took it for dead (silent longer than a lease, e.g. through a store
+            // outage) and deregistered it: say we are alive again.
+            Err(e) if e.kind() == ErrorKind::NotFound && !closed.is_cancelled() => {
+                let state = if jobs.is_empty() {
+                    WorkerState::Idle
+                } else {
+                    WorkerState::Live
+                };
+                if let Err(e) = inner.register(state).await {
+                    warn!(worker = %inner.id, error = %e, "re-registration failed");
+                }
+            }
+            Err(e) => warn!(worker = %inner.id, error = %e, "heartbeat failed"),
         }
         for (id, token) in jobs {
             match inner.store.extend(id, token, inner.lease_duration).await {
-                Ok(_) => {}
+                Ok(expires_at) => {
+                    if let Some(r) = inner.lock_running().get_mut(&id) {
+                        r.expires_at = expires_at;
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::Conflict => {
                     warn!(worker = %inner.id, job = %id, "lease lost (reaped); its result will be refused");
                     if let Some(r) = inner.lock_running().get_mut(&id) {
@@ -493,22 +562,36 @@ impl WorkerLease {
         self.lease.take().expect("a lease is consumed once")
     }
 
-    /// The job succeeded.
+    /// The job succeeded. A store that does not answer is retried, with backoff, for as long
+    /// as the lease holds (the keep-alive task goes on extending it meanwhile): giving up
+    /// earlier would run the job again elsewhere once the store is back.
     pub async fn complete(mut self) -> Result<()> {
         let lease = self.take();
-        let r = self.worker.store.complete(lease.job.id, lease.token).await;
+        let (store, id, token) = (self.worker.store.clone(), lease.job.id, lease.token);
+        let r = self
+            .worker
+            .until_lease_ends(id, "complete", || {
+                let store = store.clone();
+                async move { store.complete(id, token).await }
+            })
+            .await;
         self.worker.finish(lease.job.id);
         r.map(drop)
     }
 
     /// The job raised: record `failure`; the retry policy decides between another attempt
-    /// (with backoff) and the dead set.
+    /// (with backoff) and the dead set. Retried through a store outage like
+    /// [`WorkerLease::complete`].
     pub async fn fail(mut self, failure: Failure) -> Result<Outcome> {
         let lease = self.take();
+        let (store, id, token) = (self.worker.store.clone(), lease.job.id, lease.token);
+        let retry = self.worker.retry.clone();
         let r = self
             .worker
-            .store
-            .fail(lease.job.id, lease.token, failure, &self.worker.retry)
+            .until_lease_ends(id, "fail", || {
+                let (store, failure, retry) = (store.clone(), failure.clone(), retry.clone());
+                async move { store.fail(id, token, failure, &retry).await }
+            })
             .await;
         self.worker.finish(lease.job.id);
         r

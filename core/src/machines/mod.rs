@@ -143,6 +143,13 @@ pub trait Machines: Send + Sync + fmt::Debug {
     async fn set_metadata(&self, app: &str, id: &str, key: &str, value: &str) -> Result<()>;
     /// `DELETE …/metadata/{key}`.
     async fn delete_metadata(&self, app: &str, id: &str, key: &str) -> Result<()>;
+
+    /// The machine's recent console output, where the API serves it (the local emulator's
+    /// `/emulator/apps/{app}/machines/{id}/logs`); `None` where it does not (Fly serves logs
+    /// elsewhere). Used to show why a worker failed at boot.
+    async fn machine_logs(&self, _app: &str, _id: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// Backoff and deadline of retried calls.
@@ -356,6 +363,61 @@ struct Inner {
     request_timeout: Duration,
     retry: RetryConfig,
     sender: Arc<dyn HttpSend>,
+    /// Every form of the token that could be echoed back (raw, without its scheme, each
+    /// macaroon part, JSON-escaped): removed from any text put into an error or a log.
+    secrets: Vec<String>,
+}
+
+/// What replaces a secret in error and log text.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// The forms of `token` worth redacting: the value as given, without an auth scheme, its
+/// comma-separated macaroon parts, and each of those as JSON escapes `/`. Longest first, so
+/// that a whole token is replaced before its parts; tiny fragments are left (they would
+/// redact ordinary words).
+fn secret_forms(token: &str) -> Vec<String> {
+    let mut forms: Vec<String> = Vec::new();
+    let trimmed = token.trim();
+    let mut bare = trimmed;
+    loop {
+        let lower = bare.to_ascii_lowercase();
+        if let Some(rest) = ["flyv1 ", "bearer "]
+            .iter()
+            .find(|p| lower.starts_with(*p))
+            .map(|p| &bare[p.len()..])
+        {
+            bare = rest.trim_start();
+        } else {
+            break;
+        }
+    }
+    forms.push(trimmed.to_string());
+    forms.push(bare.to_string());
+    for part in bare.split(',') {
+        let part = part.trim();
+        forms.push(part.to_string());
+        // The part without a `fm1r_`/`fm2_` style prefix: the payload itself.
+        if let Some((_, payload)) = part.split_once('_') {
+            forms.push(payload.to_string());
+        }
+    }
+    let escaped: Vec<String> = forms.iter().map(|f| f.replace('/', "\\/")).collect();
+    forms.extend(escaped);
+    forms.retain(|f| f.len() >= 8);
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    forms
+}
+
+/// `text` with every occurrence of every secret replaced by [`REDACTED`].
+fn redact_with(secrets: &[String], text: &str) -> String {
+    let mut out = text.to_string();
+    for s in secrets {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), REDACTED);
+        }
+    }
+    out
 }
 
 impl fmt::Debug for MachinesClient {
@@ -477,6 +539,11 @@ impl MachinesClientBuilder {
         }
         base.set_query(None);
         let auth = self.token.as_ref().map(authorization).transpose()?;
+        let secrets = self
+            .token
+            .as_ref()
+            .map(|t| secret_forms(t.expose()))
+            .unwrap_or_default();
         let sender: Arc<dyn HttpSend> = match (self.transport, socket) {
             (Some(t), _) => t,
             (None, Some(path)) => Arc::new(ReqwestSender::unix_socket(&ua, path).map_err(|e| {
@@ -495,6 +562,7 @@ impl MachinesClientBuilder {
                 request_timeout: self.request_timeout.unwrap_or(Duration::from_secs(30)),
                 retry: self.retry.unwrap_or_default(),
                 sender,
+                secrets,
             }),
         })
     }
@@ -535,6 +603,27 @@ impl MachinesClient {
     /// The API root (`…/v1`); for a Unix socket, `http://flaps/v1`.
     pub fn base_url(&self) -> &str {
         self.inner.base.as_str()
+    }
+
+    /// `text` with every secret this client knows (its token, in every form an answer could
+    /// echo it) replaced by `[REDACTED]`: applied to whatever it puts into errors and logs.
+    pub fn redact(&self, text: &str) -> String {
+        redact_with(&self.inner.secrets, text)
+    }
+
+    /// An answer with the secrets taken out of its body, for error messages.
+    fn redacted(&self, resp: &HttpResponse) -> HttpResponse {
+        let text = String::from_utf8_lossy(&resp.body);
+        let clean = self.redact(&text);
+        HttpResponse {
+            status: resp.status,
+            headers: resp.headers.clone(),
+            body: if clean == text {
+                resp.body.clone()
+            } else {
+                Bytes::from(clean)
+            },
+        }
     }
 
     fn url(&self, segments: &[&str], query: &[(&str, String)]) -> url::Url {
@@ -601,7 +690,8 @@ impl MachinesClient {
                 Ok(resp)
             }
             Ok(resp) => {
-                let error = error_from_response(&method, &path, &resp);
+                // The answer may echo the request, token included (a 401 or 500 quoting it).
+                let error = error_from_response(&method, &path, &self.redacted(&resp));
                 tracing::debug!(%method, %path, status = resp.status, attempt, elapsed_ms, error = %error, "machines api error");
                 let retry_after = if resp.status == 429 {
                     resp.headers
@@ -620,8 +710,14 @@ impl MachinesClient {
                 })
             }
             Err(te) => {
-                tracing::debug!(%method, %path, attempt, elapsed_ms, error = %te, "machines api transport error");
-                Err(transport_failure(&method, &path, te))
+                let shown = self.redact(&te.to_string());
+                tracing::debug!(%method, %path, attempt, elapsed_ms, error = %shown, "machines api transport error");
+                let mut f = transport_failure(&method, &path, te);
+                let clean = self.redact(f.error.message());
+                if clean != f.error.message() {
+                    f.error = Error::new(f.error.kind(), clean);
+                }
+                Err(f)
             }
         }
     }
@@ -756,12 +852,18 @@ fn decode<T: DeserializeOwned>(method: &Method, path: &str, resp: &HttpResponse)
         &resp.body
     };
     serde_json::from_slice(body).map_err(|e| {
+        // serde's message may quote values of the answer (an echoed token among them): say
+        // where it went wrong, not what was there.
         let mut err = Error::new(
             ErrorKind::Serialization,
-            format!("{method} {path}: unexpected response body: {e}"),
+            format!(
+                "{method} {path}: unexpected response body ({} at line {} column {})",
+                serde_category(&e),
+                e.line(),
+                e.column()
+            ),
         )
-        .with_status(resp.status)
-        .with_source(e);
+        .with_status(resp.status);
         if let Some(id) = resp
             .headers
             .get("fly-request-id")
@@ -771,6 +873,15 @@ fn decode<T: DeserializeOwned>(method: &Method, path: &str, resp: &HttpResponse)
         }
         err
     })
+}
+
+fn serde_category(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Data => "unexpected fields or types",
+        serde_json::error::Category::Eof => "truncated",
+    }
 }
 
 fn json_body<T: Serialize>(value: &T) -> Result<Bytes> {
@@ -796,9 +907,11 @@ fn unwrap_lease(v: serde_json::Value, method: &Method, path: &str) -> Result<Lea
     serde_json::from_value(inner).map_err(|e| {
         Error::new(
             ErrorKind::Serialization,
-            format!("{method} {path}: unexpected lease body: {e}"),
+            format!(
+                "{method} {path}: unexpected lease body ({})",
+                serde_category(&e)
+            ),
         )
-        .with_source(e)
     })
 }
 
@@ -1248,5 +1361,28 @@ impl Machines for MachinesClient {
         )
         .await
         .map(drop)
+    }
+
+    async fn machine_logs(&self, app: &str, id: &str) -> Result<Option<String>> {
+        // An emulator-only endpoint beside `/v1`; a real API answers 404 (no logs here).
+        let mut url = self.inner.base.clone();
+        {
+            let mut segs = url
+                .path_segments_mut()
+                .expect("base URL validated in build()");
+            segs.pop();
+            segs.extend(["emulator", "apps", app, "machines", id, "logs"]);
+        }
+        let req = self.request(Method::GET, url, None, None, Duration::ZERO)?;
+        match self.inner.sender.send(req).await {
+            Ok(resp) if (200..300).contains(&resp.status) => {
+                Ok(Some(self.redact(&String::from_utf8_lossy(&resp.body))))
+            }
+            Ok(_) => Ok(None),
+            Err(te) => Err(Error::new(
+                ErrorKind::Transport,
+                self.redact(&format!("GET machine logs: {te}")),
+            )),
+        }
     }
 }

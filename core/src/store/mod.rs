@@ -48,6 +48,7 @@ use crate::error::{Error, Result};
 use crate::job::{Failure, Job, JobId, JobState, NewJob};
 use crate::retry::{Outcome, RetryPolicy};
 
+pub mod boot_failures;
 pub mod postgres;
 pub mod sqlite;
 
@@ -457,6 +458,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Close the pool and stop background tasks.
     async fn close(&self);
+
+    // ---- boot failures (core/src/store/boot_failures.rs) ----
+
+    /// Record a worker machine that failed at boot.
+    async fn record_boot_failure(&self, failure: boot_failures::BootFailure) -> Result<()>;
+
+    /// The most recent boot failures, newest first (cleared ones included, marked).
+    async fn boot_failures(&self, limit: usize) -> Result<Vec<boot_failures::BootFailure>>;
+
+    /// Mark the boot failures of `queue` (all queues: `None`) cleared, so that the scaler
+    /// boots its machines again; returns how many were cleared.
+    async fn clear_boot_failures(&self, queue: Option<&str>) -> Result<u64>;
 }
 
 /// Open the store at `url`: `postgres://…`/`postgresql://…` or `sqlite:…` (e.g.

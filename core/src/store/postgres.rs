@@ -875,4 +875,16 @@ impl Store for PgStore {
         self.listener.abort();
         self.pool.close().await;
     }
+
+    async fn record_boot_failure(&self, failure: super::boot_failures::BootFailure) -> Result<()> {
+        super::boot_failures::pg_record(&self.pool, failure).await
+    }
+
+    async fn boot_failures(&self, limit: usize) -> Result<Vec<super::boot_failures::BootFailure>> {
+        super::boot_failures::pg_list(&self.pool, limit).await
+    }
+
+    async fn clear_boot_failures(&self, queue: Option<&str>) -> Result<u64> {
+        super::boot_failures::pg_clear(&self.pool, queue).await
+    }
 }

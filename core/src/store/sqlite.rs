@@ -776,4 +776,16 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+
+    async fn record_boot_failure(&self, failure: super::boot_failures::BootFailure) -> Result<()> {
+        super::boot_failures::sqlite_record(&self.pool, failure).await
+    }
+
+    async fn boot_failures(&self, limit: usize) -> Result<Vec<super::boot_failures::BootFailure>> {
+        super::boot_failures::sqlite_list(&self.pool, limit).await
+    }
+
+    async fn clear_boot_failures(&self, queue: Option<&str>) -> Result<u64> {
+        super::boot_failures::sqlite_clear(&self.pool, queue).await
+    }
 }
