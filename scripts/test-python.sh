@@ -30,6 +30,14 @@ site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 echo "$root/python/src" > "$site/flyjobs-src.pth"
 cp "$so" python/src/flyjobs/_native.abi3.so
 
+# A database of our own on the throwaway server: the scaler serves every queue it sees, and
+# other suites' leftover jobs must not reach Python workers (nor ours theirs).
+command -v psql >/dev/null || fail "psql not found (Debian postgresql-client; scripts/setup.sh)"
+psql -q -v ON_ERROR_STOP=1 "$FLYJOBS_TEST_DATABASE_URL" \
+  -c "DROP DATABASE IF EXISTS flyjobs_python" -c "CREATE DATABASE flyjobs_python" >/dev/null \
+  || fail "could not create the database flyjobs_python"
+export FLYJOBS_TEST_DATABASE_URL="${FLYJOBS_TEST_DATABASE_URL%/*}/flyjobs_python"
+
 export FLYJOBS_EMULATOR_LATENCY=none
 cd python
 echo "== python: pytest on SQLite" >&2

@@ -96,7 +96,7 @@ def _resolve_config(options: Dict[str, Any], env: Dict[str, str]) -> Dict[str, A
     shared vectors (tests/vectors/options.json) run through."""
     from . import _json
 
-    return json.loads(_native.resolve_config(_json.dumps(options), _json.dumps(env)))  # type: ignore[no-any-return]
+    return json.loads(_native.resolve_config(_json.options(options), _json.dumps(env)))  # type: ignore[no-any-return]
 
 
 def configure(*, scaler: Optional[bool] = None, **options: Any) -> None:

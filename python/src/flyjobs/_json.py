@@ -10,20 +10,29 @@ Time = Union[_dt.datetime, float, int, str]
 
 
 def dumps(value: Any) -> str:
-    """JSON text for the native module; option maps drop None values so the core applies the
-    env var and the default."""
-    return json.dumps(_plain(value), allow_nan=False, separators=(",", ":"))
+    """JSON text of `value` for the native module, exactly (payloads, job ids, ...)."""
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
 
 
-def _plain(value: Any) -> Any:
+def fields(value: Mapping[str, Any]) -> str:
+    """JSON text of a map of fields (a job, a filter, worker options): None values are left
+    out so the core applies its default."""
+    return dumps({str(k): v for k, v in value.items() if v is not None})
+
+
+def options(value: Mapping[str, Any]) -> str:
+    """JSON text of an options map: None values are left out at every level (queue settings
+    too) so the core applies the env var and the default; durations may be timedeltas."""
+    return dumps(_options(value))
+
+
+def _options(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+        return {str(k): _options(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_options(v) for v in value]
     if isinstance(value, _dt.timedelta):
         return value.total_seconds()
-    if isinstance(value, _dt.datetime):
-        return time_arg(value)
     return value
 
 
@@ -78,7 +87,7 @@ def job_fields(
 ) -> Dict[str, Any]:
     """A job map for the core (NewJob::from_value)."""
     check_round_trip("payload", payload)
-    return {
+    job = {
         "queue": str(queue),
         "payload": payload,
         "priority": priority,
@@ -87,3 +96,5 @@ def job_fields(
         "name": name,
         "unique_key": unique_key,
     }
+    # Fields left None take the core's default (the queue's max_attempts, now, ...).
+    return {k: v for k, v in job.items() if v is not None}

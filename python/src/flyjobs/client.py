@@ -66,7 +66,7 @@ class _Handle:
 
     def _args(self) -> "tuple[str, List[str]]":
         command = self.worker_command if self.worker_command is not None else default_worker_command()
-        return _json.dumps(self.options), command
+        return _json.options(self.options), command
 
     def _current(self) -> Optional[_native.Client]:
         if self._closed:
@@ -139,7 +139,8 @@ def _closed_error() -> Exception:
 def _admin_filter(
     queue: Optional[str], state: Optional[str], name: Optional[str], limit: int, after_id: Optional[int]
 ) -> Dict[str, Any]:
-    return {"queue": queue, "state": state, "name": name, "limit": limit, "after_id": after_id}
+    given = {"queue": queue, "state": state, "name": name, "limit": limit, "after_id": after_id}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 class Client:
@@ -202,13 +203,13 @@ class Client:
         :raises flyjobs.InvalidError: a bad field or an oversized payload (nothing is written)
         """
         fields = _json.job_fields(payload, queue, priority, run_at, max_attempts, name, unique_key)
-        return _json.loads(self._handle.native().enqueue(_json.dumps(fields))) # type: ignore[no-any-return]
+        return _json.loads(self._handle.native().enqueue(_json.dumps(fields)))  # type: ignore[no-any-return]
 
     def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> List[JobMap]:
         """Enqueues many jobs (each a dict of `enqueue`'s arguments) in one transaction: all or
         nothing. Returns them as stored, in order."""
         fields = [_json.job_fields(**dict(j)) for j in jobs]
-        return _json.loads(self._handle.native().enqueue_many(_json.dumps(fields))) # type: ignore[no-any-return]
+        return _json.loads(self._handle.native().enqueue_many(_json.dumps(fields)))  # type: ignore[no-any-return]
 
     def job(self, id: int) -> Optional[JobMap]:
         """The stored job ("id", "queue", "name", "state", "attempts", "payload", "last_error",
@@ -284,7 +285,7 @@ class Client:
         if isinstance(wait, float) and wait == float("inf"):
             wait = "forever"
         options = {"queues": queues, "concurrency": concurrency, "wait": wait, "pool": pool}
-        return Worker(self._handle.native().worker(_json.dumps(options)))
+        return Worker(self._handle.native().worker(_json.fields(options)))
 
     def close(self) -> None:
         """Closes the client (its pool; the scaler and the local Machines API if it started
