@@ -9,8 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from typing import Any, Dict, Iterator, List
 
@@ -18,7 +16,7 @@ import pytest
 
 import flyjobs
 from flyjobs import _native
-from conftest import STORE, database_url
+from conftest import database_url
 
 VECTORS = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "vectors")
 

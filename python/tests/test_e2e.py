@@ -15,7 +15,7 @@ from typing import Any, Dict
 import pytest
 
 import flyjobs
-from conftest import Out, database_url, tag, wait_for_lines, wait_for_state, wait_until, machine_logs
+from conftest import Out, database_url, machine_logs, tag, wait_for_lines, wait_for_state
 
 RETRY_TIMEOUT = 150.0
 

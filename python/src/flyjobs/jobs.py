@@ -233,7 +233,7 @@ def resolve(name: str) -> Callable[..., Any]:
     for part in qualname.split("."):
         obj = getattr(obj, part)
     if isinstance(obj, JobFunction):
-        return cast(Callable[..., Any], obj.func)
+        return obj.func
     if not callable(obj):
         raise LookupError(f"job function {name!r} is not callable")
     return cast(Callable[..., Any], obj)

@@ -186,4 +186,4 @@ class Worker:
         while True:
             lease = slot.next(POLL_SECONDS)
             if lease is not False:
-                return lease  # type: ignore[return-value]
+                return lease
