@@ -15,4 +15,5 @@ cargo build --workspace --lib --bins --tests --locked
   cargo nextest run --workspace --locked --no-fail-fast
   cargo test --workspace --doc --locked
   if [ -x scripts/test-ruby.sh ]; then scripts/test-ruby.sh; fi
+  if [ -x scripts/test-python.sh ]; then scripts/test-python.sh; fi
 '
