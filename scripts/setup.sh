@@ -7,6 +7,7 @@ packages=(
   postgresql postgresql-client
   ruby ruby-dev ruby-rails ruby-activejob ruby-minitest ruby-sqlite3
   redis-server ruby-sidekiq ruby-redis puma
+  python3 python3-venv
   procps psmisc
 )
 missing=()

@@ -18,4 +18,5 @@ cargo build --workspace --lib --bins --tests --locked
   # The chaos suite, short (tests/chaos/run.sh runs the full one on the release build).
   target/debug/flyjobs-chaos --short
   if [ -x scripts/test-ruby.sh ]; then scripts/test-ruby.sh; fi
+  if [ -x scripts/test-python.sh ]; then scripts/test-python.sh; fi
 '
