@@ -15,4 +15,5 @@ cargo build --workspace --lib --bins --tests --locked
   cargo nextest run --workspace --locked --no-fail-fast
   cargo test --workspace --doc --locked
   if [ -x scripts/test-ruby.sh ]; then scripts/test-ruby.sh; fi
+  if [ -x scripts/test-node.sh ]; then scripts/test-node.sh; fi
 '
