@@ -1,0 +1,24 @@
+// The ESM entry point: the CommonJS build re-exported, so that `import` and `require` share one
+// module state (one client, one job registry).
+import flyjobs from "../dist/index.js";
+
+export const {
+  Client,
+  getClient,
+  reset,
+  defaultWorkerCommand,
+  isWorkerProcess,
+  configure,
+  resolveConfig,
+  optionSpecs,
+  toCoreOptions,
+  FlyJobsError,
+  defineJob,
+  JobHandle,
+  jobFiles,
+  Worker,
+  setLogger,
+  drainLogs,
+  toJson,
+} = flyjobs;
+export default flyjobs;
