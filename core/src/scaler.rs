@@ -146,6 +146,9 @@ pub struct Scaler {
     /// Machines this scaler booted (created, started or resumed) that have not registered yet,
     /// by machine id: how each of them ends tells a boot failure from a healthy worker.
     booting: std::sync::Mutex<HashMap<String, Booting>>,
+    /// Machines whose worker was seen registered since they last booted: one that stops
+    /// heartbeating later (a store outage, a hang) is not a boot that timed out.
+    registered_once: std::sync::Mutex<HashSet<String>>,
     /// (queue, release) pairs whose boots were stopped, so that it is logged once.
     halted: std::sync::Mutex<HashSet<(String, String)>>,
 }
@@ -226,6 +229,7 @@ impl Scaler {
             options,
             region_cursor: std::sync::Mutex::new(HashMap::new()),
             booting: std::sync::Mutex::new(HashMap::new()),
+            registered_once: std::sync::Mutex::new(HashSet::new()),
             halted: std::sync::Mutex::new(HashSet::new()),
         }
     }
@@ -368,6 +372,15 @@ impl Scaler {
 
         // How the machines booted since the last tick ended: registered, or failed at boot.
         self.check_boots(&machines, &registered, report).await;
+        let registered_once: HashSet<String> = {
+            let mut once = self
+                .registered_once
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            once.extend(registered.iter().map(|id| id.to_string()));
+            once.retain(|id| by_id.contains_key(id.as_str()));
+            once.clone()
+        };
 
         // Boot timeout and release pinning.
         for m in &machines {
@@ -380,7 +393,8 @@ impl Scaler {
                 .map(|t| (now - t.with_timezone(&Utc)).to_std().unwrap_or_default())
                 .unwrap_or_default();
             let booting = matches!(m.state_str(), "created" | "starting" | "started")
-                && !registered.contains(m.id.as_str());
+                && !registered.contains(m.id.as_str())
+                && !registered_once.contains(&m.id);
             let old_release = matches!(m.state_str(), "stopped" | "suspended")
                 && m.metadata_value("flyjobs_release") != Some(self.template.release.as_str());
             let timed_out = booting && age > self.config.boot_timeout();
@@ -542,6 +556,11 @@ impl Scaler {
 
     /// Remember a machine booted for `queue`, until it registers or ends.
     fn track(&self, id: &str, queue: &str) {
+        // Started or resumed again: it boots anew.
+        self.registered_once
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.lock_booting().insert(
             id.to_string(),
             Booting {
@@ -574,9 +593,17 @@ impl Scaler {
                 healthy.insert(boot.queue);
                 continue;
             }
-            let state = by_id.get(id.as_str()).map(|m| m.state_str());
+            let mut state = by_id.get(id.as_str()).map(|m| m.state_str().to_string());
+            if state.is_none() {
+                // Not listed (yet: a list may lag behind a create on Fly): ask for it.
+                match self.machines.get_machine(&self.app, &id).await {
+                    Ok(m) => state = Some(m.state_str().to_string()),
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(_) => continue,
+                }
+            }
             if matches!(
-                state,
+                state.as_deref(),
                 Some("created" | "starting" | "started" | "replacing" | "updating" | "suspended")
             ) {
                 continue;

@@ -703,6 +703,16 @@ async fn db_outage(args: &Args) -> anyhow::Result<Option<Figures>> {
     scaler.stop().await;
     let (lost, duplicates, dead) = h.outcome(&client, &ids).await?;
     let orphans = h.orphans(Duration::from_secs(20)).await;
+    if std::env::var_os("FLYJOBS_CHAOS_LOGS").is_some() {
+        for m in h.emulator.machines(&h.app) {
+            let log = h.emulator.logs(&h.app, &m.id).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            eprintln!("--- machine {} ({})", m.id, m.state);
+            for line in tail.into_iter().rev() {
+                eprintln!("    {line}");
+            }
+        }
+    }
     Ok(Some(Figures {
         name: if args.short {
             "(d) Postgres down 5 s"
