@@ -10,6 +10,9 @@ packages=(
   python3 python3-venv
   procps psmisc
 )
+# Node >= 18 and npm for the npm package (node/); the image may bring its own (NodeSource), whose
+# npm is not Debian's package: look for the commands, not the packages.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then packages+=(nodejs npm); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

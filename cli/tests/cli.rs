@@ -202,6 +202,15 @@ async fn status_lists_machines_with_their_api_state() {
     api.stop_machine("shop", &stopped.id, &StopRequest::default(), None)
         .await
         .unwrap();
+    // A stop returns while the machine is still `stopping`: wait for both states under test.
+    for (id, state) in [
+        (&started.id, MachineState::Started),
+        (&stopped.id, MachineState::Stopped),
+    ] {
+        api.wait_machine("shop", id, &WaitQuery::state(state))
+            .await
+            .unwrap();
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/q.sqlite3?mode=rwc", dir.path().display());
     let url = emu.base_url().to_string();

@@ -42,6 +42,9 @@ function failureOf(e: unknown): { class: string; message: string; backtrace: str
 export class Worker {
   private stopped: Promise<void> | null = null;
   private running = 0;
+  private onStopped: () => void = () => {};
+  /** Resolves once stop() has given back what was still running: run() returns then. */
+  private readonly stoppedSignal = new Promise<void>((resolve) => (this.onStopped = resolve));
 
   /** @internal */
   constructor(private readonly native: NativeWorker) {}
@@ -75,7 +78,7 @@ export class Worker {
     const loops = Array.from({ length: this.concurrency }, () => this.loop(this.native.slot(), options));
     const done = Promise.all(loops).then(() => undefined);
     try {
-      await Promise.race([done, this.whenStopped()]);
+      await Promise.race([done, this.stoppedSignal]);
     } finally {
       // Nothing is running, or stop() gave the rest back: this only leaves the registry.
       await call(() => this.native.stop(0));
@@ -97,22 +100,14 @@ export class Worker {
       this.stopped = (async () => {
         const until = Date.now() + timeout * 1000;
         while (this.running > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
-        await call(() => this.native.stop(0));
+        try {
+          await call(() => this.native.stop(0));
+        } finally {
+          this.onStopped();
+        }
       })();
     }
     return this.stopped;
-  }
-
-  private whenStopped(): Promise<void> {
-    return new Promise((resolve) => {
-      const check = setInterval(() => {
-        if (this.stopped) {
-          clearInterval(check);
-          this.stopped.then(resolve, resolve);
-        }
-      }, 50);
-      check.unref();
-    });
   }
 
   private async loop(slot: ReturnType<NativeWorker["slot"]>, options: RunOptions): Promise<void> {
@@ -161,7 +156,12 @@ export class Worker {
         await call(() => lease.complete());
       } else {
         const outcome = (await call(() => lease.fail(failureOf(error)))) as Outcome;
-        options.onFailure?.(ctx, error, outcome);
+        try {
+          options.onFailure?.(ctx, error, outcome);
+        } catch (hookError) {
+          // A broken hook must not stop the worker: the failure is already recorded.
+          console.error("flyjobs: onFailure threw", hookError);
+        }
       }
     } catch (e) {
       // The lease was given back by stop() while the handler ran: the job runs again elsewhere.
