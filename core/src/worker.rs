@@ -494,9 +494,19 @@ impl WorkerLease {
     }
 
     /// The job succeeded.
-    pub async fn complete(mut self) -> Result<()> {
+    pub async fn complete(self) -> Result<()> {
+        self.complete_with(None).await
+    }
+
+    /// The job succeeded and returned `result` (kept on the job for frameworks that read
+    /// results back, such as Django Tasks).
+    pub async fn complete_with(mut self, result: Option<serde_json::Value>) -> Result<()> {
         let lease = self.take();
-        let r = self.worker.store.complete(lease.job.id, lease.token).await;
+        let r = self
+            .worker
+            .store
+            .complete_with(lease.job.id, lease.token, result.as_ref())
+            .await;
         self.worker.finish(lease.job.id);
         r.map(drop)
     }
