@@ -33,10 +33,13 @@ cp "$so" python/src/flyjobs/_native.abi3.so
 # A database of our own on the throwaway server: the scaler serves every queue it sees, and
 # other suites' leftover jobs must not reach Python workers (nor ours theirs).
 command -v psql >/dev/null || fail "psql not found (Debian postgresql-client; scripts/setup.sh)"
-psql -q -v ON_ERROR_STOP=1 "$FLYJOBS_TEST_DATABASE_URL" \
-  -c "DROP DATABASE IF EXISTS flyjobs_python" -c "CREATE DATABASE flyjobs_python" >/dev/null \
-  || fail "could not create the database flyjobs_python"
-export FLYJOBS_TEST_DATABASE_URL="${FLYJOBS_TEST_DATABASE_URL%/*}/flyjobs_python"
+for db in flyjobs_python flyjobs_django; do
+  PGOPTIONS="--client-min-messages=warning" psql -q -v ON_ERROR_STOP=1 "$FLYJOBS_TEST_DATABASE_URL" \
+    -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null \
+    || fail "could not create the database $db"
+done
+server_url=${FLYJOBS_TEST_DATABASE_URL%/*}
+export FLYJOBS_TEST_DATABASE_URL="$server_url/flyjobs_python"
 
 export FLYJOBS_EMULATOR_LATENCY=none
 cd python
@@ -44,6 +47,23 @@ echo "== python: pytest on SQLite" >&2
 FLYJOBS_TEST_STORE=sqlite "$venv/bin/python" -m pytest -q -p no:cacheprovider tests "$@" || fail "pytest on SQLite failed"
 echo "== python: pytest on PostgreSQL" >&2
 FLYJOBS_TEST_STORE=postgres "$venv/bin/python" -m pytest -q -p no:cacheprovider tests "$@" || fail "pytest on PostgreSQL failed"
+echo "== python: Django Tasks backend (Django 6, Python >= 3.12) on SQLite and PostgreSQL" >&2
+python312=""
+for candidate in ${PYTHON312:-} python3.13 python3.12 "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python; do
+  # (pyenv's shims exist for versions that are installed but not active: try each one.)
+  if "$candidate" -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null; then
+    python312=$candidate
+    break
+  fi
+done
+[ -n "$python312" ] || fail "no Python >= 3.12 for Django 6 (set PYTHON312; e.g. pyenv install 3.12)"
+djvenv="$root/.build/python-django-venv"
+[ -x "$djvenv/bin/python" ] || "$python312" -m venv "$djvenv" || fail "could not make the Django venv"
+"$djvenv/bin/python" -m pip install -q --disable-pip-version-check "pytest==8.3.5" "django>=6,<7"
+djsite=$("$djvenv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$root/python/src" > "$djsite/flyjobs-src.pth"
+FLYJOBS_TEST_STORE=sqlite "$djvenv/bin/python" -m pytest -q -p no:cacheprovider tests_django || fail "Django suite on SQLite failed"
+FLYJOBS_TEST_STORE=postgres FLYJOBS_TEST_DATABASE_URL="$server_url/flyjobs_django" "$djvenv/bin/python" -m pytest -q -p no:cacheprovider tests_django || fail "Django suite on PostgreSQL failed"
 echo "== python: stubtest (flyjobs._native vs _native.pyi)" >&2
 "$venv/bin/python" -m mypy.stubtest flyjobs._native --mypy-config-file pyproject.toml || fail "stubtest failed"
 echo "== python: mypy --strict (the package and examples/)" >&2

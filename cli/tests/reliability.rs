@@ -530,9 +530,14 @@ impl Store for Flaky {
         self.check()?;
         self.inner.extend(id, token, lease).await
     }
-    async fn complete(&self, id: JobId, token: i64) -> Result<Job> {
+    async fn complete_with(
+        &self,
+        id: JobId,
+        token: i64,
+        result: Option<&serde_json::Value>,
+    ) -> Result<Job> {
         self.check()?;
-        self.inner.complete(id, token).await
+        self.inner.complete_with(id, token, result).await
     }
     async fn fail(
         &self,

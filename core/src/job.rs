@@ -255,6 +255,8 @@ pub struct Job {
     pub lost_leases: u32,
     /// The last failure, if any.
     pub last_error: Option<Failure>,
+    /// What the job returned, if its worker recorded it ([`crate::worker::WorkerLease::complete_with`]).
+    pub result: Option<serde_json::Value>,
     /// Image ref the job was enqueued under.
     pub image_ref: Option<String>,
     /// Deduplication key.

@@ -562,17 +562,28 @@ impl WorkerLease {
         self.lease.take().expect("a lease is consumed once")
     }
 
-    /// The job succeeded. A store that does not answer is retried, with backoff, for as long
-    /// as the lease holds (the keep-alive task goes on extending it meanwhile): giving up
-    /// earlier would run the job again elsewhere once the store is back.
-    pub async fn complete(mut self) -> Result<()> {
+    /// The job succeeded.
+    pub async fn complete(self) -> Result<()> {
+        self.complete_with(None).await
+    }
+
+    /// The job succeeded and returned `result` (kept on the job for frameworks that read
+    /// results back, such as Django Tasks). A store that does not answer is retried, with
+    /// backoff, for as long as the lease holds (the keep-alive task goes on extending it
+    /// meanwhile): giving up earlier would run the job again elsewhere once the store is back.
+    pub async fn complete_with(mut self, result: Option<serde_json::Value>) -> Result<()> {
         let lease = self.take();
         let (store, id, token) = (self.worker.store.clone(), lease.job.id, lease.token);
+        let result = std::sync::Arc::new(result);
         let r = self
             .worker
             .until_lease_ends(id, "complete", || {
-                let store = store.clone();
-                async move { store.complete(id, token).await }
+                let (store, result) = (store.clone(), result.clone());
+                async move {
+                    store
+                        .complete_with(id, token, result.as_ref().as_ref())
+                        .await
+                }
             })
             .await;
         self.worker.finish(lease.job.id);

@@ -68,6 +68,7 @@ both!(
     claim_orders_by_priority_run_at_id,
     claim_respects_queues_and_limit,
     stale_token_is_refused,
+    complete_records_the_result,
     fail_retries_then_dies,
     release_gives_job_back_untouched,
     extend_moves_expiry,
@@ -231,6 +232,26 @@ mod cases {
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Conflict);
+    }
+
+    pub async fn complete_records_the_result(s: Arc<dyn Store>) {
+        let a = s.enqueue(NewJob::new("q", json!(1))).await.unwrap();
+        let b = s.enqueue(NewJob::new("q", json!(2))).await.unwrap();
+        let mut leases = s.claim(claim(&["q"], 2, "w")).await.unwrap();
+        let (la, lb) = (leases.remove(0), leases.remove(0));
+        let value = json!({"rows": [1, 2.5, null], "note": "é"});
+        let e = s
+            .complete_with(a.id, la.token + 1, Some(&value))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert_eq!(s.get_job(a.id).await.unwrap().unwrap().result, None);
+        let done = s.complete_with(a.id, la.token, Some(&value)).await.unwrap();
+        assert_eq!(done.result, Some(value.clone()));
+        assert_eq!(s.get_job(a.id).await.unwrap().unwrap().result, Some(value));
+        let plain = s.complete(b.id, lb.token).await.unwrap();
+        assert_eq!(plain.state, JobState::Completed);
+        assert_eq!(plain.result, None, "complete records no result");
     }
 
     pub async fn fail_retries_then_dies(s: Arc<dyn Store>) {

@@ -41,8 +41,11 @@ def client(tmp_path: Any) -> Iterator[flyjobs.Client]:
 
 
 @pytest.fixture()
-def queue() -> str:
-    return f"unit-{os.urandom(4).hex()}"
+def queue(client: flyjobs.Client) -> Iterator[str]:
+    name = f"unit-{os.urandom(4).hex()}"
+    yield name
+    # Leave nothing waiting for the end-to-end tests' scaler (a PostgreSQL store is shared).
+    client.clear(name)
 
 
 # --- shared vectors ---------------------------------------------------------------------------
@@ -215,6 +218,7 @@ def test_an_in_process_worker_runs_completes_and_fails(client: flyjobs.Client, q
         seen.append((job.id, job.queue, job.attempts, job.payload))
         if job.payload["n"] == 2:
             raise KeyError("two")
+        return {"returned": job.payload["n"], "list": [1.5, None]}
 
     w = client.worker(queues=[queue], concurrency=2, wait=1)
     assert w.concurrency == 2 and w.shutdown_timeout == 4.0
@@ -222,7 +226,9 @@ def test_an_in_process_worker_runs_completes_and_fails(client: flyjobs.Client, q
     w.stop()
     assert sorted(s[0] for s in seen) == [ok["id"], bad["id"]]
     assert failures == [(bad["id"], KeyError, {"outcome": "dead"})]
-    assert client.job(ok["id"])["state"] == "completed"  # type: ignore[index]
+    done = client.job(ok["id"])
+    assert done is not None and done["state"] == "completed"
+    assert done["result"] == {"returned": 1, "list": [1.5, None]}, "the return value is kept"
     dead = client.job(bad["id"])
     assert dead is not None and dead["state"] == "dead"
     assert dead["last_error"]["class"] == "KeyError" and dead["last_error"]["message"] == "'two'"

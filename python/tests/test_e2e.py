@@ -172,6 +172,7 @@ def test_fails_twice_then_succeeds(retry_jobs: Dict[str, Any]) -> None:
     job = wait_for_state(handle.id, ["completed", "dead"], timeout=RETRY_TIMEOUT)
     assert job["state"] == "completed", f"{job}\n{machine_logs()}"
     assert job["attempts"] == 3
+    assert job["result"] == "ok", "what the function returned"
     assert job["last_error"]["class"] == "ValueError"
     assert "attempt 2 fails on purpose" in job["last_error"]["message"]
     assert any("pyjobs.py" in line and "in flaky" in line for line in job["last_error"]["backtrace"])

@@ -160,6 +160,13 @@ impl Lease {
         block(py, surface::complete(lease))
     }
 
+    /// The job succeeded and returned `result_json` (kept as the job's `result`).
+    fn complete_with(&self, py: Python<'_>, result: &str) -> PyResult<()> {
+        let result = json_arg(py, "result", result)?;
+        let lease = self.take(py)?;
+        block(py, surface::complete_with(lease, result))
+    }
+
     /// `fail(failure_json) -> outcome_json` (`{"outcome":"retry","at":…}` or `{"outcome":"dead"}`).
     fn fail(&self, py: Python<'_>, failure: &str) -> PyResult<String> {
         let failure = json_arg(py, "failure", failure)?;

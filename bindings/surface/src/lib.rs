@@ -32,6 +32,7 @@
 //! | [`Worker::slot`] → [`Slot::poll_next`] | max wait | [`Poll`]: job lease, pending, done |
 //! | [`lease_job`] | lease | the job |
 //! | [`complete`], [`fail`], [`release`] | lease (+ failure map `class`, `message`, `backtrace`) | — / outcome |
+//! | [`complete_with`] | lease, result (any value) | — |
 //! | [`Worker::quiet`], [`Worker::stop`] | — / grace | — |
 //! | [`error_view`] | error | error map |
 
@@ -309,6 +310,11 @@ pub fn lease_job(lease: &WorkerLease) -> Result<Value> {
 /// The job succeeded.
 pub async fn complete(lease: WorkerLease) -> Result<()> {
     lease.complete().await
+}
+
+/// The job succeeded and returned `result` (any JSON value; shown as the job's `result`).
+pub async fn complete_with(lease: WorkerLease, result: Value) -> Result<()> {
+    lease.complete_with(Some(result)).await
 }
 
 /// The job raised: `failure` is `{"class": …, "message": …, "backtrace": [...]}`; returns the

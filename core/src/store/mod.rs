@@ -376,7 +376,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn extend(&self, id: JobId, token: i64, lease: Duration) -> Result<DateTime<Utc>>;
 
     /// Mark a running job completed. A stale token → `Conflict`, nothing changes.
-    async fn complete(&self, id: JobId, token: i64) -> Result<Job>;
+    async fn complete(&self, id: JobId, token: i64) -> Result<Job> {
+        self.complete_with(id, token, None).await
+    }
+
+    /// [`Store::complete`], recording what the job returned (`result`, shown by `job()`).
+    async fn complete_with(
+        &self,
+        id: JobId,
+        token: i64,
+        result: Option<&serde_json::Value>,
+    ) -> Result<Job>;
 
     /// Record a failed run and apply `policy` (retry at a later time, or dead). A stale token →
     /// `Conflict`, nothing changes.

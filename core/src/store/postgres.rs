@@ -29,8 +29,14 @@ use crate::retry::{Outcome, RetryPolicy};
 pub const CHANNEL: &str = "flyjobs_jobs";
 
 /// Numbered migrations, applied in order once per database schema.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/postgres/0001_init.sql")),
+    (
+        2,
+        "result",
+        include_str!("migrations/postgres/0002_result.sql"),
+    ),
+];
 
 /// Key of the advisory lock that serializes migrations across processes.
 const MIGRATION_LOCK: i64 = 0x666c_796a_6f62; // "flyjob"
@@ -320,6 +326,7 @@ fn job_from_row(row: &PgRow) -> Result<Job> {
         max_attempts: get::<Option<i32>>(row, "max_attempts")?.map(|m| m.max(0) as u32),
         lost_leases: get::<i32>(row, "lost_leases")?.max(0) as u32,
         last_error: last_error.map(|j| j.0),
+        result: get(row, "result")?,
         image_ref: get(row, "image_ref")?,
         unique_key: get(row, "unique_key")?,
         created_at: get(row, "created_at")?,
@@ -446,14 +453,20 @@ impl Store for PgStore {
         Ok(expires)
     }
 
-    async fn complete(&self, id: JobId, token: i64) -> Result<Job> {
+    async fn complete_with(
+        &self,
+        id: JobId,
+        token: i64,
+        result: Option<&serde_json::Value>,
+    ) -> Result<Job> {
         let row = sqlx::query(
-            "UPDATE flyjobs_jobs SET state = 'completed', finished_at = $3, lease_expires_at = NULL \
-             WHERE id = $1 AND state = 'running' AND lease_token = $2 RETURNING *",
+            "UPDATE flyjobs_jobs SET state = 'completed', finished_at = $3, lease_expires_at = NULL, \
+             result = $4 WHERE id = $1 AND state = 'running' AND lease_token = $2 RETURNING *",
         )
         .bind(id.0)
         .bind(token)
         .bind(super::now())
+        .bind(result.map(sqlx::types::Json))
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err("complete"))?;

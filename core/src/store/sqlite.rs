@@ -29,8 +29,14 @@ use crate::job::{Failure, Job, JobId, JobState, NewJob, validate_queue};
 use crate::retry::{Outcome, RetryPolicy};
 
 /// Numbered migrations, applied in order once per database file.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        "result",
+        include_str!("migrations/sqlite/0002_result.sql"),
+    ),
+];
 
 /// The SQLite implementation of [`Store`].
 #[derive(Debug)]
@@ -224,6 +230,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
     let state: String = get(row, "state")?;
     let payload: String = get(row, "payload")?;
     let last_error: Option<String> = get(row, "last_error")?;
+    let result: Option<String> = get(row, "result")?;
     Ok(Job {
         id: JobId(get(row, "id")?),
         queue: get(row, "queue")?,
@@ -236,6 +243,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
         max_attempts: get::<Option<i64>>(row, "max_attempts")?.map(|m| m.max(0) as u32),
         lost_leases: get::<i64>(row, "lost_leases")?.max(0) as u32,
         last_error: last_error.map(|s| serde_json::from_str(&s)).transpose()?,
+        result: result.map(|s| serde_json::from_str(&s)).transpose()?,
         image_ref: get(row, "image_ref")?,
         unique_key: get(row, "unique_key")?,
         created_at: from_us(get(row, "created_at")?),
@@ -354,14 +362,21 @@ impl Store for SqliteStore {
         Ok(from_us(us(expires)))
     }
 
-    async fn complete(&self, id: JobId, token: i64) -> Result<Job> {
+    async fn complete_with(
+        &self,
+        id: JobId,
+        token: i64,
+        result: Option<&serde_json::Value>,
+    ) -> Result<Job> {
+        let result = result.map(serde_json::to_string).transpose()?;
         let row = sqlx::query(
-            "UPDATE flyjobs_jobs SET state = 'completed', finished_at = ?3, lease_expires_at = NULL \
-             WHERE id = ?1 AND state = 'running' AND lease_token = ?2 RETURNING *",
+            "UPDATE flyjobs_jobs SET state = 'completed', finished_at = ?3, lease_expires_at = NULL, \
+             result = ?4 WHERE id = ?1 AND state = 'running' AND lease_token = ?2 RETURNING *",
         )
         .bind(id.0)
         .bind(token)
         .bind(us(super::now()))
+        .bind(result)
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err("complete"))?;

@@ -13,7 +13,11 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .worker import Job
 
 USAGE = "python -m flyjobs worker [--import MODULE]... [--queues a,b] [--wait SECONDS|forever] [--concurrency N] [--pool MODE]"
 
@@ -58,7 +62,13 @@ def run_worker(
     wait: Optional[str] = None,
     concurrency: Optional[int] = None,
     pool: Optional[str] = None,
+    client: "Optional[Callable[[], Client]]" = None,
+    perform: "Optional[Callable[[Job], Any]]" = None,
+    usage: str = USAGE,
 ) -> int:
+    """Runs a worker until idle or signalled, then exits the process. `client` (default: the
+    process-wide one) and `perform` (default: call the payload's `@flyjobs.job` function) let
+    framework integrations (Django) run their own jobs."""
     # A worker never runs the embedded scaler: mark the process before the app's code runs.
     os.environ["FLYJOBS_WORKER"] = "1"
     if not logging.getLogger().handlers:
@@ -76,9 +86,10 @@ def run_worker(
         importlib.import_module(module)
     logs.start()
     try:
-        worker = flyjobs.client().worker(queues=queues, concurrency=concurrency, wait=wait, pool=pool)
+        opened = client() if client is not None else flyjobs.client()
+        worker = opened.worker(queues=queues, concurrency=concurrency, wait=wait, pool=pool)
     except FlyJobsError as e:
-        print(f"flyjobs worker: {e}\nusage: {USAGE}", file=sys.stderr)
+        print(f"flyjobs worker: {e}\nusage: {usage}", file=sys.stderr)
         logs.drain()
         return 2
 
@@ -100,7 +111,7 @@ def run_worker(
         log.info("flyjobs worker %s: job %s (%s) raised %s: %s -> %s", pid, job.id, job.name,
                  type(error).__name__, error, decision)
 
-    worker.run(on_failure=on_failure)
+    worker.run(perform, on_failure=on_failure)
     # Quiet (a signal) or idle: running jobs get shutdown_timeout, the rest go back to the queue.
     worker.stop()
     logs.drain()

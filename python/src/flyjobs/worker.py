@@ -162,7 +162,7 @@ class Worker:
             job: Optional[Job] = None
             try:
                 job = Job(lease)
-                perform(job)
+                result = perform(job)
             except Exception as e:  # noqa: BLE001 - a job's exception is recorded, not raised
                 failure = failure_of(e)
                 try:
@@ -177,9 +177,25 @@ class Worker:
                 raise
             else:
                 try:
-                    lease.complete()
+                    self._complete(lease, result)
                 except Exception as e:  # noqa: BLE001 - e.g. released by a stop meanwhile
                     logger.warning("job %s: completing it failed: %s", lease.job_id, e)
+
+    @staticmethod
+    def _complete(lease: _native.Lease, result: Any) -> None:
+        """Completes the job, recording what it returned (the job's `result`) when that is
+        JSON; None and anything else complete it without a result."""
+        if result is None:
+            lease.complete()
+            return
+        try:
+            text = _json.dumps(result)
+        except (TypeError, ValueError):
+            logger.warning("job %s returned a %s, not JSON: its result is not kept",
+                           lease.job_id, type(result).__name__)
+            lease.complete()
+            return
+        lease.complete_with(text)
 
     @staticmethod
     def _next(slot: _native.Slot) -> Optional[_native.Lease]:
