@@ -118,6 +118,17 @@ pub fn drain(max_wait: Duration) -> (Vec<Record>, u64) {
     (records, dropped)
 }
 
+/// Log `message` at `level` (`error`, `warn`, `info`, `debug`) as the core would: for each
+/// language's test of its log forwarding.
+pub fn emit(level: &str, message: &str) {
+    match level {
+        "error" => tracing::error!(target: "flyjobs", "{message}"),
+        "warn" => tracing::warn!(target: "flyjobs", "{message}"),
+        "info" => tracing::info!(target: "flyjobs", "{message}"),
+        _ => tracing::debug!(target: "flyjobs", "{message}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,16 +148,5 @@ mod tests {
         assert_eq!(texts, [("info", "first worker=w1"), ("warn", "second")]);
         let (empty, _) = drain(Duration::from_millis(10));
         assert!(empty.is_empty());
-    }
-}
-
-/// Log `message` at `level` (`error`, `warn`, `info`, `debug`) as the core would: for each
-/// language's test of its log forwarding.
-pub fn emit(level: &str, message: &str) {
-    match level {
-        "error" => tracing::error!(target: "flyjobs", "{message}"),
-        "warn" => tracing::warn!(target: "flyjobs", "{message}"),
-        "info" => tracing::info!(target: "flyjobs", "{message}"),
-        _ => tracing::debug!(target: "flyjobs", "{message}"),
     }
 }
