@@ -203,13 +203,14 @@ async fn status_lists_machines_with_their_api_state() {
         .await
         .unwrap();
     // A stop returns while the machine is still `stopping`: wait for both states under test.
-    for (id, state) in [
-        (&started.id, MachineState::Started),
-        (&stopped.id, MachineState::Stopped),
+    // Waiting for `stopped` needs the machine's version, as on Fly.
+    for (m, state) in [
+        (&started, MachineState::Started),
+        (&stopped, MachineState::Stopped),
     ] {
-        api.wait_machine("shop", id, &WaitQuery::state(state))
-            .await
-            .unwrap();
+        let mut q = WaitQuery::state(state);
+        q.version = m.instance_id.clone();
+        api.wait_machine("shop", &m.id, &q).await.unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/q.sqlite3?mode=rwc", dir.path().display());
