@@ -131,38 +131,9 @@ impl NativeClient {
     ) -> napi::Result<PromiseRaw<'e, Value>> {
         let client = self.get()?;
         let arg = arg.unwrap_or(Value::Null);
-        promise(env, async move {
-            let id = || {
-                arg.as_i64().ok_or_else(|| {
-                    surface::Error::invalid(format!("{name} takes a job id, got {arg}"))
-                })
-            };
-            Ok(match name.as_str() {
-                "job" => surface::job(&client, id()?).await?,
-                "jobs" => surface::jobs(&client, &arg).await?,
-                "cancel" => surface::cancel(&client, id()?).await?,
-                "discard" => surface::discard(&client, id()?).await?,
-                "retry" => surface::retry(&client, id()?).await?,
-                "clear" => {
-                    let queue = arg.as_str().ok_or_else(|| {
-                        surface::Error::invalid(format!("clear takes a queue name, got {arg}"))
-                    })?;
-                    Value::from(surface::clear(&client, queue).await?)
-                }
-                "stats" => surface::stats(&client).await?,
-                "workers" => surface::workers(&client).await?,
-                "machines" => surface::machines(&client).await?,
-                "config" => surface::config(&client),
-                "localApiUrl" => Value::from(surface::local_api_url(&client).await),
-                "startScaler" => {
-                    surface::start_scaler(&client).await?;
-                    Value::Null
-                }
-                other => {
-                    return Err(surface::Error::invalid(format!("no client call {other:?}")));
-                }
-            })
-        })
+        // JS names are camelCase (`localApiUrl`); the surface's are snake_case.
+        let name = snake_case(&name);
+        promise(env, async move { surface::call(&client, &name, &arg).await })
     }
 
     /// `worker(options) -> Promise<NativeWorker>` (`queues`, `concurrency`, `wait`, `pool`).
@@ -383,4 +354,18 @@ pub fn logs_install(filter: String) -> bool {
 pub fn logs_drain() -> Value {
     let (records, dropped) = surface::logs::drain(Duration::ZERO);
     json!({ "records": records, "dropped": dropped })
+}
+
+/// `localApiUrl` -> `local_api_url`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for c in name.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -48,35 +48,7 @@ impl Client {
 
 /// The admin calls, by name: one entry point so that a new admin call needs no new glue.
 async fn dispatch(client: surface::Client, name: String, arg: Value) -> surface::Result<Value> {
-    let id = || {
-        arg.as_i64()
-            .ok_or_else(|| surface::Error::invalid(format!("{name} takes a job id, got {arg}")))
-    };
-    Ok(match name.as_str() {
-        "job" => surface::job(&client, id()?).await?,
-        "jobs" => surface::jobs(&client, &arg).await?,
-        "cancel" => surface::cancel(&client, id()?).await?,
-        "discard" => surface::discard(&client, id()?).await?,
-        "retry" => surface::retry(&client, id()?).await?,
-        "clear" => {
-            let queue = arg.as_str().ok_or_else(|| {
-                surface::Error::invalid(format!("clear takes a queue name, got {arg}"))
-            })?;
-            Value::from(surface::clear(&client, queue).await?)
-        }
-        "stats" => surface::stats(&client).await?,
-        "workers" => surface::workers(&client).await?,
-        "machines" => surface::machines(&client).await?,
-        "config" => surface::config(&client),
-        "local_api_url" => Value::from(surface::local_api_url(&client).await),
-        "start_scaler" => {
-            surface::start_scaler(&client).await?;
-            Value::Null
-        }
-        other => {
-            return Err(surface::Error::invalid(format!("no client call {other:?}")));
-        }
-    })
+    surface::call(&client, &name, &arg).await
 }
 
 #[pymethods]

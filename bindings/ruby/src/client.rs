@@ -97,36 +97,7 @@ impl RbClient {
     fn call(&self, name: String, arg: String) -> Result<String, Error> {
         guard(|ruby| {
             let (client, arg) = (self.get(ruby)?, json_arg(ruby, "argument", &arg)?);
-            let id = || {
-                arg.as_i64().ok_or_else(|| {
-                    surface::Error::invalid(format!("{name} takes a job id, got {arg}"))
-                })
-            };
-            let out = block(ruby, async {
-                Ok(match name.as_str() {
-                    "job" => surface::job(&client, id()?).await?,
-                    "jobs" => surface::jobs(&client, &arg).await?,
-                    "cancel" => surface::cancel(&client, id()?).await?,
-                    "discard" => surface::discard(&client, id()?).await?,
-                    "retry" => surface::retry(&client, id()?).await?,
-                    "clear" => {
-                        let queue = arg.as_str().unwrap_or_default();
-                        Value::from(surface::clear(&client, queue).await?)
-                    }
-                    "stats" => surface::stats(&client).await?,
-                    "workers" => surface::workers(&client).await?,
-                    "machines" => surface::machines(&client).await?,
-                    "config" => surface::config(&client),
-                    "local_api_url" => Value::from(surface::local_api_url(&client).await),
-                    "start_scaler" => {
-                        surface::start_scaler(&client).await?;
-                        Value::Null
-                    }
-                    other => {
-                        return Err(surface::Error::invalid(format!("no client call {other:?}")));
-                    }
-                })
-            })?;
+            let out = block(ruby, async { surface::call(&client, &name, &arg).await })?;
             Ok(text(&out))
         })
     }

@@ -26,6 +26,7 @@
 //! | [`cancel`], [`discard`], [`retry`] | id | job |
 //! | [`clear`] | queue | count |
 //! | [`stats`], [`workers`], [`machines`] | — | list |
+//! | [`call`] | name (one of [`CALLS`]), argument | what that call returns |
 //! | [`config`] | — | the resolved settings (token redacted) |
 //! | [`start_scaler`], [`shutdown`] | — | — |
 //! | [`worker`] | worker options map (`queues`, `concurrency`, `wait`, `pool`) | [`Worker`] |
@@ -275,6 +276,60 @@ pub async fn workers(client: &Client) -> Result<Value> {
 /// Worker machines as the Machines API reports them.
 pub async fn machines(client: &Client) -> Result<Value> {
     to_value(&client.machines().await?)
+}
+
+/// The names [`call`] answers to.
+pub const CALLS: &[&str] = &[
+    "job",
+    "jobs",
+    "cancel",
+    "discard",
+    "retry",
+    "clear",
+    "stats",
+    "workers",
+    "machines",
+    "config",
+    "local_api_url",
+    "start_scaler",
+];
+
+/// One entry point for the admin calls by name (one of [`CALLS`]), so that a binding needs no
+/// glue of its own per call: `job`/`cancel`/`discard`/`retry` take a job id, `jobs` a filter
+/// map, `clear` a queue name, the others nothing (null).
+pub async fn call(client: &Client, name: &str, arg: &Value) -> Result<Value> {
+    let id = || {
+        arg.as_i64()
+            .ok_or_else(|| Error::invalid(format!("{name} takes a job id, got {arg}")))
+    };
+    Ok(match name {
+        "job" => job(client, id()?).await?,
+        "jobs" => jobs(client, arg).await?,
+        "cancel" => cancel(client, id()?).await?,
+        "discard" => discard(client, id()?).await?,
+        "retry" => retry(client, id()?).await?,
+        "clear" => {
+            let queue = arg
+                .as_str()
+                .ok_or_else(|| Error::invalid(format!("clear takes a queue name, got {arg}")))?;
+            Value::from(clear(client, queue).await?)
+        }
+        "stats" => stats(client).await?,
+        "workers" => workers(client).await?,
+        "machines" => machines(client).await?,
+        "config" => config(client),
+        "local_api_url" => Value::from(local_api_url(client).await),
+        "start_scaler" => {
+            start_scaler(client).await?;
+            Value::Null
+        }
+        other => {
+            return Err(Error::invalid(format!(
+                "no client call {other:?} (known: {})",
+                CALLS.join(", ")
+            )));
+        }
+    })
 }
 
 /// Start the embedded scaler in this process (refused inside a worker machine).
