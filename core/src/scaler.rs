@@ -163,6 +163,11 @@ struct Booting {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum BootGate {
     Open,
+    /// After `failures` consecutive boot failures the backoff is over: one machine may boot,
+    /// to see whether the release boots now.
+    Probe {
+        failures: u32,
+    },
     /// Backing off after `failures` consecutive boot failures.
     Wait {
         failures: u32,
@@ -451,8 +456,10 @@ impl Scaler {
         let mut total_active = machines.iter().filter(|m| is_active(m)).count() as u32;
         for (queue, (ready, running)) in demand {
             let settings = self.config.queue(&queue);
+            let mut probe = false;
             match gates.get(&queue) {
                 None | Some(BootGate::Open) => {}
+                Some(BootGate::Probe { .. }) => probe = true,
                 Some(BootGate::Wait { failures, until }) => {
                     report.boots_held.insert(
                         queue.clone(),
@@ -481,6 +488,10 @@ impl Scaler {
                 continue;
             }
             missing = missing.min(self.config.max_machines().saturating_sub(total_active));
+            if probe {
+                // Its machines failed at boot lately: one at a time until one registers.
+                missing = missing.min(1);
+            }
             if missing == 0 {
                 debug!(queue, "global max_machines reached");
                 continue;
@@ -790,7 +801,7 @@ fn boot_gate(
     if now < until {
         BootGate::Wait { failures, until }
     } else {
-        BootGate::Open
+        BootGate::Probe { failures }
     }
 }
 
@@ -842,12 +853,18 @@ mod tests {
             boot_gate(&o, 1, t, t + s(1)),
             BootGate::Wait { .. }
         ));
-        assert_eq!(boot_gate(&o, 1, t, t + s(2)), BootGate::Open);
+        assert_eq!(
+            boot_gate(&o, 1, t, t + s(2)),
+            BootGate::Probe { failures: 1 }
+        );
         assert!(matches!(
             boot_gate(&o, 3, t, t + s(7)),
             BootGate::Wait { .. }
         ));
-        assert_eq!(boot_gate(&o, 3, t, t + s(8)), BootGate::Open);
+        assert_eq!(
+            boot_gate(&o, 3, t, t + s(8)),
+            BootGate::Probe { failures: 3 }
+        );
         assert_eq!(
             boot_gate(&o, 5, t, t + s(9999)),
             BootGate::Halted { failures: 5 }
@@ -858,7 +875,7 @@ mod tests {
         };
         assert_eq!(
             boot_gate(&capped, 40, t, t + s(301)),
-            BootGate::Open,
+            BootGate::Probe { failures: 40 },
             "capped at 5 min"
         );
     }
