@@ -119,8 +119,9 @@ async function startRedis() {
 async function benchBullmq() {
   const redis = await startRedis();
   const connection = { host: "127.0.0.1", port: redis.port, maxRetriesPerRequest: null };
-  const queue = new Queue("bench", { connection });
+  let queue;
   try {
+    queue = new Queue("bench", { connection });
     await enqueueBench("BullMQ 6.7 (Redis 7)", (i) => queue.add("noop", { i }, { removeOnComplete: true }));
     await queue.obliterate({ force: true });
     for (let i = 0; i < M; i += 1000) {
@@ -132,7 +133,7 @@ async function benchBullmq() {
       return () => worker.close();
     });
   } finally {
-    await queue.close();
+    await queue?.close();
     redis.stop();
   }
 }

@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "time" # Time.iso8601, when this file runs without the rest of the suite
 require_relative "../test_helper"
 
 class ClientTest < Minitest::Test
