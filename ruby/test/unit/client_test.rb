@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "time" # Time.iso8601 (not loaded when this file runs alone, as on PostgreSQL)
 require_relative "../test_helper"
 
 class ClientTest < Minitest::Test
