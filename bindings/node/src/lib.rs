@@ -133,7 +133,10 @@ impl NativeClient {
         let arg = arg.unwrap_or(Value::Null);
         // JS names are camelCase (`localApiUrl`); the surface's are snake_case.
         let name = snake_case(&name);
-        promise(env, async move { surface::call(&client, &name, &arg).await })
+        promise(
+            env,
+            async move { surface::call(&client, &name, &arg).await },
+        )
     }
 
     /// `worker(options) -> Promise<NativeWorker>` (`queues`, `concurrency`, `wait`, `pool`).
