@@ -255,34 +255,21 @@ impl NativeSlot {
 /// A claimed job: read `job`, then `complete`, `fail` or `release` it once.
 #[napi]
 pub struct NativeLease {
-    lease: Arc<Mutex<Option<surface::WorkerLease>>>,
+    lease: surface::HeldLease,
     job: Value,
-    job_id: i64,
 }
 
 impl NativeLease {
     fn new(lease: surface::WorkerLease) -> surface::Result<Self> {
         let job = surface::lease_job(&lease)?;
         Ok(NativeLease {
-            job_id: lease.job().id.0,
             job,
-            lease: Arc::new(Mutex::new(Some(lease))),
+            lease: surface::HeldLease::new(lease),
         })
     }
 
     fn take(&self) -> napi::Result<surface::WorkerLease> {
-        lock(&self.lease).take().ok_or_else(|| {
-            js_error(
-                &surface::Error::new(
-                    surface::ErrorKind::Conflict,
-                    format!(
-                        "job {} was already completed, failed or released",
-                        self.job_id
-                    ),
-                )
-                .with_job_id(self.job_id),
-            )
-        })
+        self.lease.take().map_err(|e| js_error(&e))
     }
 }
 

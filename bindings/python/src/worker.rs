@@ -5,8 +5,6 @@
 //! `False` (nothing yet; call again: the claim in flight is kept by the core). Slices are short
 //! (at most [`MAX_SLICE`]) so Ctrl-C and signal handlers reach Python in between.
 
-use std::sync::Mutex;
-
 use flyjobs_binding as surface;
 use pyo3::prelude::*;
 use pyo3::types::PyBool;
@@ -99,7 +97,7 @@ impl Slot {
 /// A claimed job: read its fields, then `complete`, `fail` or `release` it once.
 #[pyclass(frozen, module = "flyjobs._native")]
 pub struct Lease {
-    lease: Mutex<Option<surface::WorkerLease>>,
+    lease: surface::HeldLease,
     /// The job id.
     #[pyo3(get)]
     job_id: i64,
@@ -127,28 +125,12 @@ impl Lease {
             name: job.name.clone(),
             attempts: i64::from(job.attempts),
             payload,
-            lease: Mutex::new(Some(lease)),
+            lease: surface::HeldLease::new(lease),
         })
     }
 
     fn take(&self, py: Python<'_>) -> PyResult<surface::WorkerLease> {
-        self.lease
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-            .ok_or_else(|| {
-                to_py(
-                    py,
-                    &surface::Error::new(
-                        surface::ErrorKind::Conflict,
-                        format!(
-                            "job {} was already completed, failed or released",
-                            self.job_id
-                        ),
-                    )
-                    .with_job_id(self.job_id),
-                )
-            })
+        self.lease.take().map_err(|e| to_py(py, &e))
     }
 }
 

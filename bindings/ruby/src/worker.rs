@@ -4,8 +4,6 @@
 //! surface's `poll_next` with the GVL released: a `Lease`, `nil` (the worker is done) or
 //! `false` (nothing yet; call again: the claim in flight is kept by the core).
 
-use std::sync::Mutex;
-
 use flyjobs_binding as surface;
 use magnus::{Error, IntoValue, Ruby, Value, method, prelude::*};
 
@@ -90,7 +88,7 @@ impl RbSlot {
 /// A claimed job: read its fields, then `_complete`, `_fail` or `_release` it once.
 #[magnus::wrap(class = "FlyJobs::Native::Lease", free_immediately, size)]
 pub struct RbLease {
-    lease: Mutex<Option<surface::WorkerLease>>,
+    lease: surface::HeldLease,
     job_id: i64,
     queue: String,
     name: String,
@@ -108,28 +106,12 @@ impl RbLease {
             name: job.name.clone(),
             attempts: i64::from(job.attempts),
             payload,
-            lease: Mutex::new(Some(lease)),
+            lease: surface::HeldLease::new(lease),
         })
     }
 
     fn take(&self, ruby: &Ruby) -> Result<surface::WorkerLease, Error> {
-        self.lease
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-            .ok_or_else(|| {
-                to_ruby(
-                    ruby,
-                    &surface::Error::new(
-                        surface::ErrorKind::Conflict,
-                        format!(
-                            "job {} was already completed, failed or released",
-                            self.job_id
-                        ),
-                    )
-                    .with_job_id(self.job_id),
-                )
-            })
+        self.lease.take().map_err(|e| to_ruby(ruby, &e))
     }
 
     fn job_id(&self) -> i64 {

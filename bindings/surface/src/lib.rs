@@ -357,6 +357,48 @@ pub async fn worker(client: &Client, options: &Value) -> Result<Worker> {
     client.worker(opts).await
 }
 
+/// A claimed job as a binding object holds it: one outcome (complete, fail or release), then a
+/// second attempt is a `Conflict` naming the job. The one place that rule lives for every
+/// language.
+#[derive(Debug)]
+pub struct HeldLease {
+    lease: std::sync::Mutex<Option<WorkerLease>>,
+    job_id: i64,
+}
+
+impl HeldLease {
+    /// Hold `lease` until its outcome.
+    pub fn new(lease: WorkerLease) -> Self {
+        HeldLease {
+            job_id: lease.job().id.0,
+            lease: std::sync::Mutex::new(Some(lease)),
+        }
+    }
+
+    /// The job's id.
+    pub fn job_id(&self) -> i64 {
+        self.job_id
+    }
+
+    /// Take the lease for its outcome; `Conflict` if it already had one.
+    pub fn take(&self) -> Result<WorkerLease> {
+        self.lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "job {} was already completed, failed or released",
+                        self.job_id
+                    ),
+                )
+                .with_job_id(self.job_id)
+            })
+    }
+}
+
 /// The job of a lease, as data.
 pub fn lease_job(lease: &WorkerLease) -> Result<Value> {
     to_value(lease.job())
