@@ -357,6 +357,25 @@ impl Client {
         self.inner.store.workers().await
     }
 
+    /// Recent boot failures of worker machines, newest first (`limit` 0 means 100): what the
+    /// scaler backs off on and stops for.
+    pub async fn boot_failures(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::store::boot_failures::BootFailure>> {
+        self.inner.store.boot_failures(limit).await
+    }
+
+    /// Forget the boot failures of `queue` (all queues: None) so that the scaler boots its
+    /// machines again; returns how many were cleared. The same as `flyjobs scaler
+    /// --reset-failures`.
+    pub async fn reset_boot_failures(&self, queue: Option<&str>) -> Result<u64> {
+        if let Some(q) = queue {
+            crate::job::validate_queue(q)?;
+        }
+        self.inner.store.clear_boot_failures(queue).await
+    }
+
     /// Worker machines as the Machines API reports them. Off Fly: those of the local API this
     /// process started, or of the app's shared one if it runs; else an empty list.
     pub async fn machines(&self) -> Result<Vec<MachineInfo>> {

@@ -273,6 +273,11 @@ pub async fn workers(client: &Client) -> Result<Value> {
     to_value(&client.workers().await?)
 }
 
+/// Recent boot failures of worker machines, newest first.
+pub async fn boot_failures(client: &Client) -> Result<Value> {
+    to_value(&client.boot_failures(0).await?)
+}
+
 /// Worker machines as the Machines API reports them.
 pub async fn machines(client: &Client) -> Result<Value> {
     to_value(&client.machines().await?)
@@ -289,6 +294,8 @@ pub const CALLS: &[&str] = &[
     "stats",
     "workers",
     "machines",
+    "boot_failures",
+    "reset_boot_failures",
     "config",
     "local_api_url",
     "start_scaler",
@@ -296,7 +303,8 @@ pub const CALLS: &[&str] = &[
 
 /// One entry point for the admin calls by name (one of [`CALLS`]), so that a binding needs no
 /// glue of its own per call: `job`/`cancel`/`discard`/`retry` take a job id, `jobs` a filter
-/// map, `clear` a queue name, the others nothing (null).
+/// map, `clear` a queue name, `reset_boot_failures` a queue name or null (all), the others
+/// nothing (null).
 pub async fn call(client: &Client, name: &str, arg: &Value) -> Result<Value> {
     let id = || {
         arg.as_i64()
@@ -317,6 +325,19 @@ pub async fn call(client: &Client, name: &str, arg: &Value) -> Result<Value> {
         "stats" => stats(client).await?,
         "workers" => workers(client).await?,
         "machines" => machines(client).await?,
+        "boot_failures" => boot_failures(client).await?,
+        "reset_boot_failures" => {
+            let queue = match arg {
+                Value::Null => None,
+                Value::String(q) => Some(q.as_str()),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "reset_boot_failures takes a queue name or null (every queue), got {arg}"
+                    )));
+                }
+            };
+            Value::from(client.reset_boot_failures(queue).await?)
+        }
         "config" => config(client),
         "local_api_url" => Value::from(local_api_url(client).await),
         "start_scaler" => {

@@ -166,6 +166,71 @@ async fn admin_calls(c: &surface::Client) {
     );
     // Off Fly with no scaler started here, no machines are known to this process.
     assert_eq!(surface::machines(c).await.unwrap(), json!([]));
+
+    // boot failures: what the scaler recorded is listed by name, and a reset clears a queue's
+    assert_eq!(
+        surface::call(c, "boot_failures", &json!(null))
+            .await
+            .unwrap(),
+        json!([])
+    );
+    for (queue, machine) in [("mail", "m1"), ("default", "m2")] {
+        c.store()
+            .record_boot_failure(flyjobs::store::boot_failures::BootFailure {
+                queue: queue.into(),
+                release: "registry.fly.io/app:v1".into(),
+                machine_id: machine.into(),
+                exit_code: Some(3),
+                reason: "exited with code 3 before its worker registered".into(),
+                log_tail: "boom".into(),
+                at: chrono::Utc::now(),
+                cleared: false,
+            })
+            .await
+            .unwrap();
+    }
+    let listed = surface::call(c, "boot_failures", &json!(null))
+        .await
+        .unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed
+            .iter()
+            .any(|f| f["machine_id"] == "m1" && f["exit_code"] == 3)
+    );
+    assert!(listed.iter().all(|f| f["cleared"] == false));
+    assert_eq!(
+        surface::call(c, "reset_boot_failures", &json!("mail"))
+            .await
+            .unwrap(),
+        json!(1)
+    );
+    let after = surface::call(c, "boot_failures", &json!(null))
+        .await
+        .unwrap();
+    let cleared: Vec<_> = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["machine_id"].as_str().unwrap().to_owned(),
+                f["cleared"] == true,
+            )
+        })
+        .collect();
+    assert!(cleared.contains(&("m1".into(), true)) && cleared.contains(&("m2".into(), false)));
+    assert_eq!(
+        surface::call(c, "reset_boot_failures", &json!(null))
+            .await
+            .unwrap(),
+        json!(1)
+    );
+    let e = surface::call(c, "reset_boot_failures", &json!(5))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("queue name or null"), "{e}");
     surface::shutdown(c).await.unwrap();
 }
 

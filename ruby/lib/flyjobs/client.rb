@@ -129,6 +129,19 @@ module FlyJobs
       call("machines")
     end
 
+    # @return [Array<Hash>] recent boot failures of worker machines, newest first ("queue",
+    #   "release", "machine_id", "exit_code", "reason", "log_tail", "at", "cleared")
+    def boot_failures
+      call("boot_failures")
+    end
+
+    # Forgets the boot failures of a queue (every queue: nil) so the scaler boots its machines
+    # again, as `flyjobs scaler --reset-failures` does.
+    # @return [Integer] how many were cleared
+    def reset_boot_failures(queue = nil)
+      call("reset_boot_failures", queue&.to_s)
+    end
+
     # @return [Hash] the resolved settings (token and database password redacted)
     def config
       call("config")

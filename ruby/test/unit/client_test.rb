@@ -144,6 +144,11 @@ class ClientTest < Minitest::Test
     assert_empty @client.jobs(queue: q("adm"))
     assert_kind_of Array, @client.workers
     assert_equal [], @client.machines
+    assert_kind_of Array, @client.boot_failures
+    assert_kind_of Integer, @client.reset_boot_failures(q("adm"))
+    assert_equal [], @client.boot_failures.select { |f| f["queue"] == q("adm") }
+    e = assert_raises(FlyJobs::InvalidError) { @client.reset_boot_failures("bad queue!") }
+    assert_includes e.message, "bad queue!"
     assert_raises(FlyJobs::NotFoundError) { @client.cancel(ids.last + 1_000_000) }
     refute_includes JSON.generate(@client.config), "hunter2"
   end
