@@ -647,6 +647,18 @@ impl Store for Flaky {
         self.check()?;
         self.inner.clear_boot_failures(queue).await
     }
+    async fn run_now(&self, id: JobId) -> Result<Job> {
+        self.check()?;
+        self.inner.run_now(id).await
+    }
+    async fn finished_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
+        self.check()?;
+        self.inner.finished_since(since, limit).await
+    }
 }
 
 async fn flaky_client(lease: Duration) -> (Client, Arc<Flaky>, tempfile::TempDir) {

@@ -13,6 +13,7 @@
 //! crate provides both through the [`LocalMachines`] seam ([`ClientBuilder::local_machines`]),
 //! so this crate never depends on the emulator.
 
+use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -329,6 +330,28 @@ impl Client {
         }
         // The store refuses (Conflict) if a worker claimed it in between.
         self.inner.store.discard(id, None, None).await
+    }
+
+    /// Run a scheduled job now (it keeps its attempts). Other states → `Conflict`.
+    pub async fn run_now(&self, id: JobId) -> Result<Job> {
+        let job = self.existing(id).await?;
+        if !matches!(job.state, JobState::Ready | JobState::Scheduled) {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "job {id} is {}; only a waiting job can be run now",
+                    job.state
+                ),
+            )
+            .with_job_id(id));
+        }
+        self.inner.store.run_now(id).await
+    }
+
+    /// Jobs finished (completed, dead or discarded) since `since`, newest first, at most
+    /// `limit` (0 means 100).
+    pub async fn finished_since(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<Job>> {
+        self.inner.store.finished_since(since, limit).await
     }
 
     /// Discard a waiting or dead job (it will not run again). Running → `Conflict`.

@@ -480,6 +480,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Mark the boot failures of `queue` (all queues: `None`) cleared, so that the scaler
     /// boots its machines again; returns how many were cleared.
     async fn clear_boot_failures(&self, queue: Option<&str>) -> Result<u64>;
+
+    // ---- the dashboard's calls ----
+
+    /// Make a waiting job (scheduled or ready) runnable now; other states are a conflict naming
+    /// the job's state.
+    async fn run_now(&self, id: JobId) -> Result<Job>;
+
+    /// Jobs that reached an end state (completed, dead, discarded) at or after `since`, newest
+    /// first, at most `limit` (0 means 100): the dashboard's throughput and latency charts.
+    async fn finished_since(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<Job>>;
 }
 
 /// Open the store at `url`: `postgres://…`/`postgresql://…` or `sqlite:…` (e.g.

@@ -900,4 +900,37 @@ impl Store for PgStore {
     async fn clear_boot_failures(&self, queue: Option<&str>) -> Result<u64> {
         super::boot_failures::pg_clear(&self.pool, queue).await
     }
+
+    async fn run_now(&self, id: JobId) -> Result<Job> {
+        let row = sqlx::query(
+            "UPDATE flyjobs_jobs SET state = 'ready', run_at = $2 \
+             WHERE id = $1 AND state IN ('scheduled','ready') RETURNING *",
+        )
+        .bind(id.0)
+        .bind(super::now())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("run now"))?;
+        match row {
+            Some(r) => {
+                let job = job_from_row(&r)?;
+                self.notify_pool(&job.queue).await?;
+                Ok(job)
+            }
+            None => Err(lease_mismatch("run now", id, self.current(id).await?)),
+        }
+    }
+
+    async fn finished_since(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<Job>> {
+        let rows = sqlx::query(
+            "SELECT * FROM flyjobs_jobs WHERE state IN ('completed','dead','discarded') \
+             AND finished_at >= $1 ORDER BY finished_at DESC LIMIT $2",
+        )
+        .bind(since)
+        .bind(page_limit(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("finished jobs"))?;
+        rows.iter().map(job_from_row).collect()
+    }
 }
