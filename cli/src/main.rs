@@ -65,6 +65,20 @@ enum Command {
     /// Run the Machines API emulator standalone. Every flag has a FLYJOBS_EMULATOR_* variable
     /// (the flag wins); tokens only come from FLYJOBS_EMULATOR_TOKENS or a file, never argv.
     Emulator(Box<EmulatorArgs>),
+    /// Serve the web dashboard: queues, jobs, dead set, scheduled jobs, machines, boot
+    /// failures. Needs FLYJOBS_DASHBOARD_TOKEN (basic-auth password or bearer token) unless
+    /// `--no-auth` on a loopback address.
+    Dashboard {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9292")]
+        bind: std::net::SocketAddr,
+        /// Serve without a login (only allowed on a loopback address).
+        #[arg(long)]
+        no_auth: bool,
+        /// Show no actions and refuse every change.
+        #[arg(long)]
+        read_only: bool,
+    },
     /// The demo: 200 command jobs in two queues on the embedded emulator + SQLite.
     Demo(demo::DemoArgs),
     /// Serve an app's shared local Machines API (started by the app's processes off Fly).
@@ -323,6 +337,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             job.run_at = run_at;
             let job = client.enqueue(job).await.context("enqueue")?;
             println!("{}", job.id);
+            Ok(())
+        }
+        Command::Dashboard {
+            bind,
+            no_auth,
+            read_only,
+        } => {
+            // Checked before anything is opened: a bad bind or a missing token fails at once.
+            let auth = flyjobs_dashboard::server::Auth::for_bind(
+                bind,
+                std::env::var("FLYJOBS_DASHBOARD_TOKEN").ok(),
+                no_auth,
+            )
+            .map_err(anyhow::Error::msg)?;
+            let client = open().await?;
+            let listener = tokio::net::TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("bind {bind}"))?;
+            let dashboard = flyjobs_dashboard::Dashboard::new(
+                client.clone(),
+                flyjobs_dashboard::DashboardOptions { read_only },
+            );
+            // The address actually bound (port 0 picks one), for scripts to read.
+            println!("flyjobs dashboard on http://{}/", listener.local_addr()?);
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = flyjobs_dashboard::server::serve(listener, dashboard, auth) => r?,
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            client.shutdown().await;
             Ok(())
         }
         Command::Status => status(open().await?).await,

@@ -1,0 +1,571 @@
+//! The pages. Every value from the store or the Machines API goes through maud's escaping.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use flyjobs::job::{Job, JobId, JobState};
+use flyjobs::store::JobFilter;
+use flyjobs::{Client, ErrorKind};
+use maud::{DOCTYPE, Markup, html};
+
+use crate::chart::{self, Series};
+use crate::security::CSRF_FIELD;
+
+/// Jobs per page.
+const PAGE: usize = 50;
+/// Minutes the overview's charts cover.
+const WINDOW_MIN: usize = 60;
+/// Most finished jobs the charts read (a busier hour is sampled by its newest jobs).
+const CHART_JOBS: usize = 20_000;
+
+/// What every page needs to draw links and forms.
+pub(crate) struct Ctx<'a> {
+    pub mount: &'a str,
+    pub csrf: &'a str,
+    pub read_only: bool,
+}
+
+impl Ctx<'_> {
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.mount, path)
+    }
+}
+
+/// A page that could not be drawn: its status and why.
+#[derive(Debug)]
+pub(crate) struct PageError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl PageError {
+    pub fn not_found(message: String) -> PageError {
+        PageError {
+            status: 404,
+            message,
+        }
+    }
+}
+
+impl From<flyjobs::Error> for PageError {
+    fn from(e: flyjobs::Error) -> PageError {
+        let status = match e.kind() {
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::Invalid => 400,
+            _ => 500,
+        };
+        PageError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+type Page = Result<Markup, PageError>;
+
+const NAV: [(&str, &str); 6] = [
+    ("/", "Overview"),
+    ("/jobs", "Jobs"),
+    ("/scheduled", "Scheduled"),
+    ("/dead", "Dead"),
+    ("/machines", "Machines"),
+    ("/boot_failures", "Boot failures"),
+];
+
+fn layout(ctx: &Ctx, title: &str, active: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · flyjobs" }
+                link rel="stylesheet" href=(ctx.url("/assets/style.css"));
+                script src=(ctx.url("/assets/app.js")) defer {}
+            }
+            body {
+                header {
+                    a.brand href=(ctx.url("/")) { "flyjobs" }
+                    nav {
+                        @for (path, label) in NAV {
+                            a.on[path == active] href=(ctx.url(path)) { (label) }
+                        }
+                    }
+                    span.mode { @if ctx.read_only { "read-only" } }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// A one-button form posting to `path` (nothing in read-only mode).
+fn action(
+    ctx: &Ctx,
+    path: &str,
+    label: &str,
+    class: &str,
+    confirm: Option<&str>,
+    return_to: &str,
+) -> Markup {
+    if ctx.read_only {
+        return html! {};
+    }
+    html! {
+        form.inline method="post" action=(ctx.url(path)) data-confirm=[confirm] {
+            input type="hidden" name=(CSRF_FIELD) value=(ctx.csrf);
+            input type="hidden" name="return_to" value=(return_to);
+            button class=(class) type="submit" { (label) }
+        }
+    }
+}
+
+fn time(t: DateTime<Utc>) -> Markup {
+    let now = Utc::now();
+    let secs = (now - t).num_seconds();
+    let rel = match secs {
+        s if s.abs() < 60 => format!("{}s", s.abs()),
+        s if s.abs() < 3600 => format!("{}m", s.abs() / 60),
+        s if s.abs() < 86_400 => format!("{}h", s.abs() / 3600),
+        s => format!("{}d", s.abs() / 86_400),
+    };
+    let rel = if secs >= 0 {
+        format!("{rel} ago")
+    } else {
+        format!("in {rel}")
+    };
+    html! { time datetime=(t.to_rfc3339()) title=(t.format("%Y-%m-%d %H:%M:%S UTC")) { (rel) } }
+}
+
+fn state_badge(s: JobState) -> Markup {
+    html! { span class=(format!("state state-{s}")) { (s) } }
+}
+
+pub(crate) fn error_page(ctx: &Ctx, e: &PageError) -> Markup {
+    layout(
+        ctx,
+        "Error",
+        "",
+        html! {
+            h1 { "Error " (e.status) }
+            p.notice { (e.message) }
+            p { a href=(ctx.url("/")) { "Back to the overview" } }
+        },
+    )
+}
+
+// ---- overview -------------------------------------------------------------------------------
+
+pub(crate) async fn overview(client: &Client, ctx: &Ctx<'_>) -> Page {
+    let stats = client.stats().await?;
+    let workers = client.workers().await?;
+    // A Machines API that cannot be reached must not take the whole page down.
+    let (machines, machines_error) = match client.machines().await {
+        Ok(m) => (m, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let failures = client.boot_failures(0).await?;
+    let open_failures = failures.iter().filter(|f| !f.cleared).count();
+    let now = Utc::now();
+    let since = now - chrono::Duration::minutes(WINDOW_MIN as i64);
+    let finished = client.finished_since(since, CHART_JOBS).await?;
+    let (throughput, latency) = activity(&finished, now);
+
+    let mut by_queue: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for m in &machines {
+        *by_queue
+            .entry(m.queue.clone().unwrap_or_else(|| "?".into()))
+            .or_default()
+            .entry(m.state.clone())
+            .or_default() += 1;
+    }
+    let body = html! {
+        h1 { "Overview" }
+        label.muted { input type="checkbox" data-live; " refresh every 5 s" }
+        @if open_failures > 0 {
+            p.notice {
+                (open_failures) " machine boot failure(s) recorded: "
+                a href=(ctx.url("/boot_failures")) { "see why" }
+            }
+        }
+        h2 { "Queues" }
+        table {
+            thead { tr {
+                th { "Queue" } th.num { "Ready" } th.num { "Scheduled" } th.num { "Running" }
+                th.num { "Dead" } th.num { "Completed" } th { "Oldest ready" } th { "Machines" }
+            } }
+            tbody {
+                @if stats.is_empty() { tr { td colspan="8" .muted { "No jobs yet." } } }
+                @for s in &stats {
+                    tr {
+                        td { a href=(ctx.url(&format!("/jobs?queue={}", url_enc(&s.queue)))) { (s.queue) } }
+                        td.num { (s.ready) }
+                        td.num { a href=(ctx.url(&format!("/scheduled?queue={}", url_enc(&s.queue)))) { (s.scheduled) } }
+                        td.num { (s.running) }
+                        td.num { a href=(ctx.url(&format!("/dead?queue={}", url_enc(&s.queue)))) { (s.dead) } }
+                        td.num { (s.completed) }
+                        td { @if let Some(age) = s.oldest_ready_age { (humanize(age)) } @else { span.muted { "—" } } }
+                        td {
+                            @match by_queue.get(&s.queue) {
+                                Some(states) => { @for (st, n) in states { (n) " " (st) " " } }
+                                None => span.muted { "none" },
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Last hour" }
+        div.charts {
+            (chart::line_chart("Jobs finished per minute", "", WINDOW_MIN, &throughput))
+            (chart::line_chart("Enqueue → start latency (p50 per minute)", " ms", WINDOW_MIN, &latency))
+        }
+        h2 { "Workers" }
+        @if let Some(e) = machines_error { p.notice { "Machines API: " (e) } }
+        table {
+            thead { tr { th { "Worker" } th { "Queues" } th { "State" } th.num { "Running" } th.num { "Slots" } th { "Started" } th { "Heartbeat" } } }
+            tbody {
+                @if workers.is_empty() { tr { td colspan="7" .muted { "No worker is registered." } } }
+                @for w in &workers {
+                    tr {
+                        td { code { (w.id) } }
+                        td { (w.queues.join(", ")) }
+                        td { (format!("{:?}", w.state).to_lowercase()) }
+                        td.num { (w.running) }
+                        td.num { (w.concurrency) }
+                        td { (time(w.started_at)) }
+                        td { (time(w.last_heartbeat_at)) }
+                    }
+                }
+            }
+        }
+    };
+    Ok(layout(ctx, "Overview", "/", body))
+}
+
+/// Jobs finished per minute per queue, and the enqueue→start latency's median per minute.
+fn activity(finished: &[Job], now: DateTime<Utc>) -> (Vec<Series>, Vec<Series>) {
+    let bucket = |t: DateTime<Utc>| -> Option<usize> {
+        let ago = (now - t).num_seconds();
+        (0..(WINDOW_MIN as i64 * 60))
+            .contains(&ago)
+            .then(|| WINDOW_MIN - 1 - (ago / 60) as usize)
+    };
+    let queues: BTreeSet<&str> = finished.iter().map(|j| j.queue.as_str()).collect();
+    let mut counts: BTreeMap<&str, Vec<f64>> =
+        queues.iter().map(|q| (*q, vec![0.0; WINDOW_MIN])).collect();
+    let mut waits: Vec<Vec<f64>> = vec![Vec::new(); WINDOW_MIN];
+    for j in finished {
+        let Some(at) = j.finished_at else { continue };
+        let Some(b) = bucket(at) else { continue };
+        if let Some(c) = counts.get_mut(j.queue.as_str()) {
+            c[b] += 1.0;
+        }
+        if let Some(started) = j.started_at {
+            let ready = j.run_at.max(j.created_at);
+            let ms = (started - ready).num_milliseconds().max(0) as f64;
+            waits[b].push(ms);
+        }
+    }
+    let throughput = counts
+        .into_iter()
+        .map(|(q, v)| Series {
+            label: q.to_owned(),
+            values: v.into_iter().map(Some).collect(),
+        })
+        .collect();
+    let latency = if waits.iter().all(Vec::is_empty) {
+        Vec::new()
+    } else {
+        vec![Series {
+            label: "p50, all queues".into(),
+            values: waits
+                .into_iter()
+                .map(|mut w| {
+                    (!w.is_empty()).then(|| {
+                        w.sort_by(f64::total_cmp);
+                        w[w.len() / 2]
+                    })
+                })
+                .collect(),
+        }]
+    };
+    (throughput, latency)
+}
+
+fn humanize(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn url_enc(s: &str) -> String {
+    serde_urlencoded::to_string([("", s)])
+        .map(|e| e.trim_start_matches('=').to_owned())
+        .unwrap_or_default()
+}
+
+// ---- job lists ------------------------------------------------------------------------------
+
+pub(crate) async fn jobs(
+    client: &Client,
+    ctx: &Ctx<'_>,
+    q: &BTreeMap<String, String>,
+    fixed: Option<JobState>,
+) -> Page {
+    let param = |k: &str| q.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let state = match fixed {
+        Some(s) => Some(s),
+        None => param("state")
+            .map(|s| {
+                s.parse::<JobState>().map_err(|_| PageError {
+                    status: 400,
+                    message: format!("unknown state {s:?}"),
+                })
+            })
+            .transpose()?,
+    };
+    let after = param("after")
+        .and_then(|a| a.parse::<i64>().ok())
+        .map(JobId);
+    let filter = JobFilter {
+        state,
+        queue: param("queue").map(str::to_owned),
+        name: param("name").map(str::to_owned),
+        after_id: after,
+        limit: PAGE,
+        ..Default::default()
+    };
+    let list = client.jobs(filter).await?;
+    let (title, active) = match fixed {
+        Some(JobState::Dead) => ("Dead jobs", "/dead"),
+        Some(JobState::Scheduled) => ("Scheduled jobs", "/scheduled"),
+        _ => ("Jobs", "/jobs"),
+    };
+    let base = ctx.url(active);
+    let here = {
+        let mut s = base.clone();
+        if !q.is_empty() {
+            s.push('?');
+            s.push_str(&serde_urlencoded::to_string(q).unwrap_or_default());
+        }
+        s
+    };
+    let next = list.last().filter(|_| list.len() == PAGE).map(|last| {
+        let mut next = q.clone();
+        next.insert("after".into(), last.id.0.to_string());
+        format!(
+            "{base}?{}",
+            serde_urlencoded::to_string(&next).unwrap_or_default()
+        )
+    });
+    let queue_value = param("queue").unwrap_or("");
+    let body = html! {
+        h1 { (title) }
+        form.filters method="get" action=(base) {
+            label { "Queue" input name="queue" value=(queue_value); }
+            @if fixed.is_none() {
+                label { "State"
+                    select name="state" {
+                        option value="" { "any" }
+                        @for s in JobState::ALL {
+                            option value=(s) selected[state == Some(s)] { (s) }
+                        }
+                    }
+                }
+            }
+            label { "Class" input name="name" value=(param("name").unwrap_or("")); }
+            button type="submit" { "Filter" }
+        }
+        @if fixed == Some(JobState::Dead) && !ctx.read_only && !list.is_empty() {
+            p {
+                @for (verb, label, class) in [("retry_all", "Retry all", "primary"), ("discard_all", "Discard all", "danger")] {
+                    form.inline method="post" action=(ctx.url(&format!("/dead/{verb}")))
+                        data-confirm=(format!("{label} dead jobs{}?", if queue_value.is_empty() { String::new() } else { format!(" of {queue_value}") })) {
+                        input type="hidden" name=(CSRF_FIELD) value=(ctx.csrf);
+                        input type="hidden" name="queue" value=(queue_value);
+                        button class=(class) type="submit" { (label) @if !queue_value.is_empty() { " (" (queue_value) ")" } }
+                    }
+                    " "
+                }
+            }
+        }
+        table {
+            thead { tr {
+                th.num { "Id" } th { "Class" } th { "Queue" } th { "State" } th.num { "Attempts" }
+                th { @if fixed == Some(JobState::Scheduled) { "Runs" } @else { "Run at" } }
+                th { "Last error" } th {}
+            } }
+            tbody {
+                @if list.is_empty() { tr { td colspan="8" .muted { "No jobs." } } }
+                @for j in &list {
+                    tr {
+                        td.num { a href=(ctx.url(&format!("/jobs/{}", j.id.0))) { (j.id.0) } }
+                        td { (j.name) }
+                        td { (j.queue) }
+                        td { (state_badge(j.state)) }
+                        td.num { (j.attempts) @if let Some(m) = j.max_attempts { " / " (m) } }
+                        td { (time(j.run_at)) }
+                        td { @if let Some(e) = &j.last_error { code { (e.class) } ": " (truncate(&e.message, 120)) } }
+                        td { (row_actions(ctx, j, &here)) }
+                    }
+                }
+            }
+        }
+        @if let Some(next) = next { p.pager { a href=(next) { "Next page →" } } }
+    };
+    Ok(layout(ctx, title, active, body))
+}
+
+fn row_actions(ctx: &Ctx, j: &Job, here: &str) -> Markup {
+    let id = j.id.0;
+    html! {
+        @match j.state {
+            JobState::Dead | JobState::Discarded => {
+                (action(ctx, &format!("/jobs/{id}/retry"), "Retry", "primary", None, here))
+                @if j.state == JobState::Dead {
+                    " " (action(ctx, &format!("/jobs/{id}/discard"), "Discard", "danger", Some("Discard this job? It will not run again."), here))
+                }
+            }
+            JobState::Scheduled | JobState::Ready => {
+                @if j.state == JobState::Scheduled {
+                    (action(ctx, &format!("/jobs/{id}/run_now"), "Run now", "primary", None, here)) " "
+                }
+                (action(ctx, &format!("/jobs/{id}/cancel"), "Cancel", "danger", Some("Cancel this job? It will not run."), here))
+            }
+            _ => {}
+        }
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+// ---- one job --------------------------------------------------------------------------------
+
+pub(crate) async fn job(client: &Client, ctx: &Ctx<'_>, id: i64) -> Page {
+    let j = client.job(JobId(id)).await?.ok_or_else(|| {
+        PageError::not_found(format!(
+            "job {id} not found (finished jobs are pruned after their retention)"
+        ))
+    })?;
+    let here = ctx.url(&format!("/jobs/{id}"));
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let body = html! {
+        h1 { "Job " (id) " " (state_badge(j.state)) }
+        p { (row_actions(ctx, &j, &here)) }
+        dl.facts {
+            dt { "Class" } dd { (j.name) }
+            dt { "Queue" } dd { a href=(ctx.url(&format!("/jobs?queue={}", url_enc(&j.queue)))) { (j.queue) } }
+            dt { "Priority" } dd { (j.priority) }
+            dt { "Attempts" } dd { (j.attempts) @if let Some(m) = j.max_attempts { " of " (m) } @else { " (the queue's retry policy decides)" } }
+            dt { "Lost leases" } dd { (j.lost_leases) }
+            dt { "Enqueued" } dd { (time(j.created_at)) }
+            dt { "Run at" } dd { (time(j.run_at)) }
+            dt { "Started" } dd { @if let Some(t) = j.started_at { (time(t)) } @else { span.muted { "—" } } }
+            dt { "Finished" } dd { @if let Some(t) = j.finished_at { (time(t)) } @else { span.muted { "—" } } }
+            dt { "Machine" } dd { @if let Some(o) = &j.lease_owner { code { (o) } } @else { span.muted { "—" } } }
+            dt { "Release" } dd { @if let Some(i) = &j.image_ref { code { (i) } } @else { span.muted { "—" } } }
+            @if let Some(k) = &j.unique_key { dt { "Unique key" } dd { code { (k) } } }
+        }
+        @if let Some(e) = &j.last_error {
+            h2 { "Last error" }
+            p { code { (e.class) } ": " (e.message) }
+            @if !e.backtrace.is_empty() { pre { (e.backtrace.join("\n")) } }
+        }
+        h2 { "Arguments" }
+        pre { (pretty(&j.payload)) }
+        @if let Some(r) = &j.result {
+            h2 { "Result" }
+            pre { (pretty(r)) }
+        }
+    };
+    Ok(layout(ctx, &format!("Job {id}"), "/jobs", body))
+}
+
+// ---- machines and boot failures -------------------------------------------------------------
+
+pub(crate) async fn machines(client: &Client, ctx: &Ctx<'_>) -> Page {
+    let list = client.machines().await?;
+    let workers = client.workers().await?;
+    let running: BTreeMap<&str, u32> = workers.iter().map(|w| (w.id.as_str(), w.running)).collect();
+    let body = html! {
+        h1 { "Machines" }
+        p.muted { "Worker machines as the Machines API reports them." }
+        table {
+            thead { tr {
+                th { "Machine" } th { "State" } th { "Queue" } th { "Region" } th { "Size" }
+                th { "Release" } th { "Created" } th.num { "Jobs running" }
+            } }
+            tbody {
+                @if list.is_empty() { tr { td colspan="8" .muted { "No worker machines." } } }
+                @for m in &list {
+                    tr {
+                        td { code { (m.id) } }
+                        td { (m.state) }
+                        td { (m.queue.as_deref().unwrap_or("")) }
+                        td { (m.region.as_deref().unwrap_or("")) }
+                        td {
+                            (m.cpu_kind.as_deref().unwrap_or("")) " "
+                            @if let Some(c) = m.cpus { (c) "×" }
+                            @if let Some(mem) = m.memory_mb { " " (mem) " MB" }
+                        }
+                        td { code { (m.release.as_deref().unwrap_or("")) } }
+                        td { (m.created_at.as_deref().unwrap_or("")) }
+                        td.num { @if let Some(n) = running.get(m.id.as_str()) { (n) } @else { span.muted { "—" } } }
+                    }
+                }
+            }
+        }
+    };
+    Ok(layout(ctx, "Machines", "/machines", body))
+}
+
+pub(crate) async fn boot_failures(client: &Client, ctx: &Ctx<'_>) -> Page {
+    let list = client.boot_failures(0).await?;
+    let here = ctx.url("/boot_failures");
+    let body = html! {
+        h1 { "Boot failures" }
+        p.muted {
+            "Worker machines that exited or hung before their worker registered. After 5 in a row "
+            "the scaler stops booting machines for the queue's release until a new release or a reset."
+        }
+        @if list.iter().any(|f| !f.cleared) {
+            p { (action(ctx, "/boot_failures/reset", "Reset all", "primary", Some("Boot machines again for every queue?"), &here)) }
+        }
+        table {
+            thead { tr { th { "When" } th { "Queue" } th { "Machine" } th { "Exit" } th { "Reason" } th { "Log tail" } th {} } }
+            tbody {
+                @if list.is_empty() { tr { td colspan="7" .muted { "None recorded." } } }
+                @for f in &list {
+                    tr {
+                        td { (time(f.at)) }
+                        td { (f.queue) }
+                        td { code { (f.machine_id) } }
+                        td { @if let Some(c) = f.exit_code { (c) } }
+                        td { (f.reason) @if f.cleared { " " span.muted { "(cleared)" } } }
+                        td { @if !f.log_tail.is_empty() { pre { (f.log_tail) } } }
+                        td {
+                            @if !f.cleared && !ctx.read_only {
+                                form.inline method="post" action=(ctx.url("/boot_failures/reset")) {
+                                    input type="hidden" name=(CSRF_FIELD) value=(ctx.csrf);
+                                    input type="hidden" name="queue" value=(f.queue);
+                                    button type="submit" { "Reset " (f.queue) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(layout(ctx, "Boot failures", "/boot_failures", body))
+}
