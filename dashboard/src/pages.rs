@@ -338,7 +338,6 @@ pub(crate) async fn jobs(
         name: param("name").map(str::to_owned),
         after_id: after,
         limit: PAGE,
-        ..Default::default()
     };
     let list = client.jobs(filter).await?;
     let (title, active) = match fixed {
