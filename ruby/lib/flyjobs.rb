@@ -10,6 +10,7 @@ require_relative "flyjobs/client"
 require_relative "flyjobs/worker"
 require_relative "flyjobs/configuration"
 require_relative "flyjobs/logs"
+require_relative "flyjobs/dashboard"
 
 # flyjobs: background jobs on on-demand Fly Machines. A Rust core (queue, retries, scaler,
 # worker loop) with this gem as its Ruby face and an Active Job adapter:

@@ -273,6 +273,30 @@ pub async fn workers(client: &Client) -> Result<Value> {
     to_value(&client.workers().await?)
 }
 
+/// Answer one request to the web dashboard, mounted in the app: `request` is a map with
+/// `method`, `path` (inside the mount), `mount` (where the app mounted it), `query`, `headers`
+/// (a map), `body`, and optionally `read_only`; the answer is `{status, headers: [[name,
+/// value], …], body}` for the app's web server to send as is. The HTML is rendered here: no
+/// language renders pages.
+pub async fn dashboard(client: &Client, request: &Value) -> Result<Value> {
+    let read_only = match request.get("read_only") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "dashboard option read_only must be true or false, got {other}"
+            )));
+        }
+    };
+    let req: flyjobs_dashboard::Request = serde_json::from_value(request.clone())
+        .map_err(|e| Error::invalid(format!("dashboard request: {e}")))?;
+    let dash = flyjobs_dashboard::Dashboard::new(
+        client.clone(),
+        flyjobs_dashboard::DashboardOptions { read_only },
+    );
+    to_value(&dash.handle(req).await)
+}
+
 /// Recent boot failures of worker machines, newest first.
 pub async fn boot_failures(client: &Client) -> Result<Value> {
     to_value(&client.boot_failures(0).await?)
@@ -296,6 +320,7 @@ pub const CALLS: &[&str] = &[
     "machines",
     "boot_failures",
     "reset_boot_failures",
+    "dashboard",
     "config",
     "local_api_url",
     "start_scaler",
@@ -338,6 +363,7 @@ pub async fn call(client: &Client, name: &str, arg: &Value) -> Result<Value> {
             };
             Value::from(client.reset_boot_failures(queue).await?)
         }
+        "dashboard" => dashboard(client, arg).await?,
         "config" => config(client),
         "local_api_url" => Value::from(local_api_url(client).await),
         "start_scaler" => {

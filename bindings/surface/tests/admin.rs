@@ -227,6 +227,39 @@ async fn admin_calls(c: &surface::Client) {
             .unwrap(),
         json!(1)
     );
+    // the dashboard, as a mounting app calls it: plain data in, plain data out
+    let page = surface::call(
+        c,
+        "dashboard",
+        &json!({"method": "GET", "path": "/", "mount": "/flyjobs", "headers": {"Host": "x"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(page["status"], 200);
+    assert!(
+        page["body"]
+            .as_str()
+            .unwrap()
+            .contains("href=\"/flyjobs/jobs\"")
+    );
+    let headers = page["headers"].as_array().unwrap();
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[0] == "set-cookie" && h[1].as_str().unwrap().contains("Path=/flyjobs"))
+    );
+    let refused = surface::call(
+        c,
+        "dashboard",
+        &json!({"method": "POST", "path": "/dead/retry_all", "body": "", "read_only": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused["status"], 403);
+    let e = surface::call(c, "dashboard", &json!({"path": "/", "read_only": "yes"}))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("read_only"), "{e}");
     let e = surface::call(c, "reset_boot_failures", &json!(5))
         .await
         .unwrap_err();

@@ -142,6 +142,13 @@ module FlyJobs
       call("reset_boot_failures", queue&.to_s)
     end
 
+    # Answers one request to the web dashboard (see {FlyJobs::Dashboard}, the Rack app).
+    # @param request [Hash] method, path, mount, query, headers, body, read_only
+    # @return [Hash] "status", "headers" ([[name, value], ...]), "body"
+    def dashboard(request)
+      call("dashboard", request)
+    end
+
     # @return [Hash] the resolved settings (token and database password redacted)
     def config
       call("config")

@@ -1,0 +1,74 @@
+# frozen_string_literal: true
+
+module FlyJobs
+  # The web dashboard as a Rack app, for a Rails app's routes, behind the app's own auth as with
+  # Sidekiq::Web:
+  #
+  #   # config/routes.rb
+  #   authenticate :user, ->(u) { u.admin? } do
+  #     mount FlyJobs::Dashboard => "/flyjobs"
+  #   end
+  #   # or read-only, e.g. for support staff:
+  #   mount FlyJobs::Dashboard.new(read_only: true) => "/flyjobs-ro"
+  #
+  # The pages are rendered by the core (the same dashboard as `flyjobs dashboard`); this class
+  # only hands the request over as plain data and the answer back to Rack. Changes are POSTs
+  # with a CSRF token of the dashboard's own (a SameSite=Strict cookie scoped to the mount path).
+  class Dashboard
+    # The headers the dashboard reads; the rest of the Rack env stays here.
+    HEADERS = {
+      "cookie" => "HTTP_COOKIE",
+      "content-type" => "CONTENT_TYPE",
+      "host" => "HTTP_HOST",
+      "origin" => "HTTP_ORIGIN",
+      "sec-fetch-site" => "HTTP_SEC_FETCH_SITE"
+    }.freeze
+
+    # Largest form body read (the dashboard's forms are a few hundred bytes).
+    MAX_BODY = 64 * 1024
+
+    # `mount FlyJobs::Dashboard => "/flyjobs"`: the class itself is a Rack app using the
+    # process-wide client ({FlyJobs.client}).
+    def self.call(env)
+      (@default ||= new).call(env)
+    end
+
+    # @param client [FlyJobs::Client, nil] the client to show (default: {FlyJobs.client}, looked
+    #   up per request so that forked app-server workers use their own)
+    # @param read_only [Boolean] show no actions and refuse every change
+    def initialize(client: nil, read_only: false)
+      @client = client
+      @read_only = read_only ? true : false
+    end
+
+    # @param env [Hash] the Rack env
+    # @return [Array(Integer, Hash, Array<String>)]
+    def call(env)
+      answer = (@client || FlyJobs.client).dashboard(request(env))
+      headers = {}
+      answer.fetch("headers").each do |name, value|
+        # Rack 2 joins repeated headers (Set-Cookie) with newlines.
+        headers[name] = headers.key?(name) ? "#{headers[name]}\n#{value}" : value
+      end
+      [answer.fetch("status"), headers, [answer.fetch("body")]]
+    end
+
+    private
+
+    def request(env)
+      input = env["rack.input"]
+      body = input ? input.read(MAX_BODY).to_s : ""
+      input&.rewind
+      path = env["PATH_INFO"].to_s
+      {
+        method: env["REQUEST_METHOD"],
+        path: path.empty? ? "/" : path,
+        mount: env["SCRIPT_NAME"].to_s,
+        query: env["QUERY_STRING"].to_s,
+        headers: HEADERS.each_with_object({}) { |(name, key), h| h[name] = env[key] if env[key] },
+        body: body.dup.force_encoding(Encoding::UTF_8).scrub,
+        read_only: @read_only
+      }
+    end
+  end
+end
