@@ -9,6 +9,7 @@ packages=(
   redis-server ruby-sidekiq ruby-redis puma
   python3 python3-venv
   procps psmisc
+  chromium
 )
 # Node >= 18 and npm for the npm package (node/); the image may bring its own (NodeSource), whose
 # npm is not Debian's package: look for the commands, not the packages.

@@ -20,4 +20,5 @@ cargo build --workspace --lib --bins --tests --locked
   if [ -x scripts/test-ruby.sh ]; then scripts/test-ruby.sh; fi
   if [ -x scripts/test-python.sh ]; then scripts/test-python.sh; fi
   if [ -x scripts/test-node.sh ]; then scripts/test-node.sh; fi
+  scripts/test-dashboard.sh
 '

@@ -2,7 +2,8 @@
 
 use maud::{Markup, html};
 
-/// Series colours, in order (readable on white, distinct for the common few queues).
+/// Series colours, in order (readable on white, distinct for the common few queues); the legend
+/// uses the same list as classes `c0`… in style.css (no inline styles: the CSP forbids them).
 const COLOURS: [&str; 8] = [
     "#6d3df2", "#1f8a4c", "#c7352b", "#b7791f", "#2b6cb0", "#9c4221", "#2c7a7b", "#6b46c1",
 ];
@@ -58,7 +59,7 @@ pub fn line_chart(title: &str, unit: &str, buckets: usize, series: &[Series]) ->
                     span.muted { "no finished jobs in this window" }
                 }
                 @for (n, s) in series.iter().enumerate() {
-                    span { i style=(format!("background:{}", COLOURS[n % COLOURS.len()])) {} (s.label) }
+                    span { i class=(format!("c{}", n % COLOURS.len())) {} (s.label) }
                 }
             }
         }

@@ -82,6 +82,8 @@ fn layout(ctx: &Ctx, title: &str, active: &str, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · flyjobs" }
                 link rel="stylesheet" href=(ctx.url("/assets/style.css"));
+                // No favicon request to the app (which may not serve one under the mount).
+                link rel="icon" href="data:,";
                 script src=(ctx.url("/assets/app.js")) defer {}
             }
             body {
