@@ -46,7 +46,11 @@ module FlyJobs
     def call(env)
       answer = (@client || FlyJobs.client).dashboard(request(env))
       headers = {}
+      rack2 = rack2?
       answer.fetch("headers").each do |name, value|
+        # Rack 3 requires lowercase names (the core sends those); Rack 2 code looks some up by
+        # their canonical spelling (Rack::MockResponse reads "Set-Cookie").
+        name = name.split("-").map(&:capitalize).join("-") if rack2
         # Rack 2 joins repeated headers (Set-Cookie) with newlines.
         headers[name] = headers.key?(name) ? "#{headers[name]}\n#{value}" : value
       end
@@ -54,6 +58,10 @@ module FlyJobs
     end
 
     private
+
+    def rack2?
+      defined?(::Rack::RELEASE) && ::Rack::RELEASE.to_i < 3 ? true : false
+    end
 
     def request(env)
       input = env["rack.input"]

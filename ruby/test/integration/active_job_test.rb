@@ -131,6 +131,30 @@ class ActiveJobTest < Minitest::Test
     assert_equal 1, Out.read.count { |l| l["tag"] == tag }
   end
 
+  def test_the_dashboard_mounted_in_the_app_retries_a_dead_job
+    require "rack/mock"
+    job = DoomedJob.perform_later(tag)
+    id = job.provider_job_id
+    wait_for_state(id, %w[dead])
+    app = Rack::MockRequest.new(Rails.application)
+    # Rails' development host check allows localhost
+    page = app.get("/flyjobs/jobs/#{id}", "HTTP_HOST" => "localhost")
+    assert_equal 200, page.status, page.body[0, 500]
+    assert_includes page.body, 'href="/flyjobs/dead"'
+    assert_includes page.body, "DoomedJob"
+    cookie = page.headers.to_h.find { |k, _| k.casecmp?("set-cookie") }&.last.to_s
+    token = cookie[/flyjobs_csrf=(\h+)/, 1]
+    assert token, "the dashboard sets its CSRF cookie: #{page.headers.inspect}"
+    refused = app.post("/flyjobs/jobs/#{id}/retry", "HTTP_HOST" => "localhost", params: { _csrf: token })
+    assert_equal 403, refused.status, "no cookie, no change"
+    done = app.post("/flyjobs/jobs/#{id}/retry", "HTTP_HOST" => "localhost", "HTTP_COOKIE" => "flyjobs_csrf=#{token}",
+                                                  params: { _csrf: token })
+    assert_equal 303, done.status, done.body
+    assert_equal "/flyjobs/jobs/#{id}", done.location
+    # retried: it runs again in a worker machine (and fails again: DoomedJob always raises)
+    wait_for(2)
+  end
+
   def test_a_global_id_argument
     widget = Widget.create!(name: "sprocket-#{tag}")
     WidgetJob.perform_later(tag, widget)
