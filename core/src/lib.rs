@@ -23,6 +23,7 @@
 
 pub mod client;
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod fork;
 pub mod job;

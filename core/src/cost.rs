@@ -1,0 +1,338 @@
+//! What worker machines cost: billed seconds by state from the Machines API's events, priced per
+//! size, split into hours per queue.
+//!
+//! Fly bills a machine's CPU and memory per second while it runs, and its root filesystem while
+//! it is stopped or suspended. A machine's events (`launch` → created, `start` → started,
+//! `exit`/`stop` → stopped, `suspend` → suspended, `destroy` → destroyed) give the state it was
+//! in between two events; the time from one event to the next is billed in the bucket of the
+//! earlier one's status — the same buckets as the emulator's billing ledger (`stopping`,
+//! `replacing`, `restarting` bill as started; `created`, `starting`, `failed` as stopped).
+//!
+//! The Machines API keeps only a machine's recent events (at most 50), so accounting is
+//! incremental: a [`UsageCursor`] remembers how far a machine's events have been counted
+//! (`through_ms` and the status then) and [`advance`] adds what happened since, up to now.
+
+use chrono::{DateTime, TimeZone, Timelike, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::machines::types::MachineEvent;
+
+/// Per-second prices in US dollars. Defaults: Fly's published usage prices (shared CPU
+/// $0.0000003/s per vCPU, performance $0.0000082/s per vCPU, memory $0.0000019/s per GB,
+/// root filesystem of a stopped machine $0.15 per GB-month), which reproduce Fly's table
+/// (shared-cpu-1x 256 MB ≈ $1.94/month, performance-1x 2 GB ≈ $31/month).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Prices {
+    /// One shared vCPU, per second started.
+    pub shared_cpu_per_s: f64,
+    /// One performance (dedicated) vCPU, per second started.
+    pub performance_cpu_per_s: f64,
+    /// One GB of memory, per second started.
+    pub memory_gb_per_s: f64,
+    /// One GB of root filesystem, per second stopped or suspended.
+    pub rootfs_gb_per_s: f64,
+    /// Root filesystem size billed while stopped or suspended, in GB.
+    pub rootfs_gb: f64,
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Prices {
+            shared_cpu_per_s: 0.000_000_3,
+            performance_cpu_per_s: 0.000_008_2,
+            memory_gb_per_s: 0.000_001_9,
+            rootfs_gb_per_s: 0.15 / (30.0 * 86_400.0),
+            rootfs_gb: 1.0,
+        }
+    }
+}
+
+impl Prices {
+    /// Dollars per second while started, for a guest.
+    pub fn started_per_s(&self, cpu_kind: &str, cpus: u32, memory_mb: u32) -> f64 {
+        let cpu = if cpu_kind == "performance" {
+            self.performance_cpu_per_s
+        } else {
+            self.shared_cpu_per_s
+        };
+        f64::from(cpus) * cpu + f64::from(memory_mb) / 1024.0 * self.memory_gb_per_s
+    }
+
+    /// Dollars per second while stopped or suspended.
+    pub fn idle_per_s(&self) -> f64 {
+        self.rootfs_gb * self.rootfs_gb_per_s
+    }
+}
+
+/// Where a second of a machine's life is billed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// CPU and memory.
+    Started,
+    /// Root filesystem (and the memory snapshot, which Fly does not bill separately today).
+    Suspended,
+    /// Root filesystem.
+    Stopped,
+}
+
+/// The bucket of a machine status; None once destroyed (nothing is billed).
+pub fn bucket(status: &str) -> Option<Bucket> {
+    match status {
+        "started" | "stopping" | "replacing" | "suspending" | "restarting" => Some(Bucket::Started),
+        "suspended" => Some(Bucket::Suspended),
+        "destroyed" | "destroying" => None,
+        _ => Some(Bucket::Stopped),
+    }
+}
+
+/// Seconds by bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Seconds {
+    /// Started (CPU and memory billed).
+    pub started: f64,
+    /// Suspended.
+    pub suspended: f64,
+    /// Stopped (incl. created and starting).
+    pub stopped: f64,
+}
+
+impl Seconds {
+    fn add(&mut self, b: Bucket, s: f64) {
+        match b {
+            Bucket::Started => self.started += s,
+            Bucket::Suspended => self.suspended += s,
+            Bucket::Stopped => self.stopped += s,
+        }
+    }
+
+    /// Their price for a guest.
+    pub fn cost(&self, prices: &Prices, cpu_kind: &str, cpus: u32, memory_mb: u32) -> f64 {
+        self.started * prices.started_per_s(cpu_kind, cpus, memory_mb)
+            + (self.suspended + self.stopped) * prices.idle_per_s()
+    }
+}
+
+/// How far one machine's events have been counted, and what they added up to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageCursor {
+    /// The machine.
+    pub machine_id: String,
+    /// The queue it was booted for.
+    pub queue: String,
+    /// `shared` or `performance`.
+    pub cpu_kind: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory.
+    pub memory_mb: u32,
+    /// Events up to this time (Unix ms) are counted.
+    pub through_ms: i64,
+    /// The machine's status at `through_ms`.
+    pub status: String,
+    /// Ids of the events at exactly `through_ms` already counted (several can share a
+    /// millisecond: `launch` and `start` of a fast boot).
+    #[serde(default)]
+    pub through_ids: Vec<String>,
+    /// Billed seconds so far.
+    pub seconds: Seconds,
+    /// Their price so far, in dollars.
+    pub cost_usd: f64,
+}
+
+/// One queue's machine time in one clock hour (UTC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HourUsage {
+    /// The queue.
+    pub queue: String,
+    /// Start of the hour.
+    pub hour: DateTime<Utc>,
+    /// Billed seconds in it.
+    pub seconds: Seconds,
+    /// Their price, in dollars.
+    pub cost_usd: f64,
+}
+
+impl UsageCursor {
+    /// A cursor at a machine's first event (usually `launch`, status `created`).
+    pub fn new(
+        machine_id: impl Into<String>,
+        queue: impl Into<String>,
+        guest: (&str, u32, u32),
+        first: &MachineEvent,
+    ) -> Option<UsageCursor> {
+        Some(UsageCursor {
+            machine_id: machine_id.into(),
+            queue: queue.into(),
+            cpu_kind: guest.0.to_owned(),
+            cpus: guest.1,
+            memory_mb: guest.2,
+            through_ms: first.timestamp?,
+            status: first.status.clone()?,
+            through_ids: first.id.iter().cloned().collect(),
+            seconds: Seconds::default(),
+            cost_usd: 0.0,
+        })
+    }
+}
+
+/// Count `events` (newest first, as the Machines API lists them; those already counted are
+/// skipped) and then the time up to `now_ms` in the last status, into `cursor`; returns what was
+/// added, per clock hour. After a `destroyed` status nothing more is billed.
+pub fn advance(
+    cursor: &mut UsageCursor,
+    events: &[MachineEvent],
+    now_ms: i64,
+    prices: &Prices,
+) -> Vec<HourUsage> {
+    // Oldest first; events of one millisecond keep the API's order (a stable sort of the
+    // reversed list).
+    let mut news: Vec<(i64, &str, Option<&str>)> = events
+        .iter()
+        .rev()
+        .filter_map(|e| Some((e.timestamp?, e.status.as_deref()?, e.id.as_deref())))
+        .filter(|(ts, _, id)| {
+            *ts > cursor.through_ms
+                || (*ts == cursor.through_ms
+                    && id.is_some_and(|id| !cursor.through_ids.iter().any(|c| c == id)))
+        })
+        .collect();
+    news.sort_by_key(|(ts, _, _)| *ts);
+    let mut hours: Vec<HourUsage> = Vec::new();
+    let mut book = |cursor: &mut UsageCursor, until: i64| {
+        let Some(b) = bucket(&cursor.status) else {
+            if until > cursor.through_ms {
+                cursor.through_ms = until;
+                cursor.through_ids.clear();
+            }
+            return;
+        };
+        let mut from = cursor.through_ms;
+        while from < until {
+            let hour = hour_start(from);
+            let next_hour = hour.timestamp_millis() + 3_600_000;
+            let to = until.min(next_hour);
+            let secs = (to - from) as f64 / 1000.0;
+            let mut s = Seconds::default();
+            s.add(b, secs);
+            let cost = s.cost(prices, &cursor.cpu_kind, cursor.cpus, cursor.memory_mb);
+            cursor.seconds.add(b, secs);
+            cursor.cost_usd += cost;
+            match hours.iter_mut().find(|h| h.hour == hour) {
+                Some(h) => {
+                    h.seconds.add(b, secs);
+                    h.cost_usd += cost;
+                }
+                None => hours.push(HourUsage {
+                    queue: cursor.queue.clone(),
+                    hour,
+                    seconds: s,
+                    cost_usd: cost,
+                }),
+            }
+            from = to;
+        }
+        if until > cursor.through_ms {
+            cursor.through_ms = until;
+            cursor.through_ids.clear();
+        }
+    };
+    for (ts, status, id) in news {
+        book(cursor, ts);
+        cursor.status = status.to_owned();
+        cursor.through_ids.extend(id.map(str::to_owned));
+    }
+    if now_ms > cursor.through_ms {
+        book(cursor, now_ms);
+    }
+    hours
+}
+
+fn hour_start(ms: i64) -> DateTime<Utc> {
+    let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
+    t.with_minute(0)
+        .and_then(|t| t.with_second(0))
+        .and_then(|t| t.with_nanosecond(0))
+        .unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(status: &str, ts: i64) -> MachineEvent {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("{status}-{ts}"), "type": "x", "status": status, "timestamp": ts
+        }))
+        .unwrap()
+    }
+
+    const H: i64 = 3_600_000;
+
+    #[test]
+    fn prices_reproduce_flys_table() {
+        let p = Prices::default();
+        let month = 30.0 * 86_400.0;
+        let shared_256 = p.started_per_s("shared", 1, 256) * month;
+        assert!((shared_256 - 1.94).abs() < 0.1, "{shared_256}");
+        let perf_2g = p.started_per_s("performance", 1, 2048) * month;
+        assert!((perf_2g - 31.0).abs() < 1.0, "{perf_2g}");
+        let perf2x_4g = p.started_per_s("performance", 2, 4096) * month;
+        assert!((perf2x_4g - 62.0).abs() < 2.0, "{perf2x_4g}");
+    }
+
+    #[test]
+    fn time_between_events_is_billed_in_the_earlier_status() {
+        let p = Prices::default();
+        let t0 = 10 * H; // on an hour boundary
+        let events = [
+            ev("created", t0),
+            ev("started", t0 + 1_000),
+            ev("stopped", t0 + 61_000),
+            ev("destroyed", t0 + 62_000),
+        ];
+        let mut c = UsageCursor::new("m1", "mail", ("shared", 1, 256), &events[0]).unwrap();
+        // newest first, as the API lists them
+        let mut rev = events.to_vec();
+        rev.reverse();
+        let hours = advance(&mut c, &rev, t0 + 10 * H, &p);
+        assert_eq!(
+            c.seconds,
+            Seconds {
+                started: 60.0,
+                suspended: 0.0,
+                stopped: 2.0
+            }
+        );
+        assert_eq!(c.status, "destroyed");
+        assert_eq!(hours.len(), 1);
+        assert_eq!(hours[0].hour.timestamp_millis(), t0);
+        let want = 60.0 * p.started_per_s("shared", 1, 256) + 2.0 * p.idle_per_s();
+        assert!((c.cost_usd - want).abs() < 1e-12);
+        // nothing more after destroy, and the same events again add nothing
+        assert!(advance(&mut c, &rev, t0 + 20 * H, &p).is_empty());
+        assert_eq!(c.seconds.started, 60.0);
+    }
+
+    #[test]
+    fn a_running_machine_is_billed_up_to_now_across_hours() {
+        let p = Prices::default();
+        let t0 = 5 * H + 30 * 60_000; // 05:30
+        // launch and start in the same millisecond: the API lists start first (newest)
+        let events = [ev("started", t0), ev("created", t0)];
+        let mut c = UsageCursor::new("m1", "q", ("performance", 2, 4096), &events[1]).unwrap();
+        let hours = advance(&mut c, &events, t0 + H, &p); // to 06:30
+        assert_eq!(c.status, "started");
+        assert_eq!(c.seconds.started, 3600.0);
+        assert_eq!(hours.len(), 2);
+        assert_eq!(hours[0].seconds.started, 1800.0);
+        assert_eq!(hours[1].seconds.started, 1800.0);
+        // later: a suspend event, then more time
+        let later = [ev("suspended", t0 + 2 * H)];
+        let hours = advance(&mut c, &later, t0 + 3 * H, &p);
+        assert_eq!(c.seconds.started, 7200.0);
+        assert_eq!(c.seconds.suspended, 3600.0);
+        assert_eq!(hours.iter().map(|h| h.seconds.started).sum::<f64>(), 3600.0);
+        assert_eq!(c.status, "suspended");
+    }
+}
