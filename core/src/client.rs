@@ -317,34 +317,14 @@ impl Client {
     /// Cancel a job that has not run yet (ready or scheduled): it is discarded. A running,
     /// finished or dead job → `Conflict` naming its state.
     pub async fn cancel(&self, id: JobId) -> Result<Job> {
-        let job = self.existing(id).await?;
-        if !matches!(job.state, JobState::Ready | JobState::Scheduled) {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!(
-                    "job {id} is {}; only ready or scheduled jobs can be cancelled",
-                    job.state
-                ),
-            )
-            .with_job_id(id));
-        }
+        self.waiting(id, "cancelled").await?;
         // The store refuses (Conflict) if a worker claimed it in between.
         self.inner.store.discard(id, None, None).await
     }
 
     /// Run a scheduled job now (it keeps its attempts). Other states → `Conflict`.
     pub async fn run_now(&self, id: JobId) -> Result<Job> {
-        let job = self.existing(id).await?;
-        if !matches!(job.state, JobState::Ready | JobState::Scheduled) {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!(
-                    "job {id} is {}; only a waiting job can be run now",
-                    job.state
-                ),
-            )
-            .with_job_id(id));
-        }
+        self.waiting(id, "run now").await?;
         self.inner.store.run_now(id).await
     }
 
@@ -428,6 +408,22 @@ impl Client {
             )
             .await?;
         Ok(list.iter().map(MachineInfo::from_machine).collect())
+    }
+
+    /// The job if it is waiting (ready or scheduled), else a `Conflict` naming its state.
+    async fn waiting(&self, id: JobId, what: &str) -> Result<Job> {
+        let job = self.existing(id).await?;
+        if !matches!(job.state, JobState::Ready | JobState::Scheduled) {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "job {id} is {}; only ready or scheduled jobs can be {what}",
+                    job.state
+                ),
+            )
+            .with_job_id(id));
+        }
+        Ok(job)
     }
 
     async fn existing(&self, id: JobId) -> Result<Job> {

@@ -106,14 +106,10 @@ impl Fixture {
     }
 }
 
-/// A job whose payload and error carry markup, made dead.
-async fn dead_job_with_markup(client: &Client, queue: &str) -> i64 {
-    let mut job = NewJob::new(queue, json!({"html": "<script>alert(1)</script>"}));
-    job.name = "<img src=x onerror=alert(2)>".into();
-    job.max_attempts = Some(1);
-    let job = client.enqueue(job).await.unwrap();
-    let store = client.store();
-    let lease = store
+/// Claim the next job of `queue`, as a worker would.
+async fn claim_one(client: &Client, queue: &str) -> flyjobs::store::Lease {
+    client
+        .store()
         .claim(ClaimRequest::new(
             [queue],
             1,
@@ -123,7 +119,17 @@ async fn dead_job_with_markup(client: &Client, queue: &str) -> i64 {
         .await
         .unwrap()
         .pop()
-        .unwrap();
+        .unwrap()
+}
+
+/// A job whose payload and error carry markup, made dead.
+async fn dead_job_with_markup(client: &Client, queue: &str) -> i64 {
+    let mut job = NewJob::new(queue, json!({"html": "<script>alert(1)</script>"}));
+    job.name = "<img src=x onerror=alert(2)>".into();
+    job.max_attempts = Some(1);
+    let job = client.enqueue(job).await.unwrap();
+    let store = client.store();
+    let lease = claim_one(client, queue).await;
     let policy = RetryPolicy::new(1, Backoff::Fixed(std::time::Duration::ZERO)).unwrap();
     store
         .fail(
@@ -365,17 +371,7 @@ async fn the_overview_charts_finished_jobs_per_queue() {
             .enqueue(NewJob::new(queue, json!(1)))
             .await
             .unwrap();
-        let lease = store
-            .claim(ClaimRequest::new(
-                [queue],
-                1,
-                "w",
-                std::time::Duration::from_secs(60),
-            ))
-            .await
-            .unwrap()
-            .pop()
-            .unwrap();
+        let lease = claim_one(&fx.client, queue).await;
         store.complete(lease.job.id, lease.token).await.unwrap();
     }
     let (status, body, _) = fx.get("/").await;
