@@ -659,6 +659,28 @@ impl Store for Flaky {
         self.check()?;
         self.inner.finished_since(since, limit).await
     }
+    async fn record_usage(
+        &self,
+        cursor: &flyjobs::cost::UsageCursor,
+        read_through_ms: Option<i64>,
+        hours: &[flyjobs::cost::HourUsage],
+    ) -> Result<bool> {
+        self.check()?;
+        self.inner
+            .record_usage(cursor, read_through_ms, hours)
+            .await
+    }
+    async fn usage_cursors(&self) -> Result<Vec<flyjobs::cost::UsageCursor>> {
+        self.check()?;
+        self.inner.usage_cursors().await
+    }
+    async fn usage_hours(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<flyjobs::cost::HourUsage>> {
+        self.check()?;
+        self.inner.usage_hours(since).await
+    }
 }
 
 async fn flaky_client(lease: Duration) -> (Client, Arc<Flaky>, tempfile::TempDir) {

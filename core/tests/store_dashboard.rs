@@ -1,5 +1,5 @@
-//! The store calls the dashboard needs (`run_now`, `finished_since`), on SQLite and PostgreSQL
-//! (see store_support for the skip policy).
+//! The store calls the dashboard and cost accounting need (`run_now`, `finished_since`, machine
+//! usage), on SQLite and PostgreSQL (see store_support for the skip policy).
 
 mod store_support;
 
@@ -77,6 +77,57 @@ async fn finished_since_lists_end_states_newest_first(s: Arc<dyn Store>) {
     assert!(s.finished_since(future, 0).await.unwrap().is_empty());
 }
 
+async fn usage_is_recorded_once_per_interval(s: Arc<dyn Store>) {
+    use flyjobs::cost::{self, Prices, UsageCursor};
+    assert!(
+        s.usage_cursors().await.unwrap().is_empty(),
+        "no table yet reads as empty"
+    );
+    assert!(s.usage_hours(Utc::now()).await.unwrap().is_empty());
+    let ev = |status: &str, ts: i64| -> flyjobs::machines::types::MachineEvent {
+        serde_json::from_value(
+            json!({"id": format!("{status}{ts}"), "status": status, "timestamp": ts}),
+        )
+        .unwrap()
+    };
+    let t0 = 1_800_000_000_000_i64 - 1_800_000_000_000_i64 % 3_600_000; // an hour boundary
+    let events = vec![ev("started", t0 + 1000), ev("created", t0)];
+    let p = Prices::default();
+    let mut c = UsageCursor::new("m1", "mail", ("shared", 1, 256), &events[1]).unwrap();
+    let hours = cost::advance(&mut c, &events, t0 + 61_000, &p);
+    assert!(s.record_usage(&c, None, &hours).await.unwrap());
+    // the same new cursor again (a second recorder that read nothing): refused
+    assert!(!s.record_usage(&c, None, &hours).await.unwrap());
+    let read = s.usage_cursors().await.unwrap();
+    assert_eq!(read, vec![c.clone()]);
+    // move on from what was read: accepted, and the hour adds up
+    let mut c2 = read[0].clone();
+    let more = cost::advance(&mut c2, &events, t0 + 121_000, &p);
+    assert!(
+        s.record_usage(&c2, Some(c.through_ms), &more)
+            .await
+            .unwrap()
+    );
+    // a recorder that read the old cursor loses
+    let mut stale = c.clone();
+    let dup = cost::advance(&mut stale, &events, t0 + 121_000, &p);
+    assert!(
+        !s.record_usage(&stale, Some(c.through_ms), &dup)
+            .await
+            .unwrap()
+    );
+    let hours = s
+        .usage_hours(chrono::DateTime::from_timestamp_millis(t0).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(hours.len(), 1);
+    assert_eq!(hours[0].queue, "mail");
+    assert!((hours[0].seconds.started - 120.0).abs() < 1e-9, "{hours:?}");
+    assert!((hours[0].seconds.stopped - 1.0).abs() < 1e-9);
+    assert!((hours[0].cost_usd - c2.cost_usd).abs() < 1e-12);
+    assert_eq!(s.usage_cursors().await.unwrap()[0].seconds.started, 120.0);
+}
+
 macro_rules! backend {
     ($backend:ident: $($name:ident),*) => {
         mod $backend {
@@ -95,5 +146,13 @@ macro_rules! backend {
     };
 }
 
-backend!(sqlite: run_now_makes_a_scheduled_job_ready, finished_since_lists_end_states_newest_first);
-backend!(postgres: run_now_makes_a_scheduled_job_ready, finished_since_lists_end_states_newest_first);
+backend!(
+    sqlite: run_now_makes_a_scheduled_job_ready,
+    finished_since_lists_end_states_newest_first,
+    usage_is_recorded_once_per_interval
+);
+backend!(
+    postgres: run_now_makes_a_scheduled_job_ready,
+    finished_since_lists_end_states_newest_first,
+    usage_is_recorded_once_per_interval
+);

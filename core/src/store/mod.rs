@@ -51,6 +51,7 @@ use crate::retry::{Outcome, RetryPolicy};
 pub mod boot_failures;
 pub mod postgres;
 pub mod sqlite;
+pub mod usage;
 
 /// A request to claim jobs.
 #[derive(Debug, Clone)]
@@ -490,6 +491,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Jobs that reached an end state (completed, dead, discarded) at or after `since`, newest
     /// first, at most `limit` (0 means 100): the dashboard's throughput and latency charts.
     async fn finished_since(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<Job>>;
+
+    // ---- machine usage for cost accounting (core/src/store/usage.rs) ----
+
+    /// Save a machine's usage cursor, moved on from `read_through_ms` (None: a new machine),
+    /// and add `hours` to the per-queue totals, atomically. `false` if another recorder moved
+    /// the cursor first (nothing written).
+    async fn record_usage(
+        &self,
+        cursor: &crate::cost::UsageCursor,
+        read_through_ms: Option<i64>,
+        hours: &[crate::cost::HourUsage],
+    ) -> Result<bool>;
+
+    /// Every machine's usage cursor.
+    async fn usage_cursors(&self) -> Result<Vec<crate::cost::UsageCursor>>;
+
+    /// Billed seconds and cost per queue per clock hour, from the hour holding `since` on.
+    async fn usage_hours(&self, since: DateTime<Utc>) -> Result<Vec<crate::cost::HourUsage>>;
 }
 
 /// Open the store at `url`: `postgres://…`/`postgresql://…` or `sqlite:…` (e.g.

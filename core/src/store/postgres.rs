@@ -933,4 +933,21 @@ impl Store for PgStore {
         .map_err(db_err("finished jobs"))?;
         rows.iter().map(job_from_row).collect()
     }
+
+    async fn record_usage(
+        &self,
+        cursor: &crate::cost::UsageCursor,
+        read_through_ms: Option<i64>,
+        hours: &[crate::cost::HourUsage],
+    ) -> Result<bool> {
+        super::usage::pg::record(&self.pool, cursor, read_through_ms, hours).await
+    }
+
+    async fn usage_cursors(&self) -> Result<Vec<crate::cost::UsageCursor>> {
+        super::usage::pg::cursors(&self.pool).await
+    }
+
+    async fn usage_hours(&self, since: DateTime<Utc>) -> Result<Vec<crate::cost::HourUsage>> {
+        super::usage::pg::hours(&self.pool, since).await
+    }
 }

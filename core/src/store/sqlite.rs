@@ -835,4 +835,21 @@ impl Store for SqliteStore {
         .map_err(db_err("finished jobs"))?;
         rows.iter().map(job_from_row).collect()
     }
+
+    async fn record_usage(
+        &self,
+        cursor: &crate::cost::UsageCursor,
+        read_through_ms: Option<i64>,
+        hours: &[crate::cost::HourUsage],
+    ) -> Result<bool> {
+        super::usage::sqlite::record(&self.pool, cursor, read_through_ms, hours).await
+    }
+
+    async fn usage_cursors(&self) -> Result<Vec<crate::cost::UsageCursor>> {
+        super::usage::sqlite::cursors(&self.pool).await
+    }
+
+    async fn usage_hours(&self, since: DateTime<Utc>) -> Result<Vec<crate::cost::HourUsage>> {
+        super::usage::sqlite::hours(&self.pool, since).await
+    }
 }
