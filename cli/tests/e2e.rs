@@ -671,3 +671,99 @@ async fn a_pool_machine_of_an_older_release_is_not_reused() {
     assert_eq!(m.metadata_value("flyjobs_release"), Some("app:v2"));
     env.emulator.shutdown().await;
 }
+
+/// Cost accounting from the Machines API's events matches the emulator's billing ledger: the
+/// recorder runs while machines boot, run jobs and are destroyed, as the scaler's tick does.
+#[tokio::test(flavor = "multi_thread")]
+async fn machine_usage_matches_the_emulator_ledger() {
+    let Some(env) = setup(
+        Db::Sqlite,
+        "a:max_machines=2,wait=1;b:max_machines=1,wait=1",
+        fast(),
+    )
+    .await
+    else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for q in ["a", "a", "a", "b"] {
+        ids.push(env.enqueue_sh(q, "sleep 1").await);
+    }
+    let handle = env.scaler().await.spawn();
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        env.client.record_usage().await.unwrap();
+        let mut done = true;
+        for id in &ids {
+            done &= env.state(*id).await == JobState::Completed;
+        }
+        let alive = env
+            .emulator
+            .machines(&env.app)
+            .iter()
+            .any(|m| m.state != "destroyed");
+        if done && !alive {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "jobs did not finish and machines did not leave"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    handle.stop().await;
+    env.client.record_usage().await.unwrap();
+    let ledger = env.emulator.ledger();
+    let usage = env
+        .client
+        .usage(chrono::Utc::now() - chrono::Duration::hours(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        usage.machines.len(),
+        ledger.machines.len(),
+        "every machine is accounted: {usage:?}"
+    );
+    for m in &ledger.machines {
+        let c = usage
+            .machines
+            .iter()
+            .find(|c| c.machine_id == m.id)
+            .unwrap_or_else(|| panic!("machine {} not accounted", m.id));
+        assert_eq!(c.status, "destroyed");
+        let (ours, theirs) = (c.seconds.started, m.started_s);
+        assert!(
+            theirs > 0.5 && (ours - theirs).abs() <= 0.05 * theirs,
+            "machine {}: started {ours:.3}s by its events, {theirs:.3}s by the ledger",
+            m.id
+        );
+    }
+    // the hourly totals per queue add up to the machines'
+    let per_queue = usage.per_queue();
+    for q in ["a", "b"] {
+        let machines: f64 = usage
+            .machines
+            .iter()
+            .filter(|c| c.queue == q)
+            .map(|c| c.seconds.started)
+            .sum();
+        let hours = per_queue[q].0.started;
+        assert!(
+            (machines - hours).abs() < 1e-6,
+            "{q}: {machines} vs {hours}"
+        );
+        assert!(per_queue[q].1 > 0.0, "{q} costs something");
+    }
+    let total: f64 = usage.machines.iter().map(|c| c.seconds.started).sum();
+    eprintln!(
+        "machine usage: {} machines, started {total:.3}s by events vs {:.3}s by the ledger",
+        usage.machines.len(),
+        ledger.started_s
+    );
+    assert!(
+        (total - ledger.started_s).abs() <= 0.05 * ledger.started_s,
+        "total started {total:.3}s vs ledger {:.3}s",
+        ledger.started_s
+    );
+    env.emulator.shutdown().await;
+}

@@ -382,21 +382,8 @@ impl Client {
     /// Worker machines as the Machines API reports them. Off Fly: those of the local API this
     /// process started, or of the app's shared one if it runs; else an empty list.
     pub async fn machines(&self) -> Result<Vec<MachineInfo>> {
-        let api = self.inner.machines.lock().await.clone();
-        let (api, app) = match api {
-            Some(a) => a,
-            None if self.inner.config.on_fly() => self.machines_api().await?,
-            None => {
-                let url = self.inner.database_url.clone().unwrap_or_default();
-                let found = match &self.inner.local {
-                    Some(local) => local.find(&url).await,
-                    None => None,
-                };
-                match found {
-                    Some(api) => (api.machines(), api.app()),
-                    None => return Ok(Vec::new()),
-                }
-            }
+        let Some((api, app)) = self.worker_machines_api().await? else {
+            return Ok(Vec::new());
         };
         let list = api
             .list_machines(
@@ -408,6 +395,52 @@ impl Client {
             )
             .await?;
         Ok(list.iter().map(MachineInfo::from_machine).collect())
+    }
+
+    /// The Machines API whose machines are this app's workers: on Fly the real one; off Fly the
+    /// local API this process started, or the app's shared one if it runs; else none.
+    async fn worker_machines_api(&self) -> Result<Option<(Arc<dyn Machines>, String)>> {
+        let api = self.inner.machines.lock().await.clone();
+        Ok(match api {
+            Some(a) => Some(a),
+            None if self.inner.config.on_fly() => Some(self.machines_api().await?),
+            None => {
+                let url = self.inner.database_url.clone().unwrap_or_default();
+                match &self.inner.local {
+                    Some(local) => local
+                        .find(&url)
+                        .await
+                        .map(|api| (api.machines(), api.app())),
+                    None => None,
+                }
+            }
+        })
+    }
+
+    /// Count the machine time of the app's worker machines since the last count into the store
+    /// (what [`Client::usage`] reports); any process may call it, concurrent calls never count
+    /// twice. The scaler calls it every tick.
+    pub async fn record_usage(&self) -> Result<crate::cost::Recorded> {
+        let Some((api, app)) = self.worker_machines_api().await? else {
+            return Ok(crate::cost::Recorded::default());
+        };
+        crate::cost::record_usage(
+            api.as_ref(),
+            &app,
+            self.inner.store.as_ref(),
+            &crate::cost::Prices::default(),
+            Utc::now(),
+        )
+        .await
+    }
+
+    /// Machine usage and cost: per queue per clock hour from the hour holding `since`, and per
+    /// machine so far.
+    pub async fn usage(&self, since: DateTime<Utc>) -> Result<crate::cost::Usage> {
+        Ok(crate::cost::Usage {
+            hours: self.inner.store.usage_hours(since).await?,
+            machines: self.inner.store.usage_cursors().await?,
+        })
     }
 
     /// The job if it is waiting (ready or scheduled), else a `Conflict` naming its state.

@@ -12,10 +12,15 @@
 //! incremental: a [`UsageCursor`] remembers how far a machine's events have been counted
 //! (`through_ms` and the status then) and [`advance`] adds what happened since, up to now.
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::{DateTime, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::machines::types::MachineEvent;
+use crate::error::Result;
+use crate::machines::Machines;
+use crate::machines::types::{ListMachinesQuery, MachineEvent};
+use crate::store::Store;
 
 /// Per-second prices in US dollars. Defaults: Fly's published usage prices (shared CPU
 /// $0.0000003/s per vCPU, performance $0.0000082/s per vCPU, memory $0.0000019/s per GB,
@@ -246,6 +251,122 @@ pub fn advance(
         book(cursor, now_ms);
     }
     hours
+}
+
+/// Usage as recorded: per queue per hour, and per machine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Usage {
+    /// Per queue per clock hour.
+    pub hours: Vec<HourUsage>,
+    /// Per machine, since it was created.
+    pub machines: Vec<UsageCursor>,
+}
+
+impl Usage {
+    /// Per queue: billed seconds and cost over the hours in this report.
+    pub fn per_queue(&self) -> BTreeMap<String, (Seconds, f64)> {
+        let mut out: BTreeMap<String, (Seconds, f64)> = BTreeMap::new();
+        for h in &self.hours {
+            let e = out.entry(h.queue.clone()).or_default();
+            e.0.started += h.seconds.started;
+            e.0.suspended += h.seconds.suspended;
+            e.0.stopped += h.seconds.stopped;
+            e.1 += h.cost_usd;
+        }
+        out
+    }
+}
+
+/// What one [`record_usage`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Recorded {
+    /// Worker machines whose usage moved on.
+    pub machines: usize,
+    /// Billed seconds added (all buckets).
+    pub seconds: f64,
+    /// Machines another recorder had already moved on (skipped this time).
+    pub raced: usize,
+}
+
+/// Count the machine time of every worker machine of `app` (destroyed ones included) since the
+/// last pass into `store`. Safe to run from several processes at once: a cursor only moves on
+/// from where its reader found it, so no interval is counted twice.
+pub async fn record_usage(
+    api: &dyn Machines,
+    app: &str,
+    store: &dyn Store,
+    prices: &Prices,
+    now: DateTime<Utc>,
+) -> Result<Recorded> {
+    let machines = api
+        .list_machines(
+            app,
+            &ListMachinesQuery {
+                include_deleted: true,
+                metadata: BTreeMap::from([("flyjobs_role".into(), "worker".into())]),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let known: HashMap<String, UsageCursor> = store
+        .usage_cursors()
+        .await?
+        .into_iter()
+        .map(|c| (c.machine_id.clone(), c))
+        .collect();
+    let now_ms = now.timestamp_millis();
+    let mut done = Recorded::default();
+    for m in &machines {
+        let events = m.events.as_deref().unwrap_or_default();
+        let (mut cursor, read) = match known.get(&m.id) {
+            // destroyed: nothing more to bill
+            Some(c) if bucket(&c.status).is_none() => continue,
+            Some(c) => (c.clone(), Some(c.through_ms)),
+            None => {
+                let guest = m.config.as_ref().and_then(|c| c.guest.as_ref());
+                let queue = m
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.metadata.as_ref())
+                    .and_then(|md| md.get("flyjobs_queue"))
+                    .cloned()
+                    .unwrap_or_default();
+                // the oldest event the API still lists (newest first)
+                let Some(first) = events.iter().rev().find(|e| e.timestamp.is_some()) else {
+                    continue;
+                };
+                let Some(c) = UsageCursor::new(
+                    &m.id,
+                    queue,
+                    (
+                        guest
+                            .and_then(|g| g.cpu_kind.as_deref())
+                            .unwrap_or("shared"),
+                        guest.and_then(|g| g.cpus).unwrap_or(1),
+                        guest.and_then(|g| g.memory_mb).unwrap_or(256),
+                    ),
+                    first,
+                ) else {
+                    continue;
+                };
+                (c, None)
+            }
+        };
+        let before = cursor.seconds;
+        let hours = advance(&mut cursor, events, now_ms, prices);
+        if read.is_some() && hours.is_empty() && cursor.through_ms == read.unwrap_or_default() {
+            continue;
+        }
+        if store.record_usage(&cursor, read, &hours).await? {
+            done.machines += 1;
+            done.seconds += (cursor.seconds.started - before.started)
+                + (cursor.seconds.suspended - before.suspended)
+                + (cursor.seconds.stopped - before.stopped);
+        } else {
+            done.raced += 1;
+        }
+    }
+    Ok(done)
 }
 
 fn hour_start(ms: i64) -> DateTime<Utc> {
