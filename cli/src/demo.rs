@@ -112,11 +112,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = t0.elapsed();
+    // What the dashboard's cost page shows, counted at the same moment as the ledger below.
+    client.record_usage().await.context("machine usage")?;
+    let ledger = emulator.ledger();
+    let usage = client
+        .usage(chrono::Utc::now() - chrono::Duration::hours(1))
+        .await
+        .context("machine usage")?;
     client.shutdown().await;
 
     let all = all_jobs(&client).await?;
-    let ledger = emulator.ledger();
     summary(&all, &ledger, &peak, elapsed);
+    cost_summary(&usage, &ledger);
     emulator.shutdown().await;
     Ok(())
 }
@@ -217,6 +224,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[i]
+}
+
+/// Cost per queue as the dashboard shows it (from the machines' events), next to the emulator's
+/// own ledger.
+fn cost_summary(usage: &flyjobs::cost::Usage, ledger: &flyjobs_emulator::Ledger) {
+    let per_queue = usage.per_queue();
+    let started: f64 = per_queue.values().map(|(s, _)| s.started).sum();
+    for (q, (secs, cost)) in &per_queue {
+        println!(
+            "  cost {q:<13}  ${cost:.5} ({:.1} machine-s started, at Fly's prices)",
+            secs.started
+        );
+    }
+    println!(
+        "  started machine-s    {started:.1} by the machines' events (dashboard) vs {:.1} by the emulator ledger",
+        ledger.started_s
+    );
 }
 
 fn summary(

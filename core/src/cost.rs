@@ -277,6 +277,23 @@ impl Usage {
     }
 }
 
+/// A job's share of its machine's cost: the machine's started price for as long as the job ran,
+/// divided among the jobs the machine runs at once (`concurrency`). None until it has run and
+/// its machine is accounted.
+pub fn job_cost(
+    job: &crate::job::Job,
+    machine: &UsageCursor,
+    concurrency: u32,
+    prices: &Prices,
+) -> Option<f64> {
+    let ran = (job.finished_at? - job.started_at?)
+        .num_milliseconds()
+        .max(0) as f64
+        / 1000.0;
+    let per_s = prices.started_per_s(&machine.cpu_kind, machine.cpus, machine.memory_mb);
+    Some(ran * per_s / f64::from(concurrency.max(1)))
+}
+
 /// What one [`record_usage`] pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Recorded {

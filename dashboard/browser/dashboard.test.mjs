@@ -123,6 +123,7 @@ test("every page loads with no console error, and screenshots are saved", async 
     dead: "/dead",
     scheduled: "/scheduled",
     machines: "/machines",
+    cost: "/cost",
     boot_failures: "/boot_failures",
   };
   for (const [name, path] of Object.entries(pages)) {

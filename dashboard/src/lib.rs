@@ -188,6 +188,7 @@ impl Dashboard {
                 .await
             }
             "/machines" => pages::machines(&self.client, &ctx).await,
+            "/cost" => pages::cost(&self.client, &ctx).await,
             "/boot_failures" => pages::boot_failures(&self.client, &ctx).await,
             "/assets/style.css" => {
                 return asset(

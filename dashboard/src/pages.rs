@@ -64,12 +64,13 @@ impl From<flyjobs::Error> for PageError {
 
 type Page = Result<Markup, PageError>;
 
-const NAV: [(&str, &str); 6] = [
+const NAV: [(&str, &str); 7] = [
     ("/", "Overview"),
     ("/jobs", "Jobs"),
     ("/scheduled", "Scheduled"),
     ("/dead", "Dead"),
     ("/machines", "Machines"),
+    ("/cost", "Cost"),
     ("/boot_failures", "Boot failures"),
 ];
 
@@ -460,6 +461,19 @@ pub(crate) async fn job(client: &Client, ctx: &Ctx<'_>, id: i64) -> Page {
     })?;
     let here = ctx.url(&format!("/jobs/{id}"));
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let cost = match &j.lease_owner {
+        Some(machine) if j.finished_at.is_some() => client
+            .usage(Utc::now())
+            .await?
+            .machines
+            .iter()
+            .find(|c| &c.machine_id == machine)
+            .and_then(|c| {
+                let concurrency = client.config().queue(&j.queue).concurrency;
+                flyjobs::cost::job_cost(&j, c, concurrency, &flyjobs::cost::Prices::default())
+            }),
+        _ => None,
+    };
     let body = html! {
         h1 { "Job " (id) " " (state_badge(j.state)) }
         p { (row_actions(ctx, &j, &here)) }
@@ -475,6 +489,10 @@ pub(crate) async fn job(client: &Client, ctx: &Ctx<'_>, id: i64) -> Page {
             dt { "Finished" } dd { @if let Some(t) = j.finished_at { (time(t)) } @else { span.muted { "—" } } }
             dt { "Machine" } dd { @if let Some(o) = &j.lease_owner { code { (o) } } @else { span.muted { "—" } } }
             dt { "Release" } dd { @if let Some(i) = &j.image_ref { code { (i) } } @else { span.muted { "—" } } }
+            dt { "Cost" } dd {
+                @if let Some(c) = cost { (usd(c)) " " span.muted { "(its share of its machine while it ran)" } }
+                @else { span.muted { "—" } }
+            }
             @if let Some(k) = &j.unique_key { dt { "Unique key" } dd { code { (k) } } }
         }
         @if let Some(e) = &j.last_error {
@@ -497,6 +515,14 @@ pub(crate) async fn job(client: &Client, ctx: &Ctx<'_>, id: i64) -> Page {
 pub(crate) async fn machines(client: &Client, ctx: &Ctx<'_>) -> Page {
     let list = client.machines().await?;
     let workers = client.workers().await?;
+    // Best effort: the figures shown are as of the last count if this one fails.
+    let _ = client.record_usage().await;
+    let usage = client.usage(Utc::now()).await?;
+    let cost: BTreeMap<&str, f64> = usage
+        .machines
+        .iter()
+        .map(|c| (c.machine_id.as_str(), c.cost_usd))
+        .collect();
     let running: BTreeMap<&str, u32> = workers.iter().map(|w| (w.id.as_str(), w.running)).collect();
     let body = html! {
         h1 { "Machines" }
@@ -504,10 +530,10 @@ pub(crate) async fn machines(client: &Client, ctx: &Ctx<'_>) -> Page {
         table {
             thead { tr {
                 th { "Machine" } th { "State" } th { "Queue" } th { "Region" } th { "Size" }
-                th { "Release" } th { "Created" } th.num { "Jobs running" }
+                th { "Release" } th { "Created" } th.num { "Jobs running" } th.num { "Cost so far" }
             } }
             tbody {
-                @if list.is_empty() { tr { td colspan="8" .muted { "No worker machines." } } }
+                @if list.is_empty() { tr { td colspan="9" .muted { "No worker machines." } } }
                 @for m in &list {
                     tr {
                         td { code { (m.id) } }
@@ -522,6 +548,7 @@ pub(crate) async fn machines(client: &Client, ctx: &Ctx<'_>) -> Page {
                         td { code { (m.release.as_deref().unwrap_or("")) } }
                         td { (m.created_at.as_deref().unwrap_or("")) }
                         td.num { @if let Some(n) = running.get(m.id.as_str()) { (n) } @else { span.muted { "—" } } }
+                        td.num { @if let Some(c) = cost.get(m.id.as_str()) { (usd(*c)) } @else { span.muted { "—" } } }
                     }
                 }
             }
@@ -569,4 +596,112 @@ pub(crate) async fn boot_failures(client: &Client, ctx: &Ctx<'_>) -> Page {
         }
     };
     Ok(layout(ctx, "Boot failures", "/boot_failures", body))
+}
+
+// ---- cost -----------------------------------------------------------------------------------
+
+/// Dollars, with enough digits for fractions of a cent.
+fn usd(v: f64) -> String {
+    if v >= 1.0 {
+        format!("${v:.2}")
+    } else {
+        format!("${v:.5}")
+    }
+}
+
+pub(crate) async fn cost(client: &Client, ctx: &Ctx<'_>) -> Page {
+    // Count what happened since the last pass (best effort: the page shows the last count).
+    let recorded = client.record_usage().await.err().map(|e| e.to_string());
+    let now = Utc::now();
+    let midnight = now
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc())
+        .unwrap_or(now);
+    let since = now - chrono::Duration::hours(24);
+    let usage = client.usage(since.min(midnight)).await?;
+    let today = flyjobs::cost::Usage {
+        hours: usage
+            .hours
+            .iter()
+            .filter(|h| h.hour >= midnight)
+            .cloned()
+            .collect(),
+        machines: Vec::new(),
+    }
+    .per_queue();
+    let day = usage.per_queue();
+    // cost per hour per queue, over the last 24 hours
+    let queues: BTreeSet<&str> = usage.hours.iter().map(|h| h.queue.as_str()).collect();
+    let hour0 = since.timestamp() / 3600;
+    let series: Vec<Series> = queues
+        .iter()
+        .map(|q| {
+            let mut values = vec![Some(0.0); 24];
+            for h in usage.hours.iter().filter(|h| h.queue == *q) {
+                let i = h.hour.timestamp() / 3600 - hour0;
+                if let Some(v) = usize::try_from(i).ok().and_then(|i| values.get_mut(i)) {
+                    *v = Some(v.unwrap_or(0.0) + h.cost_usd * 100.0);
+                }
+            }
+            Series {
+                label: (*q).to_owned(),
+                values,
+            }
+        })
+        .collect();
+    let mut machines = usage.machines.clone();
+    machines.sort_by(|a, b| b.through_ms.cmp(&a.through_ms));
+    machines.truncate(100);
+    let body = html! {
+        h1 { "Cost" }
+        p.muted {
+            "Machine time billed by state, from the Machines API's events, at Fly's per-second "
+            "prices (CPU and memory while started, the root filesystem while stopped or suspended)."
+        }
+        @if let Some(e) = recorded { p.notice { "Could not count the latest machine time: " (e) } }
+        table {
+            thead { tr {
+                th { "Queue" } th.num { "Machine-hours today" } th.num { "Cost today (UTC)" }
+                th.num { "Machine-hours, 24 h" } th.num { "Cost, 24 h" }
+            } }
+            tbody {
+                @if day.is_empty() { tr { td colspan="5" .muted { "No machine time recorded yet." } } }
+                @for (q, (secs, cost)) in &day {
+                    @let t = today.get(q);
+                    tr {
+                        td { (q) }
+                        td.num { (format!("{:.3}", t.map_or(0.0, |t| t.0.started) / 3600.0)) }
+                        td.num { (usd(t.map_or(0.0, |t| t.1))) }
+                        td.num { (format!("{:.3}", secs.started / 3600.0)) }
+                        td.num { (usd(*cost)) }
+                    }
+                }
+            }
+        }
+        h2 { "Last 24 hours" }
+        div.charts { (chart::line_chart("Cost per hour (cents)", "¢", 24, &series)) }
+        h2 { "Machines" }
+        table {
+            thead { tr {
+                th { "Machine" } th { "Queue" } th { "Size" } th { "State" }
+                th.num { "Started" } th.num { "Stopped / suspended" } th.num { "Cost" }
+            } }
+            tbody {
+                @if machines.is_empty() { tr { td colspan="7" .muted { "None yet." } } }
+                @for m in &machines {
+                    tr {
+                        td { code { (m.machine_id) } }
+                        td { (m.queue) }
+                        td { (m.cpu_kind) " " (m.cpus) "× " (m.memory_mb) " MB" }
+                        td { (m.status) }
+                        td.num { (humanize(std::time::Duration::from_secs_f64(m.seconds.started.max(0.0)))) }
+                        td.num { (humanize(std::time::Duration::from_secs_f64((m.seconds.stopped + m.seconds.suspended).max(0.0)))) }
+                        td.num { (usd(m.cost_usd)) }
+                    }
+                }
+            }
+        }
+    };
+    Ok(layout(ctx, "Cost", "/cost", body))
 }

@@ -161,6 +161,7 @@ async fn every_page_loads_and_markup_in_jobs_is_escaped() {
         "/dead".into(),
         "/scheduled".into(),
         "/machines".into(),
+        "/cost".into(),
         "/boot_failures".into(),
     ] {
         let (status, body, headers) = fx.get(&path).await;
@@ -380,4 +381,37 @@ async fn the_overview_charts_finished_jobs_per_queue() {
     // one line per queue in the throughput chart, one for the latency
     assert_eq!(body.matches("<polyline").count(), 3, "{body}");
     assert!(body.contains("alpha") && body.contains("beta"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cost_page_shows_recorded_machine_time_per_queue() {
+    use flyjobs::cost::{self, Prices, UsageCursor};
+    let fx = start(Auth::None, false).await;
+    let (_, body, _) = fx.get("/cost").await;
+    assert!(body.contains("No machine time recorded yet."));
+    // a machine of queue "mail" that ran for an hour, as the recorder would have counted it
+    let now = chrono::Utc::now().timestamp_millis();
+    let ev = |status: &str, ts: i64| -> flyjobs::machines::types::MachineEvent {
+        serde_json::from_value(json!({"id": status, "status": status, "timestamp": ts})).unwrap()
+    };
+    let events = vec![
+        ev("started", now - 3_600_000),
+        ev("created", now - 3_600_000),
+    ];
+    let mut c = UsageCursor::new("m-cost", "mail", ("performance", 2, 4096), &events[1]).unwrap();
+    let hours = cost::advance(&mut c, &events, now, &Prices::default());
+    assert!(
+        fx.client
+            .store()
+            .record_usage(&c, None, &hours)
+            .await
+            .unwrap()
+    );
+    let (status, body, _) = fx.get("/cost").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<td>mail</td>"), "{body}");
+    assert!(body.contains("m-cost"));
+    // 1 machine-hour of performance-2x: about $0.086
+    assert!(body.contains("1.000"), "machine-hours shown");
+    assert!(body.contains(&format!("${:.5}", c.cost_usd)), "{body}");
 }
