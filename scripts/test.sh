@@ -20,5 +20,7 @@ cargo build --workspace --lib --bins --tests --locked
   if [ -x scripts/test-ruby.sh ]; then scripts/test-ruby.sh; fi
   if [ -x scripts/test-python.sh ]; then scripts/test-python.sh; fi
   if [ -x scripts/test-node.sh ]; then scripts/test-node.sh; fi
+  # After the language suites, whose artifacts (venv, gem extension, node dist/) it reuses.
+  if [ -x scripts/test-polyglot.sh ]; then scripts/test-polyglot.sh; fi
   scripts/test-dashboard.sh
 '

@@ -138,7 +138,38 @@ struct Connected {
     machines: Arc<dyn Machines>,
     base_url: String,
     /// Our shared lock on `hosts.lock`: the daemon lives while any process holds one.
-    host: std::sync::Mutex<Option<Flock<File>>>,
+    host: std::sync::Mutex<Option<HostLock>>,
+}
+
+/// The shared lock on `hosts.lock` of the process that took it.
+///
+/// A child forked from that process shares the lock's open file description, and `flock`
+/// locks belong to the description: an unlock in the child (dropping a [`Flock`] unlocks) would
+/// drop the parent's share too, and the daemon would stop the app's machines under a live
+/// parent. Dropped in another process, it only leaks its descriptor (closed at exit), which
+/// leaves the lock to the parent.
+struct HostLock {
+    lock: Option<Flock<File>>,
+    pid: u32,
+}
+
+impl HostLock {
+    fn new(lock: Flock<File>) -> Self {
+        HostLock {
+            lock: Some(lock),
+            pid: std::process::id(),
+        }
+    }
+}
+
+impl Drop for HostLock {
+    fn drop(&mut self) {
+        if let Some(lock) = self.lock.take()
+            && self.pid != std::process::id()
+        {
+            std::mem::forget(lock);
+        }
+    }
 }
 
 #[async_trait]
@@ -224,7 +255,7 @@ impl LocalMachines for SharedLocal {
         Ok(Box::new(Connected {
             machines: Arc::new(client_for(&url, false)?),
             base_url: url,
-            host: std::sync::Mutex::new(Some(host)),
+            host: std::sync::Mutex::new(Some(HostLock::new(host))),
         }))
     }
 }
@@ -373,4 +404,51 @@ async fn stop_all(api: &dyn Machines) {
         let _ = api.wait_machine(EMBEDDED_APP, &m.id, &q).await;
     });
     futures::future::join_all(stops).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exclusive_now(dir: &Path) -> bool {
+        Flock::lock(
+            open_lock(dir, "hosts.lock").unwrap(),
+            FlockArg::LockExclusiveNonblock,
+        )
+        .is_ok()
+    }
+
+    #[test]
+    fn a_host_lock_dropped_in_a_forked_child_leaves_the_parents_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = || {
+            lock(
+                open_lock(dir.path(), "hosts.lock").unwrap(),
+                FlockArg::LockShared,
+                "hosts.lock",
+            )
+            .unwrap()
+        };
+        // What a child sees after fork(): the parent's lock, taken under the parent's pid.
+        let mut in_child = HostLock::new(shared());
+        in_child.pid = std::process::id().wrapping_add(1);
+        drop(in_child);
+        assert!(
+            !exclusive_now(dir.path()),
+            "dropped in another process, the share must stay held"
+        );
+        // In the process that took it, dropping it gives the share back.
+        let dir2 = tempfile::tempdir().unwrap();
+        let mine = HostLock::new(
+            lock(
+                open_lock(dir2.path(), "hosts.lock").unwrap(),
+                FlockArg::LockShared,
+                "hosts.lock",
+            )
+            .unwrap(),
+        );
+        assert!(!exclusive_now(dir2.path()));
+        drop(mine);
+        assert!(exclusive_now(dir2.path()));
+    }
 }

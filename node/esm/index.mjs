@@ -8,6 +8,7 @@ export const {
   reset,
   defaultWorkerCommand,
   isWorkerProcess,
+  localApiCommand,
   configure,
   resolveConfig,
   optionSpecs,

@@ -7,8 +7,9 @@
 import * as path from "node:path";
 import { pathToFileURL } from "node:url";
 import { getClient, reset } from "./client";
-import { FlyJobsError } from "./errors";
-import { drainLogs } from "./logs";
+import { call, FlyJobsError } from "./errors";
+import { drainLogs, startLogs } from "./logs";
+import { native } from "./native";
 
 const USAGE =
   "Usage: flyjobs-worker [--require FILE]... [--import FILE]... [--queues a,b] [--wait SECONDS|forever] " +
@@ -91,7 +92,27 @@ async function load(entry: Args["load"][number]): Promise<void> {
   }
 }
 
+/**
+ * `node <flyjobs>/dist/cli.js local-api STATE`: the app's shared local Machines API off Fly,
+ * started in a process group of its own by the first process of the app that needs one (see
+ * `localApiCommand`). Resolves when no process of the app is left and its machines are stopped.
+ */
+async function serveLocalApi(state: string | undefined): Promise<number> {
+  if (!state) {
+    process.stderr.write("flyjobs-worker local-api: the state directory is missing\n");
+    return 2;
+  }
+  startLogs();
+  try {
+    await call(() => native.serveLocalApi(state));
+  } finally {
+    drainLogs();
+  }
+  return 0;
+}
+
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === "local-api") return serveLocalApi(argv[1]);
   let args: Args;
   try {
     args = parse(argv);

@@ -1,5 +1,5 @@
 import * as path from "node:path";
-import { call, FlyJobsError } from "./errors";
+import { call, callSync, FlyJobsError } from "./errors";
 import { toJson } from "./json";
 import { native, packageRoot, type Json, type JsonObject, type NativeClient } from "./native";
 import { configured, toCoreOptions, type Options } from "./config";
@@ -111,6 +111,16 @@ export function defaultWorkerCommand(files: string[] = jobFiles()): string[] {
 }
 
 /**
+ * The command that serves the app's local Machines API off Fly (`node <flyjobs>/dist/cli.js
+ * local-api STATE`): one daemon shared by every process of the app (cluster workers, scripts,
+ * the console), started by the first one that needs it. Its machines outlive any one process;
+ * when the last process leaves, it stops them with their stop signal and grace, and exits.
+ */
+export function localApiCommand(): string[] {
+  return [process.execPath, path.join(packageRoot, "dist", "cli.js"), "local-api"];
+}
+
+/**
  * A connection to the flyjobs queue (PostgreSQL or SQLite) and, when the scaler runs in this
  * process, to the Machines API. Off Fly (no FLY_MACHINE_ID) the core runs a local Machines API
  * whose "machines" are local worker processes.
@@ -126,7 +136,8 @@ export class Client {
     startLogs();
     const core = toCoreOptions(options);
     const command = defaultWorkerCommand(options.jobFiles ?? jobFiles());
-    return new Client(await call(() => native.open(core, command)));
+    const localApi = options.localApiCommand ?? localApiCommand();
+    return new Client(await call(() => native.open(core, command, localApi)));
   }
 
   /** Enqueues one job; never waits for a machine. Nothing is written if a field is bad. */
@@ -228,6 +239,14 @@ export class Client {
   async close(): Promise<void> {
     await call(() => this.native.close());
   }
+
+  /**
+   * `close`, blocking until done: for a `process.on("exit")` handler, which cannot wait for a
+   * Promise. The process-wide client (`getClient`) is closed this way at exit.
+   */
+  closeSync(): void {
+    callSync(() => this.native.closeSync());
+  }
 }
 
 let shared: Promise<Client> | null = null;
@@ -246,6 +265,10 @@ export function getClient(): Promise<Client> {
     const options = configured();
     shared = (async () => {
       const client = await Client.open(options);
+      // At exit (a cluster worker disconnected, the script done, process.exit()): the scaler
+      // gives back its leader lock at once, so the next process leads without waiting for it
+      // to expire, and this process leaves the shared local Machines API.
+      process.once("exit", () => client.closeSync());
       if (!isWorkerProcess() && options.scaler !== false) await client.startScaler();
       return client;
     })();

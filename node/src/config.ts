@@ -55,9 +55,14 @@ export interface Options extends CoreOptions {
   jobFiles?: string[];
   /** Start the embedded scaler in this process (default: yes, except in a worker). */
   scaler?: boolean;
+  /**
+   * Off Fly, the command that serves the app's shared local Machines API (default: this
+   * package's, `localApiCommand()`); `[]` runs it inside this process instead.
+   */
+  localApiCommand?: string[];
 }
 
-const PACKAGE_KEYS = new Set(["jobFiles", "scaler"]);
+const PACKAGE_KEYS = new Set(["jobFiles", "scaler", "localApiCommand"]);
 
 const snake = (key: string): string => key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 /** `max_machines` -> `maxMachines`. */

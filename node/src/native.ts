@@ -34,10 +34,12 @@ export interface NativeClient {
   call(name: string, arg?: Json): Promise<Json>;
   worker(options: JsonObject): Promise<NativeWorker>;
   close(): Promise<void>;
+  closeSync(): void;
 }
 
 export interface NativeModule {
-  open(options: JsonObject, defaultWorkerCommand: string[]): Promise<NativeClient>;
+  open(options: JsonObject, defaultWorkerCommand: string[], localApiCommand?: string[]): Promise<NativeClient>;
+  serveLocalApi(stateDir: string): Promise<void>;
   optionSpecs(): {
     options: OptionSpec[];
     queue_settings: OptionSpec[];

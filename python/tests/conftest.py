@@ -124,5 +124,27 @@ def wait_for_state(job_id: int, states: List[str], timeout: float = TIMEOUT) -> 
     return wait_until(f"job {job_id} in {states}", check, timeout)  # type: ignore[no-any-return]
 
 
+def local_api_daemons(app_dir: str) -> List[Dict[str, Any]]:
+    """The live shared local Machines API daemons whose machines run in `app_dir`: their
+    records ({"url", "pid"}) in $TMPDIR/flyjobs-local-*/api.json."""
+    found = []
+    root = tempfile.gettempdir()
+    for d in os.listdir(root):
+        state = os.path.join(root, d)
+        if not d.startswith("flyjobs-local-"):
+            continue
+        try:
+            with open(os.path.join(state, "spec.json")) as f:
+                if json.load(f)["dir"] != app_dir:
+                    continue
+            with open(os.path.join(state, "api.json")) as f:
+                record = json.load(f)
+            os.kill(record["pid"], 0)
+        except (OSError, ValueError, KeyError):
+            continue
+        found.append(record)
+    return found
+
+
 def tag() -> str:
     return uuid.uuid4().hex[:10]

@@ -240,13 +240,22 @@ def test_ctrl_c_reaches_python_while_a_worker_waits(tmp_path: Any, queue: str) -
     within a poll slice, quiets and exits cleanly."""
     url = database_url() or f"sqlite://{tmp_path}/q.db?mode=rwc"
     code = (
+        # Python's own SIGINT handler, as a program run from a terminal has it. Started from a
+        # background job of a non-interactive shell (`scripts/test.sh ... &`, CI runners), this
+        # process would inherit SIGINT *ignored*, Python would keep it ignored, and no Ctrl-C
+        # could ever arrive: the cause of this test's time-outs in full runs.
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import flyjobs, sys, time\n"
         f"c = flyjobs.Client(database_url={url!r})\n"
         f"w = c.worker(queues=[{queue!r}], wait='forever')\n"
-        "print('waiting', flush=True)\n"
         "try:\n"
         "    slot = w._native.slot()\n"
-        "    while slot.next(1.0) is False: pass\n"
+        "    said = False\n"
+        "    while slot.next(1.0) is False:\n"
+        # Said once the worker waits inside the try: the signal cannot land before it.
+        "        if not said:\n"
+        "            print('waiting', flush=True)\n"
+        "            said = True\n"
         "except KeyboardInterrupt:\n"
         "    print('interrupted', flush=True)\n"
         "    w.stop(0)\n"

@@ -15,7 +15,7 @@ from typing import Any, Dict
 import pytest
 
 import flyjobs
-from conftest import Out, database_url, machine_logs, tag, wait_for_lines, wait_for_state
+from conftest import Out, database_url, local_api_daemons, machine_logs, tag, wait_for_lines, wait_for_state
 
 RETRY_TIMEOUT = 150.0
 
@@ -137,6 +137,11 @@ def test_a_client_used_in_a_child_after_fork(app: Any) -> None:
         said = f.read()
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0, f"child failed: {said}"
+    # The child dropped the parent's clients (configure() reset the process-wide one): that
+    # must not end the parent's share of the local Machines API, whose daemon would then stop
+    # the app's machines and exit (it checks every 250 ms).
+    time.sleep(1.5)
+    assert len(local_api_daemons(os.path.realpath(os.getcwd()))) == 1, "the local API outlives the child"
     job_id = int(said)
     (line,) = wait_for_lines(t)
     assert line["args"] == ["from the child"]

@@ -65,20 +65,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// `open(options, defaultWorkerCommand) -> Promise<NativeClient>`: options under the core's
-/// names (node/src/config.ts maps camelCase once).
+/// `open(options, defaultWorkerCommand, localApiCommand?) -> Promise<NativeClient>`: options
+/// under the core's names (node/src/config.ts maps camelCase once). Off Fly, a non-empty
+/// `localApiCommand` (`node <flyjobs>/dist/cli.js local-api`) makes the local Machines API one
+/// daemon shared by every process of the app (cluster workers); empty runs it in this process.
 #[napi]
 pub fn open(
     env: &Env,
     options: Value,
     default_worker_command: Vec<String>,
+    local_api_command: Option<Vec<String>>,
 ) -> napi::Result<PromiseRaw<'_, NativeClient>> {
+    let how = surface::OpenOptions {
+        default_worker_command,
+        local_api_command: local_api_command.unwrap_or_default(),
+    };
     promise(env, async move {
-        let client = surface::open(&options, default_worker_command).await?;
+        let client = surface::open_with(&options, how).await?;
         Ok(NativeClient {
             inner: Mutex::new(Some(client)),
         })
     })
+}
+
+/// `serveLocalApi(stateDir) -> Promise<void>`: the app's shared local Machines API (`flyjobs
+/// local-api STATE` of the package's CLI). Resolves when no process of the app is left and its
+/// machines are stopped, or on SIGTERM/SIGINT.
+#[napi]
+pub fn serve_local_api(env: &Env, state_dir: String) -> napi::Result<PromiseRaw<'_, ()>> {
+    promise(
+        env,
+        async move { surface::serve_local_api(&state_dir).await },
+    )
 }
 
 /// A core client; `None` once closed.
@@ -167,6 +185,19 @@ impl NativeClient {
             }
             Ok(())
         })
+    }
+
+    /// `closeSync()`: `close` blocking the JS thread, for a process `'exit'` handler (which
+    /// cannot wait for a Promise): the scaler stops and gives back its leader lock, and this
+    /// process stops counting as a user of the shared local Machines API. Idempotent.
+    #[napi]
+    pub fn close_sync(&self) -> napi::Result<()> {
+        match lock(&self.inner).take() {
+            Some(client) => {
+                surface::runtime::block_on(surface::shutdown(&client)).map_err(|e| js_error(&e))
+            }
+            None => Ok(()),
+        }
     }
 }
 

@@ -46,6 +46,16 @@ impl Client {
     }
 }
 
+fn open_options(
+    default_worker_command: Vec<String>,
+    local_api_command: Vec<String>,
+) -> surface::OpenOptions {
+    surface::OpenOptions {
+        default_worker_command,
+        local_api_command,
+    }
+}
+
 /// The admin calls, by name: one entry point so that a new admin call needs no new glue.
 async fn dispatch(client: surface::Client, name: String, arg: Value) -> surface::Result<Value> {
     surface::call(&client, &name, &arg).await
@@ -53,27 +63,38 @@ async fn dispatch(client: surface::Client, name: String, arg: Value) -> surface:
 
 #[pymethods]
 impl Client {
-    /// `Client.open(options_json, default_worker_command)`.
+    /// `Client.open(options_json, default_worker_command, local_api_command=[])`: off Fly, a
+    /// non-empty `local_api_command` (`python -m flyjobs local-api`) makes the local Machines API
+    /// one daemon shared by every process of the app; empty runs it inside this process.
     #[staticmethod]
-    fn open(py: Python<'_>, options: &str, default_worker_command: Vec<String>) -> PyResult<Self> {
+    #[pyo3(signature = (options, default_worker_command, local_api_command = Vec::new()))]
+    fn open(
+        py: Python<'_>,
+        options: &str,
+        default_worker_command: Vec<String>,
+        local_api_command: Vec<String>,
+    ) -> PyResult<Self> {
         let options = json_arg(py, "options", options)?;
-        let client = block(py, async move {
-            surface::open(&options, default_worker_command).await
-        })?;
+        let how = open_options(default_worker_command, local_api_command);
+        let client = block(py, async move { surface::open_with(&options, how).await })?;
         Ok(Client::new(client))
     }
 
-    /// `Client.open_async(options_json, default_worker_command) -> Future[Client]`.
+    /// `Client.open_async(options_json, default_worker_command, local_api_command=[])
+    /// -> Future[Client]`.
     #[staticmethod]
+    #[pyo3(signature = (options, default_worker_command, local_api_command = Vec::new()))]
     fn open_async<'py>(
         py: Python<'py>,
         options: &str,
         default_worker_command: Vec<String>,
+        local_api_command: Vec<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = json_arg(py, "options", options)?;
+        let how = open_options(default_worker_command, local_api_command);
         awaitable(
             py,
-            async move { surface::open(&options, default_worker_command).await },
+            async move { surface::open_with(&options, how).await },
             |py, client| Ok(Py::new(py, Client::new(client))?.into_any()),
         )
     }

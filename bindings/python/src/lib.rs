@@ -66,6 +66,17 @@ fn error_for_test(py: Python<'_>, view: &str) -> PyResult<Py<PyAny>> {
     Ok(error::from_view(py, &view).into_value(py).into_any())
 }
 
+/// `serve_local_api(state_dir)`: the app's shared local Machines API (`python -m flyjobs
+/// local-api STATE`, started by the first process of the app that needs it). Returns when no
+/// process of the app is left and its machines are stopped, or on SIGTERM/SIGINT.
+#[pyfunction]
+fn serve_local_api(py: Python<'_>, state_dir: String) -> PyResult<()> {
+    bridge::block(
+        py,
+        async move { surface::serve_local_api(&state_dir).await },
+    )
+}
+
 /// `panic_for_test(message)`: panics inside a blocking core call, to show that a panic comes
 /// out as `flyjobs.FlyJobsError` (kind `internal`), never as a crash.
 #[pyfunction]
@@ -88,6 +99,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(error_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(panic_for_test, m)?)?;
+    m.add_function(wrap_pyfunction!(serve_local_api, m)?)?;
     m.add_class::<client::Client>()?;
     m.add_class::<worker::Worker>()?;
     m.add_class::<worker::Slot>()?;

@@ -12,6 +12,7 @@ same as Ruby's and the env vars'), or the env vars themselves (FLYJOBS_DATABASE_
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import threading
@@ -146,7 +147,29 @@ def _default_handle() -> _Handle:
         if _default is None:
             logs.start()
             _default = _Handle(_config, None, start_scaler=_start_scaler())
+            _close_at_exit()
         return _default
+
+
+_closing_at_exit_pid = 0
+
+
+def _close_at_exit() -> None:
+    """When this process exits (a gunicorn worker told to stop, Ctrl-C in `runserver`), close
+    its client: the scaler stops and gives up the leader lock at once (the next process does
+    not wait for it to expire), and this process stops counting as a user of the shared local
+    Machines API. Registered once per process (again in a child after a fork)."""
+    global _closing_at_exit_pid
+    pid = os.getpid()
+    if _closing_at_exit_pid == pid:
+        return
+    _closing_at_exit_pid = pid
+
+    def close() -> None:
+        if os.getpid() == pid:
+            reset()
+
+    atexit.register(close)
 
 
 def client() -> Client:

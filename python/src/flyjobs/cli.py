@@ -32,15 +32,19 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("-w", "--wait", help="idle seconds before exiting, or forever (default: the queue's setting)")
     w.add_argument("-c", "--concurrency", type=int, help="jobs at once")
     w.add_argument("--pool", help="none, stop or suspend: what this machine does when idle (set by the scaler)")
+    a = sub.add_parser("local-api", help="serve the app's shared local Machines API (started by the package itself)")
+    a.add_argument("state", help="the state directory the starting process prepared")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     # `flyjobs-worker ARGS` is `python -m flyjobs worker ARGS`.
-    if not args or args[0] not in ("worker", "-h", "--help"):
+    if not args or args[0] not in ("worker", "local-api", "-h", "--help"):
         args.insert(0, "worker")
     opts = _parser().parse_args(args)
+    if opts.command == "local-api":
+        return serve_local_api(opts.state)
     queues: Optional[List[str]] = None
     if opts.queues is not None:
         queues = [q.strip() for q in opts.queues.split(",") if q.strip()]
@@ -54,6 +58,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         concurrency=opts.concurrency,
         pool=opts.pool,
     )
+
+
+def serve_local_api(state: str) -> int:
+    """`python -m flyjobs local-api STATE`: the app's shared local Machines API off Fly, started
+    in a process group of its own by the first process of the app that needs one (see
+    `flyjobs.client.local_api_command`). Returns when no process of the app is left and its
+    machines are stopped."""
+    from . import _native, logs
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.start()
+    try:
+        _native.serve_local_api(state)
+    finally:
+        logs.drain()
+    return 0
 
 
 def run_worker(

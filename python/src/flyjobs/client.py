@@ -1,7 +1,9 @@
 """`Client` (blocking) and `AsyncClient` (asyncio): a connection to the flyjobs queue
 (PostgreSQL or SQLite) and, when the scaler runs in this process, to the Machines API. Off Fly
 (no FLY_MACHINE_ID) the core starts its embedded Machines API in-process, so "machines" are
-local worker processes in the current directory.
+local worker processes in the current directory, served by one local Machines API per app
+(`local_api_command()`): every process of the app (gunicorn workers, a console, the worker
+machines' own clients) uses the same one, and its machines outlive any one process.
 
 Options are the core's (`flyjobs.option_specs()`, the README's settings table); every option not
 given comes from its env var (FLYJOBS_DATABASE_URL, FLY_API_TOKEN, ...) or its default, decided
@@ -46,6 +48,14 @@ def default_worker_command() -> List[str]:
     return command
 
 
+def local_api_command() -> List[str]:
+    """The command that serves the app's local Machines API off Fly (`python -m flyjobs
+    local-api STATE`): one daemon shared by every process of the app, started by the first one
+    that needs it; when the last process leaves, it stops its machines with their stop signal
+    and grace and exits."""
+    return [sys.executable, "-m", "flyjobs", "local-api"]
+
+
 class _Handle:
     """The native client of one process, opened on first use and again after a fork."""
 
@@ -54,9 +64,11 @@ class _Handle:
         options: Mapping[str, Any],
         worker_command: Optional[Sequence[str]],
         start_scaler: bool = False,
+        local_api: Optional[Sequence[str]] = None,
     ) -> None:
         self.options = dict(options)
         self.worker_command = None if worker_command is None else [str(a) for a in worker_command]
+        self.local_api = local_api_command() if local_api is None else [str(a) for a in local_api]
         self.start_scaler = start_scaler
         self._native: Optional[_native.Client] = None
         self._pid = 0
@@ -94,7 +106,7 @@ class _Handle:
             if current is not None:
                 return current
             options, command = self._args()
-            opened = _native.Client.open(options, command)
+            opened = _native.Client.open(options, command, self.local_api)
             if self.start_scaler:
                 opened.call("start_scaler", "null")
             return self._adopt(opened)
@@ -104,7 +116,7 @@ class _Handle:
         if current is not None:
             return current
         options, command = self._args()
-        opened = await _native.Client.open_async(options, command)
+        opened = await _native.Client.open_async(options, command, self.local_api)
         if self.start_scaler:
             await opened.call_async("start_scaler", "null")
         with self._lock:
@@ -117,7 +129,10 @@ class _Handle:
     def _take(self) -> Optional[_native.Client]:
         self._closed = True
         native, self._native = self._native, None
-        return native if native is not None and self._pid == os.getpid() else None
+        if native is not None and self._pid != os.getpid():
+            _LEFT_BY_PARENT.append(native)  # the parent's: never closed or dropped here
+            return None
+        return native
 
     def close(self) -> None:
         native = self._take()
@@ -152,14 +167,22 @@ class Client:
     'ready'
     """
 
-    def __init__(self, *, default_worker_command: Optional[Sequence[str]] = None, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        default_worker_command: Optional[Sequence[str]] = None,
+        local_api_command: Optional[Sequence[str]] = None,
+        **options: Any,
+    ) -> None:
         """Opens a client now (a bad option raises `flyjobs.ConfigError` naming it).
 
         :param default_worker_command: what worker machines run unless the worker_command option
             says otherwise (default: `python -m flyjobs worker --import <modules with jobs>`)
+        :param local_api_command: off Fly, what serves the app's shared local Machines API
+            (default: `flyjobs.client.local_api_command()`); [] runs it inside this process
         :param options: core options: database_url, queues ({"mail": {"max_machines": 3}}), ...
         """
-        self._handle = _Handle(options, default_worker_command)
+        self._handle = _Handle(options, default_worker_command, local_api=local_api_command)
         self._handle.native()
 
     @classmethod
@@ -300,9 +323,16 @@ class AsyncClient:
     ...     job = await client.enqueue({"n": 1})
     """
 
-    def __init__(self, *, default_worker_command: Optional[Sequence[str]] = None, **options: Any) -> None:
-        """Nothing is opened until `open()`, `async with` or the first call."""
-        self._handle = _Handle(options, default_worker_command)
+    def __init__(
+        self,
+        *,
+        default_worker_command: Optional[Sequence[str]] = None,
+        local_api_command: Optional[Sequence[str]] = None,
+        **options: Any,
+    ) -> None:
+        """Nothing is opened until `open()`, `async with` or the first call (the parameters are
+        `Client`'s)."""
+        self._handle = _Handle(options, default_worker_command, local_api=local_api_command)
 
     @classmethod
     def _from_handle(cls, handle: _Handle) -> "AsyncClient":
