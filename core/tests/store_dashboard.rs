@@ -90,7 +90,7 @@ async fn usage_is_recorded_once_per_interval(s: Arc<dyn Store>) {
         )
         .unwrap()
     };
-    let t0 = 1_800_000_000_000_i64 - 1_800_000_000_000_i64 % 3_600_000; // an hour boundary
+    let t0 = 500_000 * 3_600_000_i64; // an hour boundary
     let events = vec![ev("started", t0 + 1000), ev("created", t0)];
     let p = Prices::default();
     let mut c = UsageCursor::new("m1", "mail", ("shared", 1, 256), &events[1]).unwrap();

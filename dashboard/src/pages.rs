@@ -651,7 +651,7 @@ pub(crate) async fn cost(client: &Client, ctx: &Ctx<'_>) -> Page {
         })
         .collect();
     let mut machines = usage.machines.clone();
-    machines.sort_by(|a, b| b.through_ms.cmp(&a.through_ms));
+    machines.sort_by_key(|m| std::cmp::Reverse(m.through_ms));
     machines.truncate(100);
     let body = html! {
         h1 { "Cost" }
