@@ -21,5 +21,6 @@ export const {
   setLogger,
   drainLogs,
   toJson,
+  dashboard,
 } = flyjobs;
 export default flyjobs;

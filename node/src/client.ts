@@ -209,6 +209,15 @@ export class Client {
     return (await call(() => this.native.call("machines"))) as JsonObject[];
   }
 
+  /**
+   * Answers one request to the web dashboard (see `dashboard()`): method, path, mount, query,
+   * headers, body (and readOnly) in; status, headers (`[name, value]` pairs) and body out.
+   */
+  async dashboard(request: DashboardRequest): Promise<DashboardResponse> {
+    const { readOnly, ...rest } = request;
+    return (await call(() => this.native.call("dashboard", { ...rest, read_only: readOnly ?? false }))) as unknown as DashboardResponse;
+  }
+
   /** The resolved settings under the core's names (token and database password redacted). */
   async config(): Promise<JsonObject> {
     return (await call(() => this.native.call("config"))) as JsonObject;
@@ -247,6 +256,29 @@ export class Client {
   closeSync(): void {
     callSync(() => this.native.closeSync());
   }
+}
+
+/** A request to the web dashboard, as plain data. */
+export interface DashboardRequest {
+  method: string;
+  /** The path inside the dashboard (`/`, `/jobs/42`). */
+  path: string;
+  /** Where the app mounted it (`/flyjobs`); links and the CSRF cookie start with it. */
+  mount: string;
+  /** The query string, without `?`. */
+  query: string;
+  /** Request headers (lowercase names; only cookie, content-type, host, origin, sec-fetch-site are read). */
+  headers: Record<string, string>;
+  body: string;
+  /** Show no actions and refuse every change. */
+  readOnly?: boolean;
+}
+
+/** The dashboard's answer, for the server to send as is. */
+export interface DashboardResponse {
+  status: number;
+  headers: [string, string][];
+  body: string;
 }
 
 let shared: Promise<Client> | null = null;

@@ -45,6 +45,16 @@ def project() -> Iterator[str]:
         text = "import os\n" + text
     with open(settings, "w") as f:
         f.write(text + SETTINGS)
+    # The dashboard, as the README tells users to include it (staff only).
+    urls = os.path.join(root, "proj", "urls.py")
+    with open(urls) as f:
+        text = f.read()
+    text = text.replace("from django.urls import path", "from django.urls import include, path")
+    text = text.replace(
+        "urlpatterns = [", 'urlpatterns = [\n    path("flyjobs/", include("flyjobs.django.urls")),'
+    )
+    with open(urls, "w") as f:
+        f.write(text)
     if os.environ.get("FLYJOBS_TEST_STORE") == "postgres":
         os.environ["FLYJOBS_TEST_DJANGO_DATABASE_URL"] = os.environ["FLYJOBS_TEST_DATABASE_URL"]
     os.chdir(root)

@@ -136,3 +136,40 @@ def test_unknown_results_do_not_exist(project: str) -> None:
     with pytest.raises(TaskResultDoesNotExist):
         backend.get_result(str(job["id"]))
     backend.client().cancel(job["id"])
+
+
+def test_the_dashboard_is_served_to_staff_and_retries_a_failed_task(project: str) -> None:
+    import re
+
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.tasks import TaskResultStatus
+    from django.test import Client
+
+    from shop import tasks
+
+    call_command("migrate", verbosity=0)
+    failed = finished(tasks.explode.enqueue("for the dashboard"))
+    assert failed.status == TaskResultStatus.FAILED
+    browser = Client(HTTP_HOST="localhost")
+    # not logged in: the admin's login page
+    anonymous = browser.get(f"/flyjobs/jobs/{failed.id}")
+    assert anonymous.status_code == 302 and "/admin/login/" in anonymous["Location"]
+    staff = User.objects.create_user("ops", password="pw-for-the-test", is_staff=True)
+    browser.force_login(staff)
+    page = browser.get(f"/flyjobs/jobs/{failed.id}")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'href="/flyjobs/dead"' in html and "explode: for the dashboard" in html
+    token = page.cookies["flyjobs_csrf"].value
+    assert re.fullmatch(r"[0-9a-f]{64}", token)
+    # without the dashboard's token: refused (Django's own CSRF check is the dashboard's)
+    # (a browser posts the dashboard's forms urlencoded)
+    form = "application/x-www-form-urlencoded"
+    refused = browser.post(f"/flyjobs/jobs/{failed.id}/retry", f"_csrf={'0' * 64}", content_type=form)
+    assert refused.status_code == 403
+    done = browser.post(f"/flyjobs/jobs/{failed.id}/retry", f"_csrf={token}", content_type=form)
+    assert done.status_code == 303 and done["Location"] == f"/flyjobs/jobs/{failed.id}"
+    assert tasks.explode.get_result(failed.id).status in (
+        TaskResultStatus.READY, TaskResultStatus.RUNNING, TaskResultStatus.FAILED
+    )

@@ -280,6 +280,12 @@ class Client:
         """Worker machines as the Machines API reports them ("id", "state", ...)."""
         return self._call("machines")  # type: ignore[no-any-return]
 
+    def dashboard(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """Answers one request to the web dashboard (see `flyjobs.dashboard`): `request` has
+        method, path, mount, query, headers, body (and read_only); the answer has "status",
+        "headers" ([[name, value], ...]) and "body"."""
+        return self._call("dashboard", request)  # type: ignore[no-any-return]
+
     def config(self) -> Dict[str, Any]:
         """The resolved settings (token and database password redacted)."""
         return self._call("config")  # type: ignore[no-any-return]
@@ -416,6 +422,10 @@ class AsyncClient:
 
     async def machines(self) -> List[Dict[str, Any]]:
         return await self._call("machines")  # type: ignore[no-any-return]
+
+    async def dashboard(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """`Client.dashboard`, as a coroutine."""
+        return await self._call("dashboard", request)  # type: ignore[no-any-return]
 
     async def config(self) -> Dict[str, Any]:
         return await self._call("config")  # type: ignore[no-any-return]
