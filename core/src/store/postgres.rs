@@ -49,6 +49,52 @@ const MIGRATION_LOCK: i64 = 0x666c_796a_6f62; // "flyjob"
 const UNIQUE_CONFLICT: &str = "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
      AND state IN ('scheduled','ready','running') DO NOTHING";
 
+/// The claim, in one statement: for each queue, the first `limit` runnable jobs in claim order,
+/// read off the partial index `flyjobs_jobs_claim (queue, priority, run_at, id)` (a LATERAL
+/// subquery per queue, so each is an index scan that stops after `limit` rows whatever the
+/// backlog; `queue = ANY($1)` in one scan made Postgres sort the whole backlog), locked with
+/// SKIP LOCKED so concurrent claimers pass each other; then the first `limit` of those across
+/// queues are leased. The shape and image filters are residual predicates: most jobs have
+/// shape '' and the filters only skip the few that do not match.
+macro_rules! claim_sql {
+    () => {
+        "WITH candidates AS (\
+       SELECT c.id, c.priority, c.run_at FROM unnest($1::text[]) AS q(name) \
+       CROSS JOIN LATERAL (\
+         SELECT j.id, j.priority, j.run_at FROM flyjobs_jobs j \
+         WHERE j.queue = q.name AND j.state IN ('scheduled','ready') AND j.run_at <= $2 \
+         AND ($6::text IS NULL OR j.shape = $6) \
+         AND ($7::text IS NULL OR j.image_ref = $7 OR ($8::timestamptz IS NOT NULL \
+              AND (j.image_ref IS NULL OR j.created_at < $8))) \
+         ORDER BY j.priority, j.run_at, j.id LIMIT $3 FOR UPDATE SKIP LOCKED) c), \
+     picked AS (SELECT id FROM candidates ORDER BY priority, run_at, id LIMIT $3) \
+     UPDATE flyjobs_jobs AS j SET state = 'running', attempts = j.attempts + 1, \
+       lease_owner = $4, lease_expires_at = $5, lease_token = j.lease_token + 1, \
+       started_at = $2 \
+     FROM picked WHERE j.id = picked.id RETURNING j.*"
+    };
+}
+
+fn claim_query<'a>(
+    sql: &'static str,
+    req: &'a ClaimRequest,
+    now: DateTime<Utc>,
+    expires: DateTime<Utc>,
+) -> sqlx::query::Query<'a, Postgres, sqlx::postgres::PgArguments> {
+    let mut queues = req.queues.clone();
+    queues.sort_unstable();
+    queues.dedup();
+    sqlx::query(sql)
+        .bind(queues)
+        .bind(now)
+        .bind(page_limit(req.limit))
+        .bind(&req.owner)
+        .bind(expires)
+        .bind(req.shape.as_deref())
+        .bind(req.image.as_ref().map(|f| f.image_ref.as_str()))
+        .bind(req.image.as_ref().and_then(|f| f.or_enqueued_before))
+}
+
 /// The PostgreSQL implementation of [`Store`].
 #[derive(Debug)]
 pub struct PgStore {
@@ -118,6 +164,25 @@ impl PgStore {
     /// The underlying pool (for tests and tools).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The plan Postgres runs for `req`'s claim (`EXPLAIN (ANALYZE, FORMAT JSON)`, executed in
+    /// a transaction that is rolled back, so nothing is claimed). For tests and diagnosis.
+    pub async fn explain_claim(&self, req: &ClaimRequest) -> Result<serde_json::Value> {
+        let now = super::now();
+        let expires = add(now, req.lease);
+        let mut tx = self.begin("explain claim").await?;
+        let sql = concat!("EXPLAIN (ANALYZE, FORMAT JSON) ", claim_sql!());
+        let row = claim_query(sql, req, now, expires)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err("explain claim"))?;
+        let plan: sqlx::types::Json<serde_json::Value> =
+            row.try_get(0).map_err(db_err("explain claim"))?;
+        tx.rollback()
+            .await
+            .map_err(db_err("explain claim: rollback"))?;
+        Ok(plan.0)
     }
 
     async fn insert(
@@ -405,31 +470,10 @@ impl Store for PgStore {
         }
         let now = super::now();
         let expires = add(now, req.lease);
-        // One statement: pick (skipping rows other claimers hold) and lease them.
-        let rows = sqlx::query(
-            "WITH picked AS (\
-               SELECT id FROM flyjobs_jobs \
-               WHERE state IN ('scheduled','ready') AND queue = ANY($1) AND run_at <= $2 \
-               AND ($6::text IS NULL OR shape = $6) \
-               AND ($7::text IS NULL OR image_ref = $7 OR ($8::timestamptz IS NOT NULL \
-                    AND (image_ref IS NULL OR created_at < $8))) \
-               ORDER BY priority, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             UPDATE flyjobs_jobs AS j SET state = 'running', attempts = j.attempts + 1, \
-               lease_owner = $4, lease_expires_at = $5, lease_token = j.lease_token + 1, \
-               started_at = $2 \
-             FROM picked WHERE j.id = picked.id RETURNING j.*",
-        )
-        .bind(&req.queues)
-        .bind(now)
-        .bind(page_limit(req.limit))
-        .bind(&req.owner)
-        .bind(expires)
-        .bind(req.shape.as_deref())
-        .bind(req.image.as_ref().map(|f| f.image_ref.as_str()))
-        .bind(req.image.as_ref().and_then(|f| f.or_enqueued_before))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err("claim"))?;
+        let rows = claim_query(claim_sql!(), &req, now, expires)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("claim"))?;
         let mut leases = rows
             .iter()
             .map(|r| {
