@@ -451,3 +451,60 @@ async fn claim_plan_uses_the_index_whatever_the_backlog() {
     assert_eq!(sorted, got);
     s.close().await;
 }
+
+/// The NOTIFY sent inside the enqueue and release statements reaches another process's
+/// store (a second pool on the same schema), and a batch with in-batch and stored unique-key
+/// duplicates answers each row with its holder, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_and_release_notify_other_stores() {
+    let Some(url) = store_support::pg_url() else {
+        return;
+    };
+    let opts = StoreOptions {
+        pg_schema: Some(store_support::fresh_schema()),
+        ..Default::default()
+    };
+    let a = store::open(&url, opts.clone()).await.unwrap();
+    let b = store::open(&url, opts).await.unwrap();
+    let mut wake = b.subscribe();
+    // The listener's first (re)connect wakes once; drain it.
+    let _ = wake.wait(Duration::from_secs(2)).await;
+    let _ = wake.wait(Duration::from_millis(200)).await;
+    let held = a
+        .enqueue(NewJob::new("q", json!(0)).unique_key("k0"))
+        .await
+        .unwrap();
+    assert!(wake.wait(Duration::from_secs(5)).await, "enqueue woke B");
+    let batch = a
+        .enqueue_many(vec![
+            NewJob::new("q", json!(1)).unique_key("k1"),
+            NewJob::new("r", json!(2)),
+            NewJob::new("q", json!(3)).unique_key("k1"),
+            NewJob::new("q", json!(4)).unique_key("k0"),
+            NewJob::new("q", json!(5)).shape("performance-2x"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 5);
+    assert_eq!(batch[2], batch[0]);
+    assert_eq!(batch[3], held);
+    assert_eq!(batch[1].queue, "r");
+    assert_eq!(batch[4].shape, "performance-2x");
+    assert!(batch[0].id < batch[1].id && batch[1].id < batch[4].id);
+    assert_eq!(
+        a.list_jobs(JobFilter::default()).await.unwrap().len(),
+        4,
+        "duplicates were not inserted"
+    );
+    let _ = wake.wait(Duration::from_millis(500)).await;
+    let l = b
+        .claim(ClaimRequest::new(["r"], 1, "w", Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .remove(0);
+    let _ = wake.wait(Duration::from_millis(200)).await;
+    a.release(l.job.id, l.token).await.unwrap();
+    assert!(wake.wait(Duration::from_secs(5)).await, "release woke B");
+    a.close().await;
+    b.close().await;
+}

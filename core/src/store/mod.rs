@@ -562,9 +562,12 @@ pub async fn open(url: &str, opts: StoreOptions) -> Result<Arc<dyn Store>> {
 /// Validate a job before anything is written.
 pub(crate) fn validate_new(job: &NewJob, max_payload_bytes: usize) -> Result<String> {
     crate::job::validate_queue(&job.queue)?;
-    if job.max_attempts == Some(0) {
+    if let Some(n) = job.max_attempts
+        && !(1..=i32::MAX as u32).contains(&n)
+    {
         return Err(Error::invalid(format!(
-            "max_attempts must be >= 1, got 0 (queue {:?})",
+            "max_attempts must be between 1 and {}, got {n} (queue {:?})",
+            i32::MAX,
             job.queue
         )));
     }
@@ -578,6 +581,20 @@ pub(crate) fn validate_new(job: &NewJob, max_payload_bytes: usize) -> Result<Str
         )));
     }
     Ok(payload)
+}
+
+/// The state a new job starts in: scheduled when its run_at is in the future, else ready.
+pub(crate) fn initial_state(job: &NewJob, now: DateTime<Utc>) -> JobState {
+    if job.run_at.map_or(now, trunc) > now {
+        JobState::Scheduled
+    } else {
+        JobState::Ready
+    }
+}
+
+/// A validated `max_attempts` as the 32-bit integer both schemas store.
+pub(crate) fn max_attempts_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// A database error, tagged with what was being done (never the URL's password).

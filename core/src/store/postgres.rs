@@ -3,8 +3,9 @@
 //! Claims use `FOR UPDATE SKIP LOCKED`, so concurrent workers skip each other's rows instead of
 //! waiting. Enqueue, release, reap and retry send `NOTIFY flyjobs_jobs` (delivered on commit); a
 //! background listener task turns notifications into wake-ups for [`Store::subscribe`] and
-//! reconnects when the server restarts. The pool pings a connection before handing it out, so
-//! connections broken by a restart are replaced instead of failing the next query.
+//! reconnects when the server restarts. The pool does not ping connections before handing them
+//! out (a round trip per call): a query on a connection broken by a restart fails with a
+//! retryable error, and callers (worker, scaler, bindings) retry.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -48,6 +49,37 @@ const MIGRATION_LOCK: i64 = 0x666c_796a_6f62; // "flyjob"
 
 const UNIQUE_CONFLICT: &str = "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
      AND state IN ('scheduled','ready','running') DO NOTHING";
+
+/// Enqueue, in one statement and one round trip, for any number of jobs (arrays, one element
+/// per job): ids are drawn up front so each input row knows its own; rows whose unique key a
+/// pending job holds are skipped by the insert and answered with that job (an earlier row of
+/// the same batch, or one already stored); `pg_notify` runs inside the statement (delivered
+/// on commit) once per queue that got a job.
+const ENQUEUE_SQL: &str = "WITH input AS MATERIALIZED (\
+       SELECT t.*, nextval(pg_get_serial_sequence('flyjobs_jobs', 'id')) AS id \
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], \
+                   $6::timestamptz[], $7::int4[], $8::text[], $9::text[], $10::text[]) \
+            WITH ORDINALITY AS t(queue, name, payload, state, priority, run_at, max_attempts, \
+                                 image_ref, unique_key, shape, ord)), \
+     ins AS (\
+       INSERT INTO flyjobs_jobs (id, queue, name, payload, state, priority, run_at, \
+         max_attempts, image_ref, unique_key, created_at, shape) \
+       SELECT id, queue, name, payload::jsonb, state, priority, run_at, max_attempts, \
+         image_ref, unique_key, $11, shape FROM input ORDER BY ord \
+       ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
+         AND state IN ('scheduled','ready','running') DO NOTHING \
+       RETURNING *), \
+     notified AS (SELECT count(pg_notify($12, q.queue)) AS n \
+       FROM (SELECT DISTINCT queue FROM ins) AS q) \
+     SELECT i.ord, j.* FROM input i CROSS JOIN notified \
+     CROSS JOIN LATERAL (\
+       (SELECT * FROM ins WHERE ins.id = i.id) \
+       UNION ALL (SELECT * FROM ins WHERE i.unique_key IS NOT NULL \
+                  AND ins.unique_key = i.unique_key) \
+       UNION ALL (SELECT * FROM flyjobs_jobs f WHERE i.unique_key IS NOT NULL \
+                  AND f.unique_key = i.unique_key AND f.state IN ('scheduled','ready','running')) \
+       LIMIT 1) j \
+     ORDER BY i.ord";
 
 /// The claim, in one statement: for each queue, the first `limit` runnable jobs in claim order,
 /// read off the partial index `flyjobs_jobs_claim (queue, priority, run_at, id)` (a LATERAL
@@ -137,7 +169,9 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.unwrap_or(10).max(2))
             .acquire_timeout(opts.connect_timeout)
-            .test_before_acquire(true)
+            // No ping per acquire (a round trip on every call): a connection broken by a
+            // server restart fails its query with a retryable error, and callers retry.
+            .test_before_acquire(false)
             .connect_with(co)
             .await
             .map_err(|e| {
@@ -212,7 +246,7 @@ impl PgStore {
             .bind(state.as_str())
             .bind(job.priority)
             .bind(run_at)
-            .bind(job.max_attempts.map(|m| m as i32))
+            .bind(job.max_attempts.map(super::max_attempts_i32))
             .bind(&job.image_ref)
             .bind(&job.unique_key)
             .bind(now)
@@ -445,20 +479,62 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let now = super::now();
-        let mut tx = self.begin("enqueue").await?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for (job, payload) in jobs.iter().zip(&payloads) {
-            out.push(self.insert(&mut tx, job, payload, now).await?);
+        let rows = sqlx::query(ENQUEUE_SQL)
+            .bind(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>())
+            .bind(&payloads)
+            .bind(
+                jobs.iter()
+                    .map(|j| super::initial_state(j, now).as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+            .bind(
+                jobs.iter()
+                    .map(|j| j.run_at.map_or(now, super::trunc))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                jobs.iter()
+                    .map(|j| j.max_attempts.map(super::max_attempts_i32))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                jobs.iter()
+                    .map(|j| j.image_ref.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                jobs.iter()
+                    .map(|j| j.unique_key.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(jobs.iter().map(|j| j.shape.as_str()).collect::<Vec<_>>())
+            .bind(now)
+            .bind(&self.channel)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("enqueue"))?;
+        let mut out: Vec<Option<Job>> = vec![None; jobs.len()];
+        for r in &rows {
+            let ord: i64 = get(r, "ord")?;
+            if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| out.get_mut(i)) {
+                *slot = Some(job_from_row(r)?);
+            }
         }
-        let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-        queues.sort_unstable();
-        queues.dedup();
-        for q in queues {
-            self.notify(&mut tx, q).await?;
+        // A job whose unique key a concurrent enqueue took (committed after this statement's
+        // snapshot, so the holder was invisible to it): look it up on its own.
+        for (i, slot) in out.iter_mut().enumerate() {
+            if slot.is_none() {
+                let mut tx = self.begin("enqueue").await?;
+                let job = self.insert(&mut tx, &jobs[i], &payloads[i], now).await?;
+                self.notify(&mut tx, &job.queue).await?;
+                tx.commit().await.map_err(db_err("enqueue: commit"))?;
+                *slot = Some(job);
+            }
         }
-        tx.commit().await.map_err(db_err("enqueue: commit"))?;
         self.signal.wake();
-        Ok(out)
+        Ok(out.into_iter().flatten().collect())
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Lease>> {
@@ -541,18 +617,19 @@ impl Store for PgStore {
         policy: &RetryPolicy,
     ) -> Result<Outcome> {
         let now = super::now();
-        let mut tx = self.begin("fail").await?;
+        // Two round trips and no transaction: attempts and max_attempts cannot change while
+        // the token matches (only a claim changes them, and it changes the token too), and the
+        // UPDATE re-checks the token.
         let row = sqlx::query(
             "SELECT attempts, max_attempts FROM flyjobs_jobs \
-             WHERE id = $1 AND state = 'running' AND lease_token = $2 FOR UPDATE",
+             WHERE id = $1 AND state = 'running' AND lease_token = $2",
         )
         .bind(id.0)
         .bind(token)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.pool)
         .await
         .map_err(db_err("fail"))?;
         let Some(row) = row else {
-            drop(tx);
             return Err(lease_mismatch("fail", id, self.current(id).await?));
         };
         let attempts = get::<i32>(&row, "attempts")?.max(0) as u32;
@@ -562,21 +639,29 @@ impl Store for PgStore {
         let q = match outcome {
             Outcome::Retry { at } => sqlx::query(
                 "UPDATE flyjobs_jobs SET state = 'scheduled', run_at = $2, last_error = $3::jsonb, \
-                 lease_expires_at = NULL WHERE id = $1",
+                 lease_expires_at = NULL WHERE id = $1 AND state = 'running' AND lease_token = $4",
             )
             .bind(id.0)
             .bind(at)
-            .bind(err),
+            .bind(err)
+            .bind(token),
             _ => sqlx::query(
                 "UPDATE flyjobs_jobs SET state = 'dead', finished_at = $2, last_error = $3::jsonb, \
-                 lease_expires_at = NULL WHERE id = $1",
+                 lease_expires_at = NULL WHERE id = $1 AND state = 'running' AND lease_token = $4",
             )
             .bind(id.0)
             .bind(now)
-            .bind(err),
+            .bind(err)
+            .bind(token),
         };
-        q.execute(&mut *tx).await.map_err(db_err("fail"))?;
-        tx.commit().await.map_err(db_err("fail: commit"))?;
+        let n = q
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("fail"))?
+            .rows_affected();
+        if n == 0 {
+            return Err(lease_mismatch("fail", id, self.current(id).await?));
+        }
         Ok(outcome)
     }
 
@@ -649,21 +734,24 @@ impl Store for PgStore {
     }
 
     async fn release(&self, id: JobId, token: i64) -> Result<Job> {
+        // NOTIFY inside the statement: one round trip.
         let row = sqlx::query(
-            "UPDATE flyjobs_jobs SET state = 'ready', attempts = GREATEST(attempts - 1, 0), \
-             lease_owner = NULL, lease_expires_at = NULL, started_at = NULL \
-             WHERE id = $1 AND state = 'running' AND lease_token = $2 RETURNING *",
+            "WITH released AS (\
+               UPDATE flyjobs_jobs SET state = 'ready', attempts = GREATEST(attempts - 1, 0), \
+               lease_owner = NULL, lease_expires_at = NULL, started_at = NULL \
+               WHERE id = $1 AND state = 'running' AND lease_token = $2 RETURNING *) \
+             SELECT r.*, pg_notify($3, r.queue) IS NULL AS notified FROM released r",
         )
         .bind(id.0)
         .bind(token)
+        .bind(&self.channel)
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err("release"))?;
         match row {
             Some(r) => {
-                let job = job_from_row(&r)?;
-                self.notify_pool(&job.queue).await?;
-                Ok(job)
+                self.signal.wake();
+                job_from_row(&r)
             }
             None => Err(lease_mismatch("release", id, self.current(id).await?)),
         }
