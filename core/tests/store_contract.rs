@@ -1134,3 +1134,51 @@ async fn sqlite_in_memory_and_reopen() {
         .unwrap();
     assert_eq!(b.list_jobs(JobFilter::default()).await.unwrap().len(), 1);
 }
+
+/// Two store handles on one SQLite file (as two processes have): an enqueue through one wakes
+/// a waiter on the other, through `PRAGMA data_version` (before, SQLite wake-ups stayed in
+/// the process that wrote and other processes polled every 200 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wakes_waiters_of_other_handles() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("x.db").display());
+    let worker_side = flyjobs::store::open(&url, StoreOptions::default())
+        .await
+        .unwrap();
+    let app_side = flyjobs::store::open(&url, StoreOptions::default())
+        .await
+        .unwrap();
+    assert!(worker_side.wakes_other_processes());
+    for i in 0..3 {
+        let mut wake = worker_side.subscribe();
+        assert!(
+            worker_side
+                .claim(claim(&["q"], 1, "w"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Let the watcher take its baseline, and drain wake-ups from our own writes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = wake.wait(Duration::from_millis(20)).await;
+        assert!(
+            !wake.wait(Duration::from_millis(100)).await,
+            "no wake-up without a write"
+        );
+        let job = app_side.enqueue(NewJob::new("q", json!(i))).await.unwrap();
+        assert!(
+            wake.wait(Duration::from_secs(5)).await,
+            "round {i}: the other handle's enqueue woke the waiter"
+        );
+        let got = worker_side.claim(claim(&["q"], 1, "w")).await.unwrap();
+        assert_eq!(got[0].job.id, job.id);
+        worker_side
+            .complete(got[0].job.id, got[0].token)
+            .await
+            .unwrap();
+    }
+    let memory = flyjobs::store::open("sqlite::memory:", StoreOptions::default())
+        .await
+        .unwrap();
+    assert!(!memory.wakes_other_processes());
+}

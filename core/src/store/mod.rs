@@ -30,8 +30,8 @@
 //!   `max_lost_leases` losses, or when attempts are exhausted, the job goes `dead` with a
 //!   `FlyJobs::LeaseLost` failure.
 //! - Every write that makes a job runnable wakes subscribers ([`Store::subscribe`]): Postgres
-//!   `NOTIFY flyjobs_jobs` (a listener task reconnects after server restarts) and an in-process
-//!   signal for SQLite.
+//!   `NOTIFY flyjobs_jobs` (a listener task reconnects after server restarts); for a SQLite
+//!   file, a watcher task that polls `PRAGMA data_version` every 5 ms while anyone waits.
 //! - Times are taken from the caller's clock (`Utc::now()` in the store methods, or the `now`
 //!   argument); machines sharing a Postgres are expected to run NTP, as Fly machines do.
 
@@ -405,6 +405,9 @@ impl Signal {
     pub(crate) fn wake(&self) {
         self.0.send_modify(|n| *n = n.wrapping_add(1));
     }
+    pub(crate) fn has_subscribers(&self) -> bool {
+        self.0.receiver_count() > 0
+    }
     pub(crate) fn subscribe(&self) -> JobNotifier {
         JobNotifier {
             rx: self.0.subscribe(),
@@ -519,8 +522,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A wake-up receiver for "jobs may be runnable".
     fn subscribe(&self) -> JobNotifier;
     /// Whether [`Store::subscribe`] also hears enqueues made by *other processes* (Postgres
-    /// LISTEN/NOTIFY does; SQLite's wake-ups are in-process only, so its waiters poll more
-    /// often).
+    /// LISTEN/NOTIFY and a SQLite file's `data_version` watcher do; an in-memory SQLite
+    /// database has no other process, and its waiters poll more often).
     fn wakes_other_processes(&self) -> bool {
         true
     }

@@ -3,7 +3,8 @@
 //! WAL journal (readers do not block the writer), a busy timeout, and every write in a
 //! `BEGIN IMMEDIATE` transaction: SQLite has one writer at a time, and taking the write lock up
 //! front means two claimers never both read the same ready rows and then race to update them.
-//! Wake-ups are in-process only (other processes sharing the file poll).
+//! Wake-ups cross processes: a watcher task per store looks at `PRAGMA data_version` every
+//! few milliseconds and wakes subscribers when another connection committed.
 //!
 //! Times are stored as INTEGER microseconds since the Unix epoch (exact comparison and order).
 
@@ -39,12 +40,74 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "shape", include_str!("migrations/sqlite/0003_shape.sql")),
 ];
 
+/// How often the watcher looks at `PRAGMA data_version` for writes by other connections.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
+
 /// The SQLite implementation of [`Store`].
 #[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
     opts: StoreOptions,
     signal: Signal,
+    /// Turns commits by other connections (other processes) into wake-ups; `None` for an
+    /// in-memory database, which no other connection can see.
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+    }
+}
+
+/// Wake subscribers when another connection commits to the file: `PRAGMA data_version` on a
+/// connection of our own changes exactly then (a read of the WAL index in shared memory,
+/// no disk I/O). Looked at every [`WATCH_EVERY`] while anyone is subscribed, so a worker in
+/// one process picks up a job enqueued by another in milliseconds. Our own writes wake
+/// subscribers too (harmless: a waiter claims again).
+async fn watch_data_version(co: SqliteConnectOptions, signal: Signal) {
+    use sqlx::Connection;
+    let mut conn: Option<sqlx::SqliteConnection> = None;
+    let mut last: Option<i64> = None;
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !signal.has_subscribers() {
+            continue;
+        }
+        if conn.is_none() {
+            match sqlx::SqliteConnection::connect_with(&co).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::debug!("flyjobs sqlite watcher: connect failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        match sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+            .fetch_one(&mut *c)
+            .await
+        {
+            Ok(v) => {
+                if last.is_some_and(|l| l != v) {
+                    signal.wake();
+                }
+                last = Some(v);
+            }
+            Err(e) => {
+                tracing::debug!("flyjobs sqlite watcher: {e}; reconnecting");
+                conn = None;
+                // A fresh connection has its own numbering: wake once rather than miss a write.
+                last = None;
+                signal.wake();
+            }
+        }
+    }
 }
 
 fn us(t: DateTime<Utc>) -> i64 {
@@ -90,16 +153,20 @@ impl SqliteStore {
                 Some(Duration::from_secs(3600))
             })
             .acquire_timeout(opts.connect_timeout.max(Duration::from_secs(30)))
-            .connect_with(co)
+            .connect_with(co.clone())
             .await
             .map_err(|e| {
                 Error::store(format!("cannot open SQLite database {redacted}: {e}")).with_source(e)
             })?;
         migrate(&pool).await?;
+        let signal = Signal::new();
+        let watcher =
+            (!memory).then(|| tokio::spawn(watch_data_version(co.clone(), signal.clone())));
         Ok(SqliteStore {
             pool,
             opts,
-            signal: Signal::new(),
+            signal,
+            watcher,
         })
     }
 
@@ -819,7 +886,7 @@ impl Store for SqliteStore {
     }
 
     fn wakes_other_processes(&self) -> bool {
-        false
+        self.watcher.is_some()
     }
 
     fn subscribe(&self) -> JobNotifier {
@@ -827,6 +894,9 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
         self.pool.close().await;
     }
 
