@@ -23,6 +23,8 @@ fn opts() -> StoreOptions {
     StoreOptions {
         max_payload_bytes: LIMIT,
         max_lost_leases: 3,
+        retain_completed: Duration::from_secs(3600),
+        retain_dead: Duration::from_secs(10 * 24 * 3600),
         ..Default::default()
     }
 }
@@ -826,20 +828,50 @@ mod cases {
     }
 
     pub async fn prune_finished_jobs(s: Arc<dyn Store>) {
-        for i in 0..3 {
+        // opts(): completed kept 1 h, dead and discarded 10 days.
+        for i in 0..5 {
             s.enqueue(NewJob::new("q", json!(i))).await.unwrap();
         }
-        for l in s.claim(claim(&["q"], 2, "w")).await.unwrap() {
+        let mut leases = s.claim(claim(&["q"], 3, "w")).await.unwrap().into_iter();
+        for l in leases.by_ref().take(2) {
             s.complete(l.job.id, l.token).await.unwrap();
         }
+        let dead = leases.next().unwrap();
+        s.fail(
+            dead.job.id,
+            dead.token,
+            Failure::new("E", "x"),
+            &immediate_retry(1),
+        )
+        .await
+        .unwrap();
+        let waiting = s.list_jobs(JobFilter::default()).await.unwrap();
+        let discarded = waiting.iter().find(|j| j.state == JobState::Ready).unwrap();
+        s.discard(discarded.id, None, None).await.unwrap();
+        let now = Utc::now();
+        assert_eq!(s.prune_finished(now).await.unwrap(), 0, "all too recent");
         assert_eq!(
-            s.prune_finished(Utc::now() - chrono::Duration::hours(1))
+            s.prune_finished(now + chrono::Duration::minutes(59))
                 .await
                 .unwrap(),
             0
         );
         assert_eq!(
-            s.prune_finished(Utc::now() + chrono::Duration::seconds(1))
+            s.prune_finished(now + chrono::Duration::minutes(61))
+                .await
+                .unwrap(),
+            2,
+            "completed jobs go after an hour"
+        );
+        assert_eq!(
+            s.prune_finished(now + chrono::Duration::days(9))
+                .await
+                .unwrap(),
+            0,
+            "dead and discarded jobs stay ten days"
+        );
+        assert_eq!(
+            s.prune_finished(now + chrono::Duration::days(11))
                 .await
                 .unwrap(),
             2
@@ -1092,6 +1124,13 @@ mod cases {
             "{got:?}"
         );
     }
+}
+
+#[test]
+fn retention_defaults_are_a_day_and_six_months() {
+    let o = StoreOptions::default();
+    assert_eq!(o.retain_completed, Duration::from_secs(24 * 3600));
+    assert_eq!(o.retain_dead, Duration::from_secs(183 * 24 * 3600));
 }
 
 #[tokio::test]

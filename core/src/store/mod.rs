@@ -32,6 +32,9 @@
 //! - Every write that makes a job runnable wakes subscribers ([`Store::subscribe`]): Postgres
 //!   `NOTIFY flyjobs_jobs` (a listener task reconnects after server restarts); for a SQLite
 //!   file, a watcher task that polls `PRAGMA data_version` every 5 ms while anyone waits.
+//! - Retention: finished jobs are kept for inspection, then deleted by
+//!   [`Store::prune_finished`]: completed jobs after [`StoreOptions::retain_completed`] (default
+//!   24 h), dead and discarded jobs after [`StoreOptions::retain_dead`] (default 183 days).
 //! - Times are taken from the caller's clock (`Utc::now()` in the store methods, or the `now`
 //!   argument); machines sharing a Postgres are expected to run NTP, as Fly machines do.
 
@@ -349,7 +352,21 @@ pub struct StoreOptions {
     pub pg_schema: Option<String>,
     /// How long to wait for a connection before failing (default 10 s).
     pub connect_timeout: Duration,
+    /// How long a completed job is kept before [`Store::prune_finished`] deletes it
+    /// (default 24 hours, as Sidekiq keeps its history short).
+    pub retain_completed: Duration,
+    /// How long dead and discarded jobs are kept (default 183 days, about six months, like
+    /// Sidekiq's dead set), for inspection and manual retry.
+    pub retain_dead: Duration,
 }
+
+/// Most jobs one [`Store::prune_finished`] call deletes.
+pub const PRUNE_BATCH: i64 = 10_000;
+
+/// Default [`StoreOptions::retain_completed`]: 24 hours.
+pub const DEFAULT_RETAIN_COMPLETED: Duration = Duration::from_secs(24 * 3600);
+/// Default [`StoreOptions::retain_dead`]: 183 days.
+pub const DEFAULT_RETAIN_DEAD: Duration = Duration::from_secs(183 * 24 * 3600);
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -360,6 +377,8 @@ impl Default for StoreOptions {
             max_connections: None,
             pg_schema: None,
             connect_timeout: Duration::from_secs(10),
+            retain_completed: DEFAULT_RETAIN_COMPLETED,
+            retain_dead: DEFAULT_RETAIN_DEAD,
         }
     }
 }
@@ -509,8 +528,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Running, dead and finished jobs stay.
     async fn clear_queue(&self, queue: &str) -> Result<u64>;
 
-    /// Delete completed, discarded and dead jobs that finished before `before`.
-    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// Retention: delete completed jobs that finished more than
+    /// [`StoreOptions::retain_completed`] before `now`, and dead and discarded jobs that
+    /// finished more than [`StoreOptions::retain_dead`] before it; returns how many. Deletes at
+    /// most [`PRUNE_BATCH`] jobs per call (short statements): call again while it returns that
+    /// many. Meant for the scaler's tick (`store.prune_finished(Utc::now())`).
+    async fn prune_finished(&self, now: DateTime<Utc>) -> Result<u64>;
 
     /// Take or renew the named lock for `owner` for `ttl`; `true` if `owner` holds it now.
     /// Only one scaler per store acts at a time: the holder renews well before `ttl` runs out.
@@ -658,6 +681,16 @@ pub(crate) fn page_limit(limit: usize) -> i64 {
     } else {
         i64::try_from(limit.min(10_000)).unwrap_or(10_000)
     }
+}
+
+/// `now - d` without overflow panics, at the stores' precision.
+pub(crate) fn sub(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    trunc(
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC),
+    )
 }
 
 /// `now + d` without overflow panics, at the stores' precision.

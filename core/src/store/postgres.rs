@@ -1009,12 +1009,19 @@ impl Store for PgStore {
         Ok(n)
     }
 
-    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64> {
+    async fn prune_finished(&self, now: DateTime<Utc>) -> Result<u64> {
+        let completed_before = super::sub(now, self.opts.retain_completed);
+        let dead_before = super::sub(now, self.opts.retain_dead);
+        // Off the flyjobs_jobs_finished index, a bounded batch per statement.
         Ok(sqlx::query(
-            "DELETE FROM flyjobs_jobs WHERE state IN ('completed','dead','discarded') \
-             AND finished_at < $1",
+            "DELETE FROM flyjobs_jobs WHERE id IN (SELECT id FROM flyjobs_jobs \
+             WHERE state IN ('completed','dead','discarded') \
+             AND finished_at < (CASE WHEN state = 'completed' THEN $1 ELSE $2 END) \
+             LIMIT $3)",
         )
-        .bind(before)
+        .bind(completed_before)
+        .bind(dead_before)
+        .bind(super::PRUNE_BATCH)
         .execute(&self.pool)
         .await
         .map_err(db_err("prune"))?
