@@ -609,6 +609,71 @@ pub(crate) fn validate_new(job: &NewJob, max_payload_bytes: usize) -> Result<Str
     Ok(payload)
 }
 
+/// The job state rules, once for both dialects: the backends run the SQL and call these for
+/// every decision that is not a WHERE clause.
+pub(crate) mod rules {
+    use super::*;
+
+    /// Check a claim's queues; `false` when there is nothing to claim (limit 0, no queue).
+    pub(crate) fn claim_wanted(req: &ClaimRequest) -> Result<bool> {
+        for q in &req.queues {
+            crate::job::validate_queue(q)?;
+        }
+        Ok(req.limit > 0 && !req.queues.is_empty())
+    }
+
+    /// Claimed jobs as leases for `req.owner`, in claim order (priority, run_at, id): the
+    /// order the worker hands them to its slots.
+    pub(crate) fn leases(jobs: Vec<Job>, req: &ClaimRequest, expires: DateTime<Utc>) -> Vec<Lease> {
+        let mut leases: Vec<Lease> = jobs
+            .into_iter()
+            .map(|job| Lease {
+                token: job.lease_token,
+                owner: req.owner.clone(),
+                expires_at: expires,
+                job,
+            })
+            .collect();
+        leases.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.id));
+        leases
+    }
+
+    /// Whether a job in `state` with lease `current` may be discarded by a caller holding
+    /// `token`: a running job only by its lease holder; a waiting or dead job by anyone (or
+    /// the holder of its last token); a completed or discarded one never.
+    pub(crate) fn may_discard(state: JobState, current: i64, token: Option<i64>) -> bool {
+        match state {
+            JobState::Running => token == Some(current),
+            JobState::Scheduled | JobState::Ready | JobState::Dead => {
+                token.is_none() || token == Some(current)
+            }
+            JobState::Completed | JobState::Discarded => false,
+        }
+    }
+
+    /// The `NotFound` error of a discard.
+    pub(crate) fn discard_not_found(id: JobId) -> Error {
+        Error::new(
+            crate::ErrorKind::NotFound,
+            format!("discard: job {id} not found"),
+        )
+        .with_job_id(id)
+    }
+
+    /// What a failed run leads to, from the stored counters (decoded leniently: negative
+    /// values as 0, a stored max below 1 as 1) and `policy`, at the stores' precision.
+    pub(crate) fn fail_outcome(
+        attempts: i64,
+        max_attempts: Option<i64>,
+        policy: &RetryPolicy,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        let attempts = u32::try_from(attempts.max(0)).unwrap_or(u32::MAX);
+        let max = max_attempts.map(|m| u32::try_from(m.max(1)).unwrap_or(u32::MAX));
+        trunc_outcome(policy.decide(attempts, max, now, &mut rand::rng()))
+    }
+}
+
 /// The state a new job starts in: scheduled when its run_at is in the future, else ready.
 pub(crate) fn initial_state(job: &NewJob, now: DateTime<Utc>) -> JobState {
     if job.run_at.map_or(now, trunc) > now {

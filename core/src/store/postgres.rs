@@ -538,10 +538,7 @@ impl Store for PgStore {
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Lease>> {
-        for q in &req.queues {
-            validate_queue(q)?;
-        }
-        if req.limit == 0 || req.queues.is_empty() {
+        if !super::rules::claim_wanted(&req)? {
             return Ok(Vec::new());
         }
         let now = super::now();
@@ -550,22 +547,8 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_err("claim"))?;
-        let mut leases = rows
-            .iter()
-            .map(|r| {
-                let job = job_from_row(r)?;
-                Ok(Lease {
-                    token: job.lease_token,
-                    owner: req.owner.clone(),
-                    expires_at: expires,
-                    job,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        leases.sort_by(|a, b| {
-            (a.job.priority, a.job.run_at, a.job.id).cmp(&(b.job.priority, b.job.run_at, b.job.id))
-        });
-        Ok(leases)
+        let jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(super::rules::leases(jobs, &req, expires))
     }
 
     async fn extend(&self, id: JobId, token: i64, lease: Duration) -> Result<DateTime<Utc>> {
@@ -632,9 +615,12 @@ impl Store for PgStore {
         let Some(row) = row else {
             return Err(lease_mismatch("fail", id, self.current(id).await?));
         };
-        let attempts = get::<i32>(&row, "attempts")?.max(0) as u32;
-        let max = get::<Option<i32>>(&row, "max_attempts")?.map(|m| m.max(1) as u32);
-        let outcome = super::trunc_outcome(policy.decide(attempts, max, now, &mut rand::rng()));
+        let outcome = super::rules::fail_outcome(
+            get::<i32>(&row, "attempts")?.into(),
+            get::<Option<i32>>(&row, "max_attempts")?.map(i64::from),
+            policy,
+            now,
+        );
         let err = failure_json(&failure)?;
         let q = match outcome {
             Outcome::Retry { at } => sqlx::query(
@@ -679,20 +665,11 @@ impl Store for PgStore {
                 .await
                 .map_err(db_err("discard"))?;
         let Some(cur) = cur else {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("discard: job {id} not found"),
-            ));
+            return Err(super::rules::discard_not_found(id));
         };
         let state: JobState = get::<String>(&cur, "state")?.parse()?;
         let cur_token: i64 = get(&cur, "lease_token")?;
-        let allowed = match state {
-            JobState::Running => token == Some(cur_token),
-            JobState::Scheduled | JobState::Ready | JobState::Dead => {
-                token.is_none() || token == Some(cur_token)
-            }
-            _ => false,
-        };
+        let allowed = super::rules::may_discard(state, cur_token, token);
         if !allowed {
             return Err(lease_mismatch("discard", id, Some((state, cur_token))));
         }
