@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "shape",
         include_str!("migrations/postgres/0003_shape.sql"),
     ),
+    (4, "wake", include_str!("migrations/postgres/0004_wake.sql")),
 ];
 
 /// Key of the advisory lock that serializes migrations across processes.
