@@ -602,6 +602,10 @@ impl Store for Flaky {
         self.check()?;
         self.inner.stats().await
     }
+    async fn ready_shapes(&self) -> Result<Vec<flyjobs::store::ShapeDemand>> {
+        self.check()?;
+        self.inner.ready_shapes().await
+    }
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
         self.check()?;
         self.inner.list_jobs(filter).await
@@ -614,9 +618,9 @@ impl Store for Flaky {
         self.check()?;
         self.inner.clear_queue(queue).await
     }
-    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64> {
+    async fn prune_finished(&self, now: DateTime<Utc>) -> Result<u64> {
         self.check()?;
-        self.inner.prune_finished(before).await
+        self.inner.prune_finished(now).await
     }
     async fn try_acquire_leader(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool> {
         self.check()?;

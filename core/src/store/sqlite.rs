@@ -3,7 +3,8 @@
 //! WAL journal (readers do not block the writer), a busy timeout, and every write in a
 //! `BEGIN IMMEDIATE` transaction: SQLite has one writer at a time, and taking the write lock up
 //! front means two claimers never both read the same ready rows and then race to update them.
-//! Wake-ups are in-process only (other processes sharing the file poll).
+//! Wake-ups cross processes: a watcher task per store looks at `PRAGMA data_version` every
+//! few milliseconds and wakes subscribers when another connection committed.
 //!
 //! Times are stored as INTEGER microseconds since the Unix epoch (exact comparison and order).
 
@@ -19,8 +20,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    ClaimRequest, JobFilter, JobNotifier, Lease, QueueStats, ReapCounts, Signal, Store,
-    StoreOptions, WorkerInfo, WorkerState, add, db_err, lease_lost_message, lease_mismatch,
+    ClaimRequest, JobFilter, JobNotifier, Lease, QueueStats, ReapCounts, ShapeDemand, Signal,
+    Store, StoreOptions, WorkerInfo, WorkerState, add, db_err, lease_lost_message, lease_mismatch,
     page_limit, parse_worker_state, validate_new,
 };
 use crate::config::redact_url;
@@ -36,7 +37,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "result",
         include_str!("migrations/sqlite/0002_result.sql"),
     ),
+    (3, "shape", include_str!("migrations/sqlite/0003_shape.sql")),
+    (4, "wake", include_str!("migrations/sqlite/0004_wake.sql")),
 ];
+
+/// Bumps the counter other processes' watchers read (migration 0004).
+const BUMP_WAKE: &str = "UPDATE flyjobs_wake SET n = n + 1 WHERE id = 1";
+
+/// How often the watcher looks at `PRAGMA data_version` for writes by other connections.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
 
 /// The SQLite implementation of [`Store`].
 #[derive(Debug)]
@@ -44,6 +53,81 @@ pub struct SqliteStore {
     pool: SqlitePool,
     opts: StoreOptions,
     signal: Signal,
+    /// Turns commits by other connections (other processes) into wake-ups; `None` for an
+    /// in-memory database, which no other connection can see.
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+    }
+}
+
+/// Wake subscribers when another connection made jobs runnable: `PRAGMA data_version` on a
+/// connection of our own changes when any other connection commits (a read of the WAL index
+/// in shared memory, no disk I/O); then the wake counter (`flyjobs_wake`, bumped by enqueue,
+/// release, retry, reap and promote) says whether that commit brought work, so completions
+/// and heartbeats wake nobody. Looked at every [`WATCH_EVERY`] while anyone is subscribed, so
+/// a worker in one process picks up a job enqueued by another in milliseconds.
+async fn watch_data_version(co: SqliteConnectOptions, signal: Signal) {
+    use sqlx::Connection;
+    let mut conn: Option<sqlx::SqliteConnection> = None;
+    let mut last: Option<i64> = None;
+    let mut last_wake: Option<i64> = None;
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !signal.has_subscribers() {
+            continue;
+        }
+        if conn.is_none() {
+            match sqlx::SqliteConnection::connect_with(&co).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::debug!("flyjobs sqlite watcher: connect failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        match sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+            .fetch_one(&mut *c)
+            .await
+        {
+            Ok(v) if last == Some(v) => {}
+            Ok(v) => {
+                last = Some(v);
+                // The file changed: wake only if the change made jobs runnable.
+                match sqlx::query_scalar::<_, i64>("SELECT n FROM flyjobs_wake WHERE id = 1")
+                    .fetch_one(&mut *c)
+                    .await
+                {
+                    Ok(n) => {
+                        if last_wake.is_some_and(|l| l != n) {
+                            signal.wake();
+                        }
+                        last_wake = Some(n);
+                    }
+                    Err(e) => {
+                        tracing::debug!("flyjobs sqlite watcher: {e}");
+                        signal.wake();
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!("flyjobs sqlite watcher: {e}; reconnecting");
+                conn = None;
+                // A fresh connection has its own numbering: wake once rather than miss a write.
+                last = None;
+                signal.wake();
+            }
+        }
+    }
 }
 
 fn us(t: DateTime<Utc>) -> i64 {
@@ -89,22 +173,35 @@ impl SqliteStore {
                 Some(Duration::from_secs(3600))
             })
             .acquire_timeout(opts.connect_timeout.max(Duration::from_secs(30)))
-            .connect_with(co)
+            .connect_with(co.clone())
             .await
             .map_err(|e| {
                 Error::store(format!("cannot open SQLite database {redacted}: {e}")).with_source(e)
             })?;
         migrate(&pool).await?;
+        let signal = Signal::new();
+        let watcher =
+            (!memory).then(|| tokio::spawn(watch_data_version(co.clone(), signal.clone())));
         Ok(SqliteStore {
             pool,
             opts,
-            signal: Signal::new(),
+            signal,
+            watcher,
         })
     }
 
     /// The underlying pool (for tests and tools).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Wake this process's subscribers and, through the wake counter, other processes'.
+    /// Best effort: the change it announces is already committed.
+    async fn wake(&self) {
+        if let Err(e) = sqlx::query(BUMP_WAKE).execute(&self.pool).await {
+            tracing::debug!("flyjobs sqlite: wake counter not bumped: {e}");
+        }
+        self.signal.wake();
     }
 
     async fn begin(&self, what: &str) -> Result<Transaction<'static, Sqlite>> {
@@ -143,8 +240,8 @@ impl SqliteStore {
         // the unique key" needs no retry loop.
         let row = sqlx::query(
             "INSERT INTO flyjobs_jobs (queue, name, payload, state, priority, run_at, \
-             max_attempts, image_ref, unique_key, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             max_attempts, image_ref, unique_key, created_at, shape) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
              ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
              AND state IN ('scheduled','ready','running') DO NOTHING RETURNING *",
         )
@@ -158,6 +255,7 @@ impl SqliteStore {
         .bind(&job.image_ref)
         .bind(&job.unique_key)
         .bind(us(now))
+        .bind(&job.shape)
         .fetch_optional(&mut **tx)
         .await
         .map_err(db_err("enqueue"))?;
@@ -246,6 +344,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
         result: result.map(|s| serde_json::from_str(&s)).transpose()?,
         image_ref: get(row, "image_ref")?,
         unique_key: get(row, "unique_key")?,
+        shape: get(row, "shape")?,
         created_at: from_us(get(row, "created_at")?),
         started_at: opt_time(row, "started_at")?,
         finished_at: opt_time(row, "finished_at")?,
@@ -290,16 +389,17 @@ impl Store for SqliteStore {
         for (job, payload) in jobs.iter().zip(&payloads) {
             out.push(Self::insert(&mut tx, job, payload, now).await?);
         }
+        sqlx::query(BUMP_WAKE)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("enqueue"))?;
         tx.commit().await.map_err(db_err("enqueue: commit"))?;
         self.signal.wake();
         Ok(out)
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Lease>> {
-        for q in &req.queues {
-            validate_queue(q)?;
-        }
-        if req.limit == 0 || req.queues.is_empty() {
+        if !super::rules::claim_wanted(&req)? {
             return Ok(Vec::new());
         }
         let now = super::now();
@@ -312,6 +412,9 @@ impl Store for SqliteStore {
              WHERE id IN (SELECT id FROM flyjobs_jobs \
                WHERE state IN ('scheduled','ready') \
                AND queue IN (SELECT value FROM json_each(?1)) AND run_at <= ?2 \
+               AND (?6 IS NULL OR shape = ?6) \
+               AND (?7 IS NULL OR image_ref = ?7 OR (?8 IS NOT NULL \
+                    AND (image_ref IS NULL OR created_at < ?8))) \
                ORDER BY priority, run_at, id LIMIT ?3) \
              RETURNING *",
         )
@@ -320,27 +423,21 @@ impl Store for SqliteStore {
         .bind(page_limit(req.limit))
         .bind(&req.owner)
         .bind(us(expires))
+        .bind(req.shape.as_deref())
+        .bind(req.image.as_ref().map(|f| f.image_ref.as_str()))
+        .bind(
+            req.image
+                .as_ref()
+                .and_then(|f| f.or_enqueued_before)
+                .map(us),
+        )
         .fetch_all(&mut *tx)
         .await
         .map_err(db_err("claim"))?;
         tx.commit().await.map_err(db_err("claim: commit"))?;
         let expires = from_us(us(expires));
-        let mut leases = rows
-            .iter()
-            .map(|r| {
-                let job = job_from_row(r)?;
-                Ok(Lease {
-                    token: job.lease_token,
-                    owner: req.owner.clone(),
-                    expires_at: expires,
-                    job,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        leases.sort_by(|a, b| {
-            (a.job.priority, a.job.run_at, a.job.id).cmp(&(b.job.priority, b.job.run_at, b.job.id))
-        });
-        Ok(leases)
+        let jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(super::rules::leases(jobs, &req, expires))
     }
 
     async fn extend(&self, id: JobId, token: i64, lease: Duration) -> Result<DateTime<Utc>> {
@@ -408,9 +505,12 @@ impl Store for SqliteStore {
             drop(tx);
             return Err(lease_mismatch("fail", id, self.current(id).await?));
         };
-        let attempts = get::<i64>(&row, "attempts")?.max(0) as u32;
-        let max = get::<Option<i64>>(&row, "max_attempts")?.map(|m| m.max(1) as u32);
-        let outcome = super::trunc_outcome(policy.decide(attempts, max, now, &mut rand::rng()));
+        let outcome = super::rules::fail_outcome(
+            get::<i64>(&row, "attempts")?,
+            get::<Option<i64>>(&row, "max_attempts")?,
+            policy,
+            now,
+        );
         let err = serde_json::to_string(&failure)?;
         let q = match outcome {
             Outcome::Retry { at } => sqlx::query(
@@ -446,20 +546,11 @@ impl Store for SqliteStore {
             .await
             .map_err(db_err("discard"))?;
         let Some(cur) = cur else {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("discard: job {id} not found"),
-            ));
+            return Err(super::rules::discard_not_found(id));
         };
         let state: JobState = get::<String>(&cur, "state")?.parse()?;
         let cur_token: i64 = get(&cur, "lease_token")?;
-        let allowed = match state {
-            JobState::Running => token == Some(cur_token),
-            JobState::Scheduled | JobState::Ready | JobState::Dead => {
-                token.is_none() || token == Some(cur_token)
-            }
-            _ => false,
-        };
+        let allowed = super::rules::may_discard(state, cur_token, token);
         if !allowed {
             return Err(lease_mismatch("discard", id, Some((state, cur_token))));
         }
@@ -492,7 +583,7 @@ impl Store for SqliteStore {
         .map_err(db_err("retry"))?;
         match row {
             Some(r) => {
-                self.signal.wake();
+                self.wake().await;
                 job_from_row(&r)
             }
             None => Err(lease_mismatch("retry", id, self.current(id).await?)),
@@ -512,7 +603,7 @@ impl Store for SqliteStore {
         .map_err(db_err("release"))?;
         match row {
             Some(r) => {
-                self.signal.wake();
+                self.wake().await;
                 job_from_row(&r)
             }
             None => Err(lease_mismatch("release", id, self.current(id).await?)),
@@ -551,7 +642,7 @@ impl Store for SqliteStore {
             }
         }
         if counts.retried > 0 {
-            self.signal.wake();
+            self.wake().await;
         }
         Ok(counts)
     }
@@ -566,7 +657,7 @@ impl Store for SqliteStore {
         .map_err(db_err("promote"))?
         .rows_affected();
         if n > 0 {
-            self.signal.wake();
+            self.wake().await;
         }
         Ok(n)
     }
@@ -700,6 +791,30 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn ready_shapes(&self) -> Result<Vec<ShapeDemand>> {
+        // SQLite sorts NULL first in ascending order, as the Postgres query asks explicitly.
+        let rows = sqlx::query(
+            "SELECT queue, shape, image_ref, count(*) AS ready, min(created_at) AS oldest \
+             FROM flyjobs_jobs WHERE state IN ('scheduled','ready') AND run_at <= ?1 \
+             GROUP BY queue, shape, image_ref ORDER BY queue, shape, image_ref",
+        )
+        .bind(us(super::now()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("ready shapes"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(ShapeDemand {
+                    queue: get(r, "queue")?,
+                    shape: get(r, "shape")?,
+                    image_ref: get(r, "image_ref")?,
+                    ready: get::<i64>(r, "ready")?.max(0) as u64,
+                    oldest_created_at: from_us(get(r, "oldest")?),
+                })
+            })
+            .collect()
+    }
+
     async fn list_jobs(&self, f: JobFilter) -> Result<Vec<Job>> {
         let rows = sqlx::query(
             "SELECT * FROM flyjobs_jobs WHERE (?1 IS NULL OR state = ?1) \
@@ -740,12 +855,19 @@ impl Store for SqliteStore {
         Ok(n)
     }
 
-    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64> {
+    async fn prune_finished(&self, now: DateTime<Utc>) -> Result<u64> {
+        let completed_before = super::sub(now, self.opts.retain_completed);
+        let dead_before = super::sub(now, self.opts.retain_dead);
+        // Off the flyjobs_jobs_finished index, a bounded batch per statement.
         Ok(sqlx::query(
-            "DELETE FROM flyjobs_jobs WHERE state IN ('completed','dead','discarded') \
-             AND finished_at < ?1",
+            "DELETE FROM flyjobs_jobs WHERE id IN (SELECT id FROM flyjobs_jobs \
+             WHERE state IN ('completed','dead','discarded') \
+             AND finished_at < (CASE WHEN state = 'completed' THEN ?1 ELSE ?2 END) \
+             LIMIT ?3)",
         )
-        .bind(us(before))
+        .bind(us(completed_before))
+        .bind(us(dead_before))
+        .bind(super::PRUNE_BATCH)
         .execute(&self.pool)
         .await
         .map_err(db_err("prune"))?
@@ -781,7 +903,7 @@ impl Store for SqliteStore {
     }
 
     fn wakes_other_processes(&self) -> bool {
-        false
+        self.watcher.is_some()
     }
 
     fn subscribe(&self) -> JobNotifier {
@@ -789,6 +911,9 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
         self.pool.close().await;
     }
 
