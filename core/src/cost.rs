@@ -253,6 +253,77 @@ pub fn advance(
     hours
 }
 
+/// A queue's daily spending limit: past it the scaler boots no machine for the queue (its jobs
+/// wait) until the next day (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    /// Dollars per day, at [`Prices`].
+    UsdPerDay(f64),
+    /// Started machine-hours per day.
+    MachineHoursPerDay(f64),
+}
+
+impl Budget {
+    /// `"$5/day"` (dollars) or `"2h/day"` (machine-hours; also `"90m/day"`).
+    pub fn parse(text: &str) -> std::result::Result<Budget, String> {
+        let t = text.trim();
+        let amount = t
+            .strip_suffix("/day")
+            .ok_or_else(|| format!("{t:?} is not a budget: use \"$5/day\" or \"2h/day\""))?
+            .trim();
+        let (value, budget): (&str, fn(f64) -> Budget) = if let Some(d) = amount.strip_prefix('$') {
+            (d, Budget::UsdPerDay)
+        } else if let Some(h) = amount.strip_suffix('h') {
+            (h, Budget::MachineHoursPerDay)
+        } else if let Some(m) = amount.strip_suffix('m') {
+            (m, |m| Budget::MachineHoursPerDay(m / 60.0))
+        } else {
+            return Err(format!(
+                "{t:?} is not a budget: use dollars (\"$5/day\") or machine-hours (\"2h/day\")"
+            ));
+        };
+        match value.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Ok(budget(v)),
+            _ => Err(format!(
+                "{t:?} is not a budget: the amount must be a number >= 0"
+            )),
+        }
+    }
+
+    /// Whether `spent` (today's billed seconds and dollars of the queue) reaches the budget;
+    /// then the words saying so.
+    pub fn exhausted(&self, spent: &(Seconds, f64)) -> Option<String> {
+        match *self {
+            Budget::UsdPerDay(max) if spent.1 >= max => Some(format!(
+                "over its budget: ${:.4} of ${max}/day spent today (UTC)",
+                spent.1
+            )),
+            Budget::MachineHoursPerDay(max) if spent.0.started / 3600.0 >= max => Some(format!(
+                "over its budget: {:.3} of {max} machine-hours/day used today (UTC)",
+                spent.0.started / 3600.0
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Budget::UsdPerDay(v) => write!(f, "${v}/day"),
+            Budget::MachineHoursPerDay(v) => write!(f, "{v}h/day"),
+        }
+    }
+}
+
+/// The start of today (UTC), where daily budgets reset.
+pub fn today_utc(now: DateTime<Utc>) -> DateTime<Utc> {
+    now.date_naive()
+        .and_hms_opt(0, 0, 0)
+        .map_or(now, |t| t.and_utc())
+}
+
 /// Usage as recorded: per queue per hour, and per machine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Usage {
@@ -406,6 +477,44 @@ mod tests {
     }
 
     const H: i64 = 3_600_000;
+
+    #[test]
+    fn budgets_parse_and_say_when_they_are_spent() {
+        assert_eq!(Budget::parse("$5/day"), Ok(Budget::UsdPerDay(5.0)));
+        assert_eq!(
+            Budget::parse(" 2h/day "),
+            Ok(Budget::MachineHoursPerDay(2.0))
+        );
+        assert_eq!(
+            Budget::parse("90m/day"),
+            Ok(Budget::MachineHoursPerDay(1.5))
+        );
+        for bad in ["5", "$5", "$x/day", "$-1/day", "5/day", "$inf/day"] {
+            let e = Budget::parse(bad).unwrap_err();
+            assert!(e.contains("budget"), "{bad}: {e}");
+        }
+        let hour = Seconds {
+            started: 3600.0,
+            ..Seconds::default()
+        };
+        assert!(Budget::UsdPerDay(1.0).exhausted(&(hour, 0.5)).is_none());
+        let why = Budget::UsdPerDay(0.25).exhausted(&(hour, 0.5)).unwrap();
+        assert!(
+            why.contains("over its budget") && why.contains("$0.25/day"),
+            "{why}"
+        );
+        assert!(
+            Budget::MachineHoursPerDay(1.0)
+                .exhausted(&(hour, 0.0))
+                .is_some()
+        );
+        assert!(
+            Budget::MachineHoursPerDay(2.0)
+                .exhausted(&(hour, 9.0))
+                .is_none()
+        );
+        assert_eq!(Budget::parse("$5/day").unwrap().to_string(), "$5/day");
+    }
 
     #[test]
     fn prices_reproduce_flys_table() {
