@@ -97,6 +97,10 @@ struct EmulatorArgs {
     /// `on` or `off`: Fly's per-action rate limits [env FLYJOBS_EMULATOR_RATE_LIMITS].
     #[arg(long, value_name = "on|off")]
     rate_limits: Option<String>,
+    /// `on` or `off`: OOM-kill a machine whose resident memory exceeds its guest.memory_mb
+    /// [env FLYJOBS_EMULATOR_MEMORY_LIMITS; default on].
+    #[arg(long, value_name = "on|off")]
+    memory_limits: Option<String>,
     /// Capacity: `CPUS:MEMORY_MB` for every region and/or `REGION=CPUS:MEMORY_MB`, comma
     /// separated or repeated [env FLYJOBS_EMULATOR_CAPACITY].
     #[arg(long, value_name = "[REGION=]CPUS:MB")]
@@ -149,6 +153,7 @@ impl EmulatorArgs {
             (env::START_LATENCY, self.start_latency),
             (env::RESUME_LATENCY, self.resume_latency),
             (env::RATE_LIMITS, self.rate_limits),
+            (env::MEMORY_LIMITS, self.memory_limits),
             (env::CAPACITY, joined(self.capacity, ",")),
             (env::TOKENS_FILE, self.tokens_file),
             (env::FAULT_429, self.fault_429),

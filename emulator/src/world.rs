@@ -97,6 +97,9 @@ pub(crate) struct MachineRec {
     pub state_since: Instant,
     pub cpus: u32,
     pub memory_mb: u64,
+    /// The process generation the memory watcher killed for going over `memory_mb`: its exit
+    /// event says `oom_killed`.
+    pub oom_killed_generation: Option<u64>,
     /// Taken out of Fly Proxy routing (`cordon`, or created with skip_service_registration).
     pub cordoned: bool,
     /// Every config version, oldest first: (version, config).
