@@ -602,6 +602,10 @@ impl Store for Flaky {
         self.check()?;
         self.inner.stats().await
     }
+    async fn ready_shapes(&self) -> Result<Vec<flyjobs::store::ShapeDemand>> {
+        self.check()?;
+        self.inner.ready_shapes().await
+    }
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {
         self.check()?;
         self.inner.list_jobs(filter).await

@@ -170,6 +170,11 @@ pub struct NewJob {
     pub image_ref: Option<String>,
     /// While a job with this key is pending, enqueue returns that job instead of a new one.
     pub unique_key: Option<String>,
+    /// The machine shape key the job runs on: `""` (the default) is the queue's default
+    /// machine; anything else is an opaque canonical key made by the placement code (e.g.
+    /// `performance-2x` or `performance-2x@ams,fra`), compared by equality only.
+    #[serde(default)]
+    pub shape: String,
 }
 
 impl NewJob {
@@ -184,6 +189,7 @@ impl NewJob {
             name: String::new(),
             image_ref: None,
             unique_key: None,
+            shape: String::new(),
         }
     }
 
@@ -228,6 +234,13 @@ impl NewJob {
         self.unique_key = Some(key.into());
         self
     }
+
+    /// Run on machines of shape `key` (`""`: the queue's default machine).
+    #[must_use]
+    pub fn shape(mut self, key: impl Into<String>) -> Self {
+        self.shape = key.into();
+        self
+    }
 }
 
 /// A stored job: every column.
@@ -261,6 +274,9 @@ pub struct Job {
     pub image_ref: Option<String>,
     /// Deduplication key.
     pub unique_key: Option<String>,
+    /// Machine shape key (`""`: the queue's default machine); see [`NewJob::shape`].
+    #[serde(default)]
+    pub shape: String,
     /// When it was enqueued.
     pub created_at: DateTime<Utc>,
     /// When the current or last run started.
@@ -285,12 +301,13 @@ pub const NEW_JOB_KEYS: &[&str] = &[
     "run_at",
     "max_attempts",
     "unique_key",
+    "shape",
 ];
 
 impl NewJob {
     /// A job from a map, as the language packages pass it: `{"queue": "mail", "payload": …,
     /// "name": "WelcomeMailer", "priority": 0, "run_at": "2026-12-01T17:00:00Z" | 1764608400.5,
-    /// "max_attempts": 3, "unique_key": "…"}`. Only `payload` is required (`queue` defaults to
+    /// "max_attempts": 3, "unique_key": "…", "shape": "performance-2x"}`. Only `payload` is required (`queue` defaults to
     /// `default`); null means unset. An unknown key or a bad value is an `invalid` error naming
     /// it.
     pub fn from_value(value: &serde_json::Value) -> Result<NewJob> {
@@ -348,6 +365,12 @@ impl NewJob {
                             .ok_or_else(|| bad(key, "a string", v))?
                             .to_string(),
                     );
+                }
+                "shape" => {
+                    job.shape = v
+                        .as_str()
+                        .ok_or_else(|| bad(key, "a string", v))?
+                        .to_string();
                 }
                 other => {
                     return Err(Error::invalid(format!(
@@ -426,6 +449,18 @@ mod tests {
             assert_eq!(e.kind(), crate::ErrorKind::Invalid);
             assert!(e.message().contains(&format!("{bad:?}")), "{e}");
         }
+    }
+
+    #[test]
+    fn from_value_reads_an_optional_shape() {
+        let plain = NewJob::from_value(&serde_json::json!({"payload": 1})).unwrap();
+        assert_eq!(plain.shape, "");
+        let shaped =
+            NewJob::from_value(&serde_json::json!({"payload": 1, "shape": "performance-2x@ams"}))
+                .unwrap();
+        assert_eq!(shaped.shape, "performance-2x@ams");
+        let e = NewJob::from_value(&serde_json::json!({"payload": 1, "shape": 2})).unwrap_err();
+        assert!(e.message().contains("job shape must be a string"), "{e}");
     }
 
     #[test]

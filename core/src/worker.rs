@@ -260,6 +260,8 @@ impl Worker {
                     limit: 1,
                     owner: inner.id.clone(),
                     lease: inner.lease_duration,
+                    shape: None,
+                    image: None,
                 })
                 .await;
             match claimed {

@@ -11,7 +11,9 @@ use chrono::Utc;
 use flyjobs::ErrorKind;
 use flyjobs::job::{Failure, JobState, NewJob};
 use flyjobs::retry::{Backoff, Outcome, RetryPolicy};
-use flyjobs::store::{ClaimRequest, JobFilter, Store, StoreOptions, WorkerInfo, WorkerState};
+use flyjobs::store::{
+    ClaimRequest, ImageFilter, JobFilter, ShapeDemand, Store, StoreOptions, WorkerInfo, WorkerState,
+};
 use serde_json::json;
 
 /// Contract tests run with a small payload limit so the over-limit case is cheap.
@@ -86,6 +88,10 @@ both!(
     leader_lock,
     enqueue_wakes_subscribers,
     concurrent_claimers_take_each_job_once,
+    shape_round_trips_and_defaults_to_empty,
+    claim_filters_by_shape,
+    claim_filters_by_image,
+    ready_shapes_groups_runnable_jobs,
 );
 
 mod cases {
@@ -916,6 +922,175 @@ mod cases {
         assert_eq!(all.iter().collect::<HashSet<_>>().len(), N);
         let st = s.stats().await.unwrap();
         assert_eq!(st[0].completed, N as u64);
+    }
+
+    fn ids(leases: &[flyjobs::store::Lease]) -> Vec<flyjobs::job::JobId> {
+        leases.iter().map(|l| l.job.id).collect()
+    }
+
+    pub async fn shape_round_trips_and_defaults_to_empty(s: Arc<dyn Store>) {
+        let plain = s.enqueue(NewJob::new("q", json!(1))).await.unwrap();
+        assert_eq!(plain.shape, "");
+        let shaped = s
+            .enqueue(NewJob::new("q", json!(2)).shape("performance-2x@ams,fra"))
+            .await
+            .unwrap();
+        assert_eq!(shaped.shape, "performance-2x@ams,fra");
+        let got = s.get_job(shaped.id).await.unwrap().unwrap();
+        assert_eq!(got, shaped);
+        assert_eq!(
+            serde_json::to_value(&got).unwrap()["shape"],
+            "performance-2x@ams,fra"
+        );
+        let many = s
+            .enqueue_many(vec![
+                NewJob::from_value(&json!({"payload": 3, "shape": "shared-cpu-1x"})).unwrap(),
+                NewJob::new("q", json!(4)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(many[0].shape, "shared-cpu-1x");
+        assert_eq!(many[1].shape, "");
+        // A claim without a shape filter takes every shape.
+        let all = s.claim(claim(&["q", "default"], 10, "w")).await.unwrap();
+        assert_eq!(all.len(), 4);
+        let claimed = all.iter().find(|l| l.job.id == shaped.id).unwrap();
+        assert_eq!(claimed.job.shape, "performance-2x@ams,fra");
+    }
+
+    pub async fn claim_filters_by_shape(s: Arc<dyn Store>) {
+        let plain = s.enqueue(NewJob::new("q", json!(1))).await.unwrap();
+        let big = s
+            .enqueue(NewJob::new("q", json!(2)).shape("performance-2x"))
+            .await
+            .unwrap();
+        let other = s
+            .enqueue(NewJob::new("q", json!(3)).shape("performance-2x@ams"))
+            .await
+            .unwrap();
+        let got = s
+            .claim(claim(&["q"], 10, "w").shape("performance-2x"))
+            .await
+            .unwrap();
+        assert_eq!(ids(&got), vec![big.id]);
+        let got = s.claim(claim(&["q"], 10, "w").shape("")).await.unwrap();
+        assert_eq!(ids(&got), vec![plain.id]);
+        assert!(
+            s.claim(claim(&["q"], 10, "w").shape("nope"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let got = s.claim(claim(&["q"], 10, "w")).await.unwrap();
+        assert_eq!(ids(&got), vec![other.id]);
+    }
+
+    pub async fn claim_filters_by_image(s: Arc<dyn Store>) {
+        let none = s.enqueue(NewJob::new("q", json!(0))).await.unwrap();
+        let v1 = s
+            .enqueue(NewJob::new("q", json!(1)).image_ref("app:v1"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let cut = Utc::now();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let v1_late = s
+            .enqueue(NewJob::new("q", json!(2)).image_ref("app:v1"))
+            .await
+            .unwrap();
+        let v2 = s
+            .enqueue(NewJob::new("q", json!(3)).image_ref("app:v2"))
+            .await
+            .unwrap();
+        // Only v2's own jobs.
+        let got = s
+            .claim(claim(&["q"], 10, "w").image(ImageFilter::only("app:v2")))
+            .await
+            .unwrap();
+        assert_eq!(ids(&got), vec![v2.id]);
+        // v3 with a cut-off: its own (none), jobs without an image, and jobs enqueued before
+        // the cut; not v1's job enqueued after it.
+        let got = s
+            .claim(claim(&["q"], 10, "w").image(ImageFilter {
+                image_ref: "app:v3".into(),
+                or_enqueued_before: Some(cut),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(ids(&got), vec![none.id, v1.id]);
+        let rest = s.claim(claim(&["q"], 10, "w")).await.unwrap();
+        assert_eq!(ids(&rest), vec![v1_late.id]);
+    }
+
+    pub async fn ready_shapes_groups_runnable_jobs(s: Arc<dyn Store>) {
+        assert!(s.ready_shapes().await.unwrap().is_empty());
+        let t0 = Utc::now();
+        let first = s.enqueue(NewJob::new("a", json!(1))).await.unwrap();
+        s.enqueue(NewJob::new("a", json!(2))).await.unwrap();
+        s.enqueue(NewJob::new("a", json!(3)).shape("performance-2x"))
+            .await
+            .unwrap();
+        s.enqueue(
+            NewJob::new("a", json!(4))
+                .shape("performance-2x")
+                .image_ref("app:v1"),
+        )
+        .await
+        .unwrap();
+        s.enqueue(NewJob::new("b", json!(5)).image_ref("app:v1"))
+            .await
+            .unwrap();
+        // Not runnable: in the future, running, finished.
+        s.enqueue(NewJob::new("a", json!(6)).run_at(Utc::now() + chrono::Duration::hours(1)))
+            .await
+            .unwrap();
+        let running = s.enqueue(NewJob::new("c", json!(7))).await.unwrap();
+        let done = s.enqueue(NewJob::new("d", json!(8))).await.unwrap();
+        for q in ["c", "d"] {
+            let l = s.claim(claim(&[q], 1, "w")).await.unwrap().remove(0);
+            if q == "d" {
+                assert_eq!(l.job.id, done.id);
+                s.complete(l.job.id, l.token).await.unwrap();
+            } else {
+                assert_eq!(l.job.id, running.id);
+            }
+        }
+        let got = s.ready_shapes().await.unwrap();
+        let keys: Vec<_> = got
+            .iter()
+            .map(|d| {
+                (
+                    d.queue.as_str(),
+                    d.shape.as_str(),
+                    d.image_ref.as_deref(),
+                    d.ready,
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("a", "", None, 2),
+                ("a", "performance-2x", None, 1),
+                ("a", "performance-2x", Some("app:v1"), 1),
+                ("b", "", Some("app:v1"), 1),
+            ]
+        );
+        let a: &ShapeDemand = &got[0];
+        assert_eq!(a.oldest_created_at, first.created_at);
+        assert!(a.oldest_created_at >= t0 - chrono::Duration::seconds(1));
+        // A scheduled job whose run_at passed counts.
+        s.enqueue(
+            NewJob::new("e", json!(9)).run_at(Utc::now() + chrono::Duration::milliseconds(50)),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let got = s.ready_shapes().await.unwrap();
+        assert!(
+            got.iter().any(|d| d.queue == "e" && d.ready == 1),
+            "{got:?}"
+        );
     }
 }
 

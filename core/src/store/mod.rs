@@ -63,6 +63,45 @@ pub struct ClaimRequest {
     pub owner: String,
     /// How long the lease lasts unless extended.
     pub lease: Duration,
+    /// Only jobs of this machine shape key (`Some("")`: only default-shape jobs); `None`: any.
+    pub shape: Option<String>,
+    /// Only jobs this worker's image may run; `None`: any image.
+    pub image: Option<ImageFilter>,
+}
+
+/// Which jobs a worker of one image may claim (see [`ClaimRequest::image`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFilter {
+    /// Jobs enqueued under this image ref.
+    pub image_ref: String,
+    /// When set, also jobs without an image ref and jobs enqueued (created) before this time
+    /// (e.g. the release's deploy time: older jobs may run on the new image).
+    pub or_enqueued_before: Option<DateTime<Utc>>,
+}
+
+impl ImageFilter {
+    /// Only jobs enqueued under `image_ref`.
+    pub fn only(image_ref: impl Into<String>) -> Self {
+        ImageFilter {
+            image_ref: image_ref.into(),
+            or_enqueued_before: None,
+        }
+    }
+}
+
+/// Runnable jobs of one (queue, shape, image_ref) group, for the scaler ([`Store::ready_shapes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShapeDemand {
+    /// Queue name.
+    pub queue: String,
+    /// Machine shape key (`""`: the queue's default machine).
+    pub shape: String,
+    /// The image the jobs were enqueued under.
+    pub image_ref: Option<String>,
+    /// Jobs runnable now (ready, or scheduled with run_at passed).
+    pub ready: u64,
+    /// When the oldest of them was enqueued.
+    pub oldest_created_at: DateTime<Utc>,
 }
 
 impl ClaimRequest {
@@ -78,7 +117,23 @@ impl ClaimRequest {
             limit,
             owner: owner.into(),
             lease,
+            shape: None,
+            image: None,
         }
+    }
+
+    /// Only jobs whose shape key is `key` (`""`: default-shape jobs only).
+    #[must_use]
+    pub fn shape(mut self, key: impl Into<String>) -> Self {
+        self.shape = Some(key.into());
+        self
+    }
+
+    /// Only jobs `filter` allows.
+    #[must_use]
+    pub fn image(mut self, filter: ImageFilter) -> Self {
+        self.image = Some(filter);
+        self
     }
 }
 
@@ -436,6 +491,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Counts per queue (only queues with at least one job), by queue name.
     async fn stats(&self) -> Result<Vec<QueueStats>>;
+
+    /// Runnable jobs (ready, or scheduled with run_at passed) counted per (queue, shape,
+    /// image_ref), ordered by those keys (a missing image ref first).
+    async fn ready_shapes(&self) -> Result<Vec<ShapeDemand>>;
 
     /// A page of jobs in id order.
     async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>>;

@@ -15,8 +15,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{
-    ClaimRequest, JobFilter, JobNotifier, Lease, QueueStats, ReapCounts, Signal, Store,
-    StoreOptions, WorkerInfo, WorkerState, add, db_err, lease_lost_message, lease_mismatch,
+    ClaimRequest, JobFilter, JobNotifier, Lease, QueueStats, ReapCounts, ShapeDemand, Signal,
+    Store, StoreOptions, WorkerInfo, WorkerState, add, db_err, lease_lost_message, lease_mismatch,
     page_limit, parse_worker_state, validate_new,
 };
 use crate::config::redact_url;
@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "result",
         include_str!("migrations/postgres/0002_result.sql"),
+    ),
+    (
+        3,
+        "shape",
+        include_str!("migrations/postgres/0003_shape.sql"),
     ),
 ];
 
@@ -133,8 +138,8 @@ impl PgStore {
         for _ in 0..5 {
             let row = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO flyjobs_jobs (queue, name, payload, state, priority, run_at, \
-                 max_attempts, image_ref, unique_key, created_at) \
-                 VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10) {UNIQUE_CONFLICT} RETURNING *"
+                 max_attempts, image_ref, unique_key, created_at, shape) \
+                 VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11) {UNIQUE_CONFLICT} RETURNING *"
             )))
             .bind(&job.queue)
             .bind(&job.name)
@@ -146,6 +151,7 @@ impl PgStore {
             .bind(&job.image_ref)
             .bind(&job.unique_key)
             .bind(now)
+            .bind(&job.shape)
             .fetch_optional(&mut **tx)
             .await
             .map_err(db_err("enqueue"))?;
@@ -329,6 +335,7 @@ fn job_from_row(row: &PgRow) -> Result<Job> {
         result: get(row, "result")?,
         image_ref: get(row, "image_ref")?,
         unique_key: get(row, "unique_key")?,
+        shape: get(row, "shape")?,
         created_at: get(row, "created_at")?,
         started_at: get(row, "started_at")?,
         finished_at: get(row, "finished_at")?,
@@ -403,6 +410,9 @@ impl Store for PgStore {
             "WITH picked AS (\
                SELECT id FROM flyjobs_jobs \
                WHERE state IN ('scheduled','ready') AND queue = ANY($1) AND run_at <= $2 \
+               AND ($6::text IS NULL OR shape = $6) \
+               AND ($7::text IS NULL OR image_ref = $7 OR ($8::timestamptz IS NOT NULL \
+                    AND (image_ref IS NULL OR created_at < $8))) \
                ORDER BY priority, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
              UPDATE flyjobs_jobs AS j SET state = 'running', attempts = j.attempts + 1, \
                lease_owner = $4, lease_expires_at = $5, lease_token = j.lease_token + 1, \
@@ -414,6 +424,9 @@ impl Store for PgStore {
         .bind(page_limit(req.limit))
         .bind(&req.owner)
         .bind(expires)
+        .bind(req.shape.as_deref())
+        .bind(req.image.as_ref().map(|f| f.image_ref.as_str()))
+        .bind(req.image.as_ref().and_then(|f| f.or_enqueued_before))
         .fetch_all(&self.pool)
         .await
         .map_err(db_err("claim"))?;
@@ -795,6 +808,30 @@ impl Store for PgStore {
                     discarded: get::<i64>(r, "discarded")? as u64,
                     oldest_ready_age: oldest.map(|o| (now - o).to_std().unwrap_or_default()),
                     next_scheduled_at: get(r, "next")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ready_shapes(&self) -> Result<Vec<ShapeDemand>> {
+        let rows = sqlx::query(
+            "SELECT queue, shape, image_ref, count(*) AS ready, min(created_at) AS oldest \
+             FROM flyjobs_jobs WHERE state IN ('scheduled','ready') AND run_at <= $1 \
+             GROUP BY queue, shape, image_ref \
+             ORDER BY queue, shape, image_ref NULLS FIRST",
+        )
+        .bind(super::now())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("ready shapes"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(ShapeDemand {
+                    queue: get(r, "queue")?,
+                    shape: get(r, "shape")?,
+                    image_ref: get(r, "image_ref")?,
+                    ready: get::<i64>(r, "ready")?.max(0) as u64,
+                    oldest_created_at: get(r, "oldest")?,
                 })
             })
             .collect()

@@ -19,8 +19,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    ClaimRequest, JobFilter, JobNotifier, Lease, QueueStats, ReapCounts, Signal, Store,
-    StoreOptions, WorkerInfo, WorkerState, add, db_err, lease_lost_message, lease_mismatch,
+    ClaimRequest, JobFilter, JobNotifier, Lease, QueueStats, ReapCounts, ShapeDemand, Signal,
+    Store, StoreOptions, WorkerInfo, WorkerState, add, db_err, lease_lost_message, lease_mismatch,
     page_limit, parse_worker_state, validate_new,
 };
 use crate::config::redact_url;
@@ -36,6 +36,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "result",
         include_str!("migrations/sqlite/0002_result.sql"),
     ),
+    (3, "shape", include_str!("migrations/sqlite/0003_shape.sql")),
 ];
 
 /// The SQLite implementation of [`Store`].
@@ -143,8 +144,8 @@ impl SqliteStore {
         // the unique key" needs no retry loop.
         let row = sqlx::query(
             "INSERT INTO flyjobs_jobs (queue, name, payload, state, priority, run_at, \
-             max_attempts, image_ref, unique_key, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             max_attempts, image_ref, unique_key, created_at, shape) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
              ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
              AND state IN ('scheduled','ready','running') DO NOTHING RETURNING *",
         )
@@ -158,6 +159,7 @@ impl SqliteStore {
         .bind(&job.image_ref)
         .bind(&job.unique_key)
         .bind(us(now))
+        .bind(&job.shape)
         .fetch_optional(&mut **tx)
         .await
         .map_err(db_err("enqueue"))?;
@@ -246,6 +248,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
         result: result.map(|s| serde_json::from_str(&s)).transpose()?,
         image_ref: get(row, "image_ref")?,
         unique_key: get(row, "unique_key")?,
+        shape: get(row, "shape")?,
         created_at: from_us(get(row, "created_at")?),
         started_at: opt_time(row, "started_at")?,
         finished_at: opt_time(row, "finished_at")?,
@@ -312,6 +315,9 @@ impl Store for SqliteStore {
              WHERE id IN (SELECT id FROM flyjobs_jobs \
                WHERE state IN ('scheduled','ready') \
                AND queue IN (SELECT value FROM json_each(?1)) AND run_at <= ?2 \
+               AND (?6 IS NULL OR shape = ?6) \
+               AND (?7 IS NULL OR image_ref = ?7 OR (?8 IS NOT NULL \
+                    AND (image_ref IS NULL OR created_at < ?8))) \
                ORDER BY priority, run_at, id LIMIT ?3) \
              RETURNING *",
         )
@@ -320,6 +326,14 @@ impl Store for SqliteStore {
         .bind(page_limit(req.limit))
         .bind(&req.owner)
         .bind(us(expires))
+        .bind(req.shape.as_deref())
+        .bind(req.image.as_ref().map(|f| f.image_ref.as_str()))
+        .bind(
+            req.image
+                .as_ref()
+                .and_then(|f| f.or_enqueued_before)
+                .map(us),
+        )
         .fetch_all(&mut *tx)
         .await
         .map_err(db_err("claim"))?;
@@ -695,6 +709,30 @@ impl Store for SqliteStore {
                     discarded: get::<i64>(r, "discarded")? as u64,
                     oldest_ready_age: oldest.map(|o| (now - o).to_std().unwrap_or_default()),
                     next_scheduled_at: opt_time(r, "next")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ready_shapes(&self) -> Result<Vec<ShapeDemand>> {
+        // SQLite sorts NULL first in ascending order, as the Postgres query asks explicitly.
+        let rows = sqlx::query(
+            "SELECT queue, shape, image_ref, count(*) AS ready, min(created_at) AS oldest \
+             FROM flyjobs_jobs WHERE state IN ('scheduled','ready') AND run_at <= ?1 \
+             GROUP BY queue, shape, image_ref ORDER BY queue, shape, image_ref",
+        )
+        .bind(us(super::now()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("ready shapes"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(ShapeDemand {
+                    queue: get(r, "queue")?,
+                    shape: get(r, "shape")?,
+                    image_ref: get(r, "image_ref")?,
+                    ready: get::<i64>(r, "ready")?.max(0) as u64,
+                    oldest_created_at: from_us(get(r, "oldest")?),
                 })
             })
             .collect()
