@@ -49,6 +49,7 @@ use crate::job::{Failure, Job, JobId, JobState, NewJob};
 use crate::retry::{Outcome, RetryPolicy};
 
 pub mod boot_failures;
+mod placement;
 pub mod postgres;
 pub mod sqlite;
 
@@ -539,6 +540,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Mark the boot failures of `queue` (all queues: `None`) cleared, so that the scaler
     /// boots its machines again; returns how many were cleared.
     async fn clear_boot_failures(&self, queue: Option<&str>) -> Result<u64>;
+
+    // ---- placement (core/src/store/placement.rs) ----
+
+    /// A running job (under lease `token`) back to `ready` now on machine shape `shape`,
+    /// with `failure` as its last error (its machine was OOM-killed: the next attempt gets
+    /// more memory). The attempt stays counted. False when the lease is no longer `token`.
+    async fn requeue_on_shape(
+        &self,
+        id: JobId,
+        token: i64,
+        shape: &str,
+        failure: &Failure,
+    ) -> Result<bool>;
 }
 
 /// Open the store at `url`: `postgres://…`/`postgresql://…` or `sqlite:…` (e.g.

@@ -841,4 +841,22 @@ impl Store for SqliteStore {
     async fn clear_boot_failures(&self, queue: Option<&str>) -> Result<u64> {
         super::boot_failures::sqlite_clear(&self.pool, queue).await
     }
+
+    async fn requeue_on_shape(
+        &self,
+        id: JobId,
+        token: i64,
+        shape: &str,
+        failure: &Failure,
+    ) -> Result<bool> {
+        super::placement::sqlite_requeue_on_shape(
+            &self.pool,
+            id,
+            token,
+            shape,
+            failure,
+            super::now(),
+        )
+        .await
+    }
 }
