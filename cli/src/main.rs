@@ -348,8 +348,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("list jobs")?;
             println!(
-                "{:>8}  {:<12} {:<10} {:>8}  {:<20} error",
-                "id", "queue", "name", "attempts", "run_at"
+                "{:>8}  {:<12} {:<10} {:>8}  {:<20} {:<20} error",
+                "id", "queue", "name", "attempts", "run_at", "machine"
             );
             for j in jobs {
                 let err = j
@@ -358,12 +358,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|f| format!("{}: {}", f.class, f.message))
                     .unwrap_or_default();
                 println!(
-                    "{:>8}  {:<12} {:<10} {:>8}  {:<20} {}",
+                    "{:>8}  {:<12} {:<10} {:>8}  {:<20} {:<20} {}",
                     j.id,
                     j.queue,
                     j.name,
                     j.attempts,
                     j.run_at.format("%Y-%m-%d %H:%M:%S"),
+                    if j.shape.is_empty() {
+                        "default"
+                    } else {
+                        &j.shape
+                    },
                     err
                 );
             }

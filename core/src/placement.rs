@@ -134,7 +134,7 @@ pub fn check_size(what: &str, s: &MachineSize) -> Result<()> {
         )));
     }
     let (min, max) = (s.cpus * k.min_per_cpu, s.cpus * k.max_per_cpu);
-    if s.memory_mb < min || s.memory_mb > max || s.memory_mb % 256 != 0 {
+    if s.memory_mb < min || s.memory_mb > max || !s.memory_mb.is_multiple_of(256) {
         return Err(Error::config(format!(
             "{what}: {} MB is not sold with {} {} CPU(s): use {min}..={max} MB in steps of 256",
             s.memory_mb, s.cpus, k.name
