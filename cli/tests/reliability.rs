@@ -618,9 +618,9 @@ impl Store for Flaky {
         self.check()?;
         self.inner.clear_queue(queue).await
     }
-    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64> {
+    async fn prune_finished(&self, now: DateTime<Utc>) -> Result<u64> {
         self.check()?;
-        self.inner.prune_finished(before).await
+        self.inner.prune_finished(now).await
     }
     async fn try_acquire_leader(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool> {
         self.check()?;

@@ -25,7 +25,8 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -208,6 +209,13 @@ struct Inner {
     /// The machine's own API (tokenless in-machine socket), to suspend itself; None off Fly.
     self_api: Option<(Arc<dyn Machines>, String, String)>,
     running: Mutex<HashMap<JobId, Running>>,
+    /// Leases claimed for other waiting callers of [`Worker::next`] (already in `running`, so
+    /// the keep-alive extends them), handed out in claim order.
+    spare: Mutex<VecDeque<Lease>>,
+    /// Callers inside [`Worker::next`]: how many jobs the next claim asks for.
+    waiting: AtomicUsize,
+    /// Held by the one caller that claims; the others wait for its spare leases.
+    claiming: tokio::sync::Mutex<()>,
     last_activity: Mutex<Instant>,
     quiet: CancellationToken,
     closed: CancellationToken,
@@ -277,6 +285,9 @@ impl Worker {
             pin_for: config.pin_for(),
             self_api,
             running: Mutex::new(HashMap::new()),
+            spare: Mutex::new(VecDeque::new()),
+            waiting: AtomicUsize::new(0),
+            claiming: tokio::sync::Mutex::new(()),
             last_activity: Mutex::new(Instant::now()),
             quiet: CancellationToken::new(),
             closed: CancellationToken::new(),
@@ -304,20 +315,35 @@ impl Worker {
     /// leaves "idle" because its database was down.
     pub async fn next(&self) -> Result<Option<WorkerLease>> {
         let inner = &self.inner;
+        let _waiting = Waiting::enter(inner);
         let mut failures = 0u32;
         let mut failing_since: Option<Instant> = None;
         loop {
             if inner.quiet.is_cancelled() {
                 return Ok(None);
             }
+            if let Some(lease) = inner.take_spare() {
+                return Ok(Some(inner.hand_out(lease)));
+            }
+            // One claim at a time per worker: it claims for every waiting caller at once, and
+            // the others, queued here, take the leases it left them.
+            let _claiming = tokio::select! {
+                g = inner.claiming.lock() => g,
+                () = inner.quiet.cancelled() => return Ok(None),
+            };
+            if let Some(lease) = inner.take_spare() {
+                return Ok(Some(inner.hand_out(lease)));
+            }
             // Subscribe before claiming: a wake-up between an empty claim and the wait below
             // is remembered, not lost.
             let mut wakeups = inner.store.subscribe();
+            let free = (inner.opts.concurrency as usize).saturating_sub(inner.lock_running().len());
+            let limit = inner.waiting.load(Ordering::SeqCst).clamp(1, free.max(1));
             let claimed = inner
                 .store
                 .claim(ClaimRequest {
                     queues: inner.opts.queues.clone(),
-                    limit: 1,
+                    limit,
                     owner: inner.id.clone(),
                     lease: inner.lease_duration,
                     shape: inner.opts.shape.clone(),
@@ -325,33 +351,39 @@ impl Worker {
                 })
                 .await;
             match claimed {
-                Ok(mut leases) => {
+                Ok(leases) => {
                     if failing_since.take().is_some() {
                         // Back from an outage: idleness counts from now, not from before it.
                         info!(worker = %inner.id, failures, "store reachable again");
                         inner.touch();
                     }
                     failures = 0;
-                    if let Some(lease) = leases.pop() {
-                        // Claimed after quiet began: give it back untouched.
+                    if !leases.is_empty() {
+                        // Claimed after quiet began: give them back untouched.
                         if inner.quiet.is_cancelled() {
-                            let _ = inner.store.release(lease.job.id, lease.token).await;
+                            for lease in leases {
+                                let _ = inner.store.release(lease.job.id, lease.token).await;
+                            }
                             return Ok(None);
                         }
                         inner.touch();
-                        inner.lock_running().insert(
-                            lease.job.id,
-                            Running {
-                                token: lease.token,
-                                lost: false,
-                                expires_at: lease.expires_at,
-                            },
-                        );
-                        debug!(worker = %inner.id, job = %lease.job.id, "claimed");
-                        return Ok(Some(WorkerLease {
-                            worker: inner.clone(),
-                            lease: Some(lease),
-                        }));
+                        let mut leases = leases.into_iter();
+                        let first = leases.next().expect("not empty");
+                        {
+                            let mut running = inner.lock_running();
+                            for lease in std::iter::once(&first).chain(leases.as_slice()) {
+                                running.insert(
+                                    lease.job.id,
+                                    Running {
+                                        token: lease.token,
+                                        lost: false,
+                                        expires_at: lease.expires_at,
+                                    },
+                                );
+                            }
+                        }
+                        inner.lock_spare().extend(leases);
+                        return Ok(Some(inner.hand_out(first)));
                     }
                 }
                 Err(e) => {
@@ -397,9 +429,13 @@ impl Worker {
         if !self.inner.quiet.is_cancelled() {
             info!(worker = %self.inner.id, "quiet: claiming nothing new");
             self.inner.quiet.cancel();
-            let (store, id) = (self.inner.store.clone(), self.inner.id.clone());
+            let inner = self.inner.clone();
             crate::runtime::handle().spawn(async move {
-                let _ = store.set_worker_state(&id, WorkerState::Stopping).await;
+                inner.release_spares().await;
+                let _ = inner
+                    .store
+                    .set_worker_state(&inner.id, WorkerState::Stopping)
+                    .await;
             });
         }
     }
@@ -418,6 +454,8 @@ impl Worker {
     /// again elsewhere, untouched), deregister. Safe to call more than once.
     pub async fn stop(&self, deadline: Duration) {
         self.quiet();
+        // Leases claimed for callers that never came back for them: nothing runs them.
+        self.inner.release_spares().await;
         let until = Instant::now() + deadline;
         while self.running() > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -445,7 +483,49 @@ impl Worker {
     }
 }
 
+/// Counts a caller inside [`Worker::next`] (even one whose future is dropped mid-wait).
+struct Waiting<'a>(&'a Inner);
+
+impl<'a> Waiting<'a> {
+    fn enter(inner: &'a Inner) -> Self {
+        inner.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(inner)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Inner {
+    fn lock_spare(&self) -> std::sync::MutexGuard<'_, VecDeque<Lease>> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_spare(&self) -> Option<Lease> {
+        self.lock_spare().pop_front()
+    }
+
+    /// A claimed lease (already in `running`) as the caller's job.
+    fn hand_out(self: &Arc<Self>, lease: Lease) -> WorkerLease {
+        debug!(worker = %self.id, job = %lease.job.id, "claimed");
+        WorkerLease {
+            worker: self.clone(),
+            lease: Some(lease),
+        }
+    }
+
+    /// Give back the leases claimed for callers that did not take them (quiet, stop).
+    async fn release_spares(&self) {
+        let spares: Vec<Lease> = self.lock_spare().drain(..).collect();
+        for lease in spares {
+            let _ = self.store.release(lease.job.id, lease.token).await;
+            self.finish(lease.job.id);
+        }
+    }
+
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -769,5 +849,115 @@ impl Slot {
             Ok(Ok(Ok(None))) => Ok(Poll::Done),
             Ok(Ok(Ok(Some(lease)))) => Ok(Poll::Job(Box::new(lease))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::NewJob;
+    use crate::store::StoreOptions;
+
+    async fn sqlite_worker(concurrency: u32) -> (Worker, Arc<dyn Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
+        let store = crate::store::open(&url, StoreOptions::default())
+            .await
+            .unwrap();
+        let mut opts = WorkerOptions::new(["q"]);
+        opts.concurrency = concurrency;
+        opts.wait = Wait::Forever;
+        opts.id = Some("w1".into());
+        let config = Config::builder().build().unwrap();
+        let worker = Worker::start(&config, store.clone(), None, opts)
+            .await
+            .unwrap();
+        (worker, store, dir)
+    }
+
+    /// Three idle slots get three jobs from one claim (one statement: one `started_at`), the
+    /// first in claim order to the claimer, the others to the slots waiting behind it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_slots_share_one_claim() {
+        let (worker, store, _dir) = sqlite_worker(3).await;
+        let slots: Vec<Slot> = (0..3).map(|_| worker.slot()).collect();
+        for slot in &slots {
+            assert!(matches!(
+                slot.poll_next(Duration::from_millis(50)).await.unwrap(),
+                Poll::Pending
+            ));
+        }
+        let jobs = store
+            .enqueue_many(
+                (0..4)
+                    .map(|i| NewJob::new("q", serde_json::json!(i)))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        for slot in &slots {
+            loop {
+                match slot.poll_next(Duration::from_secs(10)).await.unwrap() {
+                    Poll::Job(l) => {
+                        got.push(*l);
+                        break;
+                    }
+                    Poll::Pending => continue,
+                    Poll::Done => panic!("done"),
+                }
+            }
+        }
+        let mut ids: Vec<_> = got.iter().map(|l| l.job().id).collect();
+        ids.sort();
+        assert_eq!(ids, jobs[..3].iter().map(|j| j.id).collect::<Vec<_>>());
+        let started: std::collections::HashSet<_> =
+            got.iter().map(|l| l.job().started_at).collect();
+        assert_eq!(
+            started.len(),
+            1,
+            "one claim for the three slots: {started:?}"
+        );
+        // The fourth job was not claimed: no slot was waiting for it.
+        assert_eq!(
+            store.get_job(jobs[3].id).await.unwrap().unwrap().state,
+            crate::job::JobState::Ready
+        );
+        for l in got {
+            l.complete().await.unwrap();
+        }
+        worker.stop(Duration::from_secs(5)).await;
+    }
+
+    /// Leases claimed for callers that gave up are given back by `stop`, untouched, without
+    /// waiting for the stop deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_releases_spare_leases_at_once() {
+        let (worker, store, _dir) = sqlite_worker(3).await;
+        let job = store
+            .enqueue(NewJob::new("q", serde_json::json!(1)))
+            .await
+            .unwrap();
+        // A spare as `next` leaves one: claimed for a caller that then went away.
+        let lease = store
+            .claim(ClaimRequest::new(["q"], 1, "w1", Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .remove(0);
+        let inner = &worker.inner;
+        inner.lock_running().insert(
+            lease.job.id,
+            Running {
+                token: lease.token,
+                lost: false,
+                expires_at: lease.expires_at,
+            },
+        );
+        inner.lock_spare().push_back(lease);
+        let t = Instant::now();
+        worker.stop(Duration::from_secs(30)).await;
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let job = store.get_job(job.id).await.unwrap().unwrap();
+        assert_eq!((job.state, job.attempts), (crate::job::JobState::Ready, 0));
     }
 }

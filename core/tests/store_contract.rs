@@ -23,6 +23,8 @@ fn opts() -> StoreOptions {
     StoreOptions {
         max_payload_bytes: LIMIT,
         max_lost_leases: 3,
+        retain_completed: Duration::from_secs(3600),
+        retain_dead: Duration::from_secs(10 * 24 * 3600),
         ..Default::default()
     }
 }
@@ -826,20 +828,50 @@ mod cases {
     }
 
     pub async fn prune_finished_jobs(s: Arc<dyn Store>) {
-        for i in 0..3 {
+        // opts(): completed kept 1 h, dead and discarded 10 days.
+        for i in 0..5 {
             s.enqueue(NewJob::new("q", json!(i))).await.unwrap();
         }
-        for l in s.claim(claim(&["q"], 2, "w")).await.unwrap() {
+        let mut leases = s.claim(claim(&["q"], 3, "w")).await.unwrap().into_iter();
+        for l in leases.by_ref().take(2) {
             s.complete(l.job.id, l.token).await.unwrap();
         }
+        let dead = leases.next().unwrap();
+        s.fail(
+            dead.job.id,
+            dead.token,
+            Failure::new("E", "x"),
+            &immediate_retry(1),
+        )
+        .await
+        .unwrap();
+        let waiting = s.list_jobs(JobFilter::default()).await.unwrap();
+        let discarded = waiting.iter().find(|j| j.state == JobState::Ready).unwrap();
+        s.discard(discarded.id, None, None).await.unwrap();
+        let now = Utc::now();
+        assert_eq!(s.prune_finished(now).await.unwrap(), 0, "all too recent");
         assert_eq!(
-            s.prune_finished(Utc::now() - chrono::Duration::hours(1))
+            s.prune_finished(now + chrono::Duration::minutes(59))
                 .await
                 .unwrap(),
             0
         );
         assert_eq!(
-            s.prune_finished(Utc::now() + chrono::Duration::seconds(1))
+            s.prune_finished(now + chrono::Duration::minutes(61))
+                .await
+                .unwrap(),
+            2,
+            "completed jobs go after an hour"
+        );
+        assert_eq!(
+            s.prune_finished(now + chrono::Duration::days(9))
+                .await
+                .unwrap(),
+            0,
+            "dead and discarded jobs stay ten days"
+        );
+        assert_eq!(
+            s.prune_finished(now + chrono::Duration::days(11))
                 .await
                 .unwrap(),
             2
@@ -1094,6 +1126,13 @@ mod cases {
     }
 }
 
+#[test]
+fn retention_defaults_are_a_day_and_six_months() {
+    let o = StoreOptions::default();
+    assert_eq!(o.retain_completed, Duration::from_secs(24 * 3600));
+    assert_eq!(o.retain_dead, Duration::from_secs(183 * 24 * 3600));
+}
+
 #[tokio::test]
 async fn unreachable_database_error_hides_password() {
     let opts = StoreOptions {
@@ -1133,4 +1172,52 @@ async fn sqlite_in_memory_and_reopen() {
         .await
         .unwrap();
     assert_eq!(b.list_jobs(JobFilter::default()).await.unwrap().len(), 1);
+}
+
+/// Two store handles on one SQLite file (as two processes have): an enqueue through one wakes
+/// a waiter on the other, through `PRAGMA data_version` (before, SQLite wake-ups stayed in
+/// the process that wrote and other processes polled every 200 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wakes_waiters_of_other_handles() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("x.db").display());
+    let worker_side = flyjobs::store::open(&url, StoreOptions::default())
+        .await
+        .unwrap();
+    let app_side = flyjobs::store::open(&url, StoreOptions::default())
+        .await
+        .unwrap();
+    assert!(worker_side.wakes_other_processes());
+    for i in 0..3 {
+        let mut wake = worker_side.subscribe();
+        assert!(
+            worker_side
+                .claim(claim(&["q"], 1, "w"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Let the watcher take its baseline, and drain wake-ups from our own writes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = wake.wait(Duration::from_millis(20)).await;
+        assert!(
+            !wake.wait(Duration::from_millis(100)).await,
+            "no wake-up without a write"
+        );
+        let job = app_side.enqueue(NewJob::new("q", json!(i))).await.unwrap();
+        assert!(
+            wake.wait(Duration::from_secs(5)).await,
+            "round {i}: the other handle's enqueue woke the waiter"
+        );
+        let got = worker_side.claim(claim(&["q"], 1, "w")).await.unwrap();
+        assert_eq!(got[0].job.id, job.id);
+        worker_side
+            .complete(got[0].job.id, got[0].token)
+            .await
+            .unwrap();
+    }
+    let memory = flyjobs::store::open("sqlite::memory:", StoreOptions::default())
+        .await
+        .unwrap();
+    assert!(!memory.wakes_other_processes());
 }

@@ -345,3 +345,166 @@ async fn concurrent_open_migrates_once() {
     a.close().await;
     b.close().await;
 }
+
+/// Every node of an `EXPLAIN (FORMAT JSON)` plan, depth first.
+fn plan_nodes(node: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+    out.push(node.clone());
+    if let Some(children) = node.get("Plans").and_then(|p| p.as_array()) {
+        for c in children {
+            plan_nodes(c, out);
+        }
+    }
+}
+
+/// The claim reads each queue off the claim index and stops after `limit` rows, whatever the
+/// backlog: with 10,000 runnable jobs (in two of the three claimed queues, plus 2,000 of a
+/// queue not claimed), the plan has an index scan on `flyjobs_jobs_claim`, no sequential scan
+/// of the jobs table, and no Sort fed more than queues × limit rows. (The old `queue = ANY($1)`
+/// claim sorted every runnable row.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_plan_uses_the_index_whatever_the_backlog() {
+    let Some(url) = store_support::pg_url() else {
+        return;
+    };
+    let opts = StoreOptions {
+        pg_schema: Some(store_support::fresh_schema()),
+        ..Default::default()
+    };
+    let s = store::postgres::PgStore::open(&url, opts).await.unwrap();
+    // Bulk-load the backlog with one INSERT per queue (the store's own enqueue is tested
+    // elsewhere; this keeps the test quick).
+    for (queue, n, shape) in [("a", 6_000, ""), ("b", 4_000, ""), ("other", 2_000, "")] {
+        sqlx::query(
+            "INSERT INTO flyjobs_jobs (queue, payload, state, priority, run_at, created_at, shape) \
+             SELECT $1, '{}'::jsonb, 'ready', (g % 3), now() - (g || ' ms')::interval, now(), $3 \
+             FROM generate_series(1, $2) AS g",
+        )
+        .bind(queue)
+        .bind(n)
+        .bind(shape)
+        .execute(s.pool())
+        .await
+        .unwrap();
+    }
+    sqlx::query("ANALYZE flyjobs_jobs")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    let limit = 5;
+    let queues = ["a", "b", "c"];
+    let check = |req: &ClaimRequest, plan: &serde_json::Value| {
+        let mut nodes = Vec::new();
+        plan_nodes(&plan[0]["Plan"], &mut nodes);
+        let text = serde_json::to_string_pretty(plan).unwrap();
+        assert!(
+            nodes
+                .iter()
+                .any(|n| n["Node Type"] == "Index Scan" && n["Index Name"] == "flyjobs_jobs_claim"),
+            "no index scan on flyjobs_jobs_claim for {req:?}:\n{text}"
+        );
+        for n in &nodes {
+            assert!(
+                !(n["Node Type"] == "Seq Scan" && n["Relation Name"] == "flyjobs_jobs"),
+                "sequential scan of the jobs table for {req:?}:\n{text}"
+            );
+            if n["Node Type"] == "Sort" {
+                // What the Sort was fed (a top-N sort reports only what it kept).
+                let fed: f64 = n["Plans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        c["Actual Rows"].as_f64().unwrap_or(f64::MAX)
+                            * c["Actual Loops"].as_f64().unwrap_or(1.0)
+                    })
+                    .sum();
+                assert!(
+                    fed <= (queues.len() * limit) as f64,
+                    "a Sort over {fed} rows for {req:?}:\n{text}"
+                );
+            }
+        }
+        // The claim found its jobs (it was executed, then rolled back).
+        let top = &plan[0]["Plan"];
+        assert_eq!(top["Actual Rows"].as_f64(), Some(limit as f64), "{text}");
+    };
+    let plain = ClaimRequest::new(queues, limit, "w", Duration::from_secs(60));
+    check(&plain, &s.explain_claim(&plain).await.unwrap());
+    // The shape and image filters stay residual: same plan shape.
+    let shaped = plain.clone().shape("").image(flyjobs::store::ImageFilter {
+        image_ref: "app:v1".into(),
+        or_enqueued_before: Some(chrono::Utc::now()),
+    });
+    check(&shaped, &s.explain_claim(&shaped).await.unwrap());
+    // Nothing was claimed by the explains.
+    let stats = s.stats().await.unwrap();
+    assert!(stats.iter().all(|q| q.running == 0), "{stats:?}");
+    // A real claim takes the first jobs in claim order across queues.
+    let got = s.claim(plain).await.unwrap();
+    assert_eq!(got.len(), limit);
+    assert!(
+        got.iter()
+            .all(|l| l.job.priority == 0 && l.job.queue != "other")
+    );
+    let mut sorted = got.clone();
+    sorted.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.id));
+    assert_eq!(sorted, got);
+    s.close().await;
+}
+
+/// The NOTIFY sent inside the enqueue and release statements reaches another process's
+/// store (a second pool on the same schema), and a batch with in-batch and stored unique-key
+/// duplicates answers each row with its holder, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_and_release_notify_other_stores() {
+    let Some(url) = store_support::pg_url() else {
+        return;
+    };
+    let opts = StoreOptions {
+        pg_schema: Some(store_support::fresh_schema()),
+        ..Default::default()
+    };
+    let a = store::open(&url, opts.clone()).await.unwrap();
+    let b = store::open(&url, opts).await.unwrap();
+    let mut wake = b.subscribe();
+    // The listener's first (re)connect wakes once; drain it.
+    let _ = wake.wait(Duration::from_secs(2)).await;
+    let _ = wake.wait(Duration::from_millis(200)).await;
+    let held = a
+        .enqueue(NewJob::new("q", json!(0)).unique_key("k0"))
+        .await
+        .unwrap();
+    assert!(wake.wait(Duration::from_secs(5)).await, "enqueue woke B");
+    let batch = a
+        .enqueue_many(vec![
+            NewJob::new("q", json!(1)).unique_key("k1"),
+            NewJob::new("r", json!(2)),
+            NewJob::new("q", json!(3)).unique_key("k1"),
+            NewJob::new("q", json!(4)).unique_key("k0"),
+            NewJob::new("q", json!(5)).shape("performance-2x"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 5);
+    assert_eq!(batch[2], batch[0]);
+    assert_eq!(batch[3], held);
+    assert_eq!(batch[1].queue, "r");
+    assert_eq!(batch[4].shape, "performance-2x");
+    assert!(batch[0].id < batch[1].id && batch[1].id < batch[4].id);
+    assert_eq!(
+        a.list_jobs(JobFilter::default()).await.unwrap().len(),
+        4,
+        "duplicates were not inserted"
+    );
+    let _ = wake.wait(Duration::from_millis(500)).await;
+    let l = b
+        .claim(ClaimRequest::new(["r"], 1, "w", Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .remove(0);
+    let _ = wake.wait(Duration::from_millis(200)).await;
+    a.release(l.job.id, l.token).await.unwrap();
+    assert!(wake.wait(Duration::from_secs(5)).await, "release woke B");
+    a.close().await;
+    b.close().await;
+}

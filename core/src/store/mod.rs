@@ -30,8 +30,11 @@
 //!   `max_lost_leases` losses, or when attempts are exhausted, the job goes `dead` with a
 //!   `FlyJobs::LeaseLost` failure.
 //! - Every write that makes a job runnable wakes subscribers ([`Store::subscribe`]): Postgres
-//!   `NOTIFY flyjobs_jobs` (a listener task reconnects after server restarts) and an in-process
-//!   signal for SQLite.
+//!   `NOTIFY flyjobs_jobs` (a listener task reconnects after server restarts); for a SQLite
+//!   file, a watcher task that polls `PRAGMA data_version` every 5 ms while anyone waits.
+//! - Retention: finished jobs are kept for inspection, then deleted by
+//!   [`Store::prune_finished`]: completed jobs after [`StoreOptions::retain_completed`] (default
+//!   24 h), dead and discarded jobs after [`StoreOptions::retain_dead`] (default 183 days).
 //! - Times are taken from the caller's clock (`Utc::now()` in the store methods, or the `now`
 //!   argument); machines sharing a Postgres are expected to run NTP, as Fly machines do.
 
@@ -350,7 +353,21 @@ pub struct StoreOptions {
     pub pg_schema: Option<String>,
     /// How long to wait for a connection before failing (default 10 s).
     pub connect_timeout: Duration,
+    /// How long a completed job is kept before [`Store::prune_finished`] deletes it
+    /// (default 24 hours, as Sidekiq keeps its history short).
+    pub retain_completed: Duration,
+    /// How long dead and discarded jobs are kept (default 183 days, about six months, like
+    /// Sidekiq's dead set), for inspection and manual retry.
+    pub retain_dead: Duration,
 }
+
+/// Most jobs one [`Store::prune_finished`] call deletes.
+pub const PRUNE_BATCH: i64 = 10_000;
+
+/// Default [`StoreOptions::retain_completed`]: 24 hours.
+pub const DEFAULT_RETAIN_COMPLETED: Duration = Duration::from_secs(24 * 3600);
+/// Default [`StoreOptions::retain_dead`]: 183 days.
+pub const DEFAULT_RETAIN_DEAD: Duration = Duration::from_secs(183 * 24 * 3600);
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -361,6 +378,8 @@ impl Default for StoreOptions {
             max_connections: None,
             pg_schema: None,
             connect_timeout: Duration::from_secs(10),
+            retain_completed: DEFAULT_RETAIN_COMPLETED,
+            retain_dead: DEFAULT_RETAIN_DEAD,
         }
     }
 }
@@ -405,6 +424,9 @@ impl Signal {
     }
     pub(crate) fn wake(&self) {
         self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+    pub(crate) fn has_subscribers(&self) -> bool {
+        self.0.receiver_count() > 0
     }
     pub(crate) fn subscribe(&self) -> JobNotifier {
         JobNotifier {
@@ -507,8 +529,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Running, dead and finished jobs stay.
     async fn clear_queue(&self, queue: &str) -> Result<u64>;
 
-    /// Delete completed, discarded and dead jobs that finished before `before`.
-    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// Retention: delete completed jobs that finished more than
+    /// [`StoreOptions::retain_completed`] before `now`, and dead and discarded jobs that
+    /// finished more than [`StoreOptions::retain_dead`] before it; returns how many. Deletes at
+    /// most [`PRUNE_BATCH`] jobs per call (short statements): call again while it returns that
+    /// many. Meant for the scaler's tick (`store.prune_finished(Utc::now())`).
+    async fn prune_finished(&self, now: DateTime<Utc>) -> Result<u64>;
 
     /// Take or renew the named lock for `owner` for `ttl`; `true` if `owner` holds it now.
     /// Only one scaler per store acts at a time: the holder renews well before `ttl` runs out.
@@ -520,8 +546,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A wake-up receiver for "jobs may be runnable".
     fn subscribe(&self) -> JobNotifier;
     /// Whether [`Store::subscribe`] also hears enqueues made by *other processes* (Postgres
-    /// LISTEN/NOTIFY does; SQLite's wake-ups are in-process only, so its waiters poll more
-    /// often).
+    /// LISTEN/NOTIFY and a SQLite file's `data_version` watcher do; an in-memory SQLite
+    /// database has no other process, and its waiters poll more often).
     fn wakes_other_processes(&self) -> bool {
         true
     }
@@ -576,9 +602,12 @@ pub async fn open(url: &str, opts: StoreOptions) -> Result<Arc<dyn Store>> {
 /// Validate a job before anything is written.
 pub(crate) fn validate_new(job: &NewJob, max_payload_bytes: usize) -> Result<String> {
     crate::job::validate_queue(&job.queue)?;
-    if job.max_attempts == Some(0) {
+    if let Some(n) = job.max_attempts
+        && !(1..=i32::MAX as u32).contains(&n)
+    {
         return Err(Error::invalid(format!(
-            "max_attempts must be >= 1, got 0 (queue {:?})",
+            "max_attempts must be between 1 and {}, got {n} (queue {:?})",
+            i32::MAX,
             job.queue
         )));
     }
@@ -592,6 +621,85 @@ pub(crate) fn validate_new(job: &NewJob, max_payload_bytes: usize) -> Result<Str
         )));
     }
     Ok(payload)
+}
+
+/// The job state rules, once for both dialects: the backends run the SQL and call these for
+/// every decision that is not a WHERE clause.
+pub(crate) mod rules {
+    use super::*;
+
+    /// Check a claim's queues; `false` when there is nothing to claim (limit 0, no queue).
+    pub(crate) fn claim_wanted(req: &ClaimRequest) -> Result<bool> {
+        for q in &req.queues {
+            crate::job::validate_queue(q)?;
+        }
+        Ok(req.limit > 0 && !req.queues.is_empty())
+    }
+
+    /// Claimed jobs as leases for `req.owner`, in claim order (priority, run_at, id): the
+    /// order the worker hands them to its slots.
+    pub(crate) fn leases(jobs: Vec<Job>, req: &ClaimRequest, expires: DateTime<Utc>) -> Vec<Lease> {
+        let mut leases: Vec<Lease> = jobs
+            .into_iter()
+            .map(|job| Lease {
+                token: job.lease_token,
+                owner: req.owner.clone(),
+                expires_at: expires,
+                job,
+            })
+            .collect();
+        leases.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.id));
+        leases
+    }
+
+    /// Whether a job in `state` with lease `current` may be discarded by a caller holding
+    /// `token`: a running job only by its lease holder; a waiting or dead job by anyone (or
+    /// the holder of its last token); a completed or discarded one never.
+    pub(crate) fn may_discard(state: JobState, current: i64, token: Option<i64>) -> bool {
+        match state {
+            JobState::Running => token == Some(current),
+            JobState::Scheduled | JobState::Ready | JobState::Dead => {
+                token.is_none() || token == Some(current)
+            }
+            JobState::Completed | JobState::Discarded => false,
+        }
+    }
+
+    /// The `NotFound` error of a discard.
+    pub(crate) fn discard_not_found(id: JobId) -> Error {
+        Error::new(
+            crate::ErrorKind::NotFound,
+            format!("discard: job {id} not found"),
+        )
+        .with_job_id(id)
+    }
+
+    /// What a failed run leads to, from the stored counters (decoded leniently: negative
+    /// values as 0, a stored max below 1 as 1) and `policy`, at the stores' precision.
+    pub(crate) fn fail_outcome(
+        attempts: i64,
+        max_attempts: Option<i64>,
+        policy: &RetryPolicy,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        let attempts = u32::try_from(attempts.max(0)).unwrap_or(u32::MAX);
+        let max = max_attempts.map(|m| u32::try_from(m.max(1)).unwrap_or(u32::MAX));
+        trunc_outcome(policy.decide(attempts, max, now, &mut rand::rng()))
+    }
+}
+
+/// The state a new job starts in: scheduled when its run_at is in the future, else ready.
+pub(crate) fn initial_state(job: &NewJob, now: DateTime<Utc>) -> JobState {
+    if job.run_at.map_or(now, trunc) > now {
+        JobState::Scheduled
+    } else {
+        JobState::Ready
+    }
+}
+
+/// A validated `max_attempts` as the 32-bit integer both schemas store.
+pub(crate) fn max_attempts_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// A database error, tagged with what was being done (never the URL's password).
@@ -652,6 +760,16 @@ pub(crate) fn page_limit(limit: usize) -> i64 {
     } else {
         i64::try_from(limit.min(10_000)).unwrap_or(10_000)
     }
+}
+
+/// `now - d` without overflow panics, at the stores' precision.
+pub(crate) fn sub(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    trunc(
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC),
+    )
 }
 
 /// `now + d` without overflow panics, at the stores' precision.

@@ -3,8 +3,9 @@
 //! Claims use `FOR UPDATE SKIP LOCKED`, so concurrent workers skip each other's rows instead of
 //! waiting. Enqueue, release, reap and retry send `NOTIFY flyjobs_jobs` (delivered on commit); a
 //! background listener task turns notifications into wake-ups for [`Store::subscribe`] and
-//! reconnects when the server restarts. The pool pings a connection before handing it out, so
-//! connections broken by a restart are replaced instead of failing the next query.
+//! reconnects when the server restarts. The pool does not ping connections before handing them
+//! out (a round trip per call): a query on a connection broken by a restart fails with a
+//! retryable error, and callers (worker, scaler, bindings) retry.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -49,6 +50,83 @@ const MIGRATION_LOCK: i64 = 0x666c_796a_6f62; // "flyjob"
 const UNIQUE_CONFLICT: &str = "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
      AND state IN ('scheduled','ready','running') DO NOTHING";
 
+/// Enqueue, in one statement and one round trip, for any number of jobs (arrays, one element
+/// per job): ids are drawn up front so each input row knows its own; rows whose unique key a
+/// pending job holds are skipped by the insert and answered with that job (an earlier row of
+/// the same batch, or one already stored); `pg_notify` runs inside the statement (delivered
+/// on commit) once per queue that got a job.
+const ENQUEUE_SQL: &str = "WITH input AS MATERIALIZED (\
+       SELECT t.*, nextval(pg_get_serial_sequence('flyjobs_jobs', 'id')) AS id \
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], \
+                   $6::timestamptz[], $7::int4[], $8::text[], $9::text[], $10::text[]) \
+            WITH ORDINALITY AS t(queue, name, payload, state, priority, run_at, max_attempts, \
+                                 image_ref, unique_key, shape, ord)), \
+     ins AS (\
+       INSERT INTO flyjobs_jobs (id, queue, name, payload, state, priority, run_at, \
+         max_attempts, image_ref, unique_key, created_at, shape) \
+       SELECT id, queue, name, payload::jsonb, state, priority, run_at, max_attempts, \
+         image_ref, unique_key, $11, shape FROM input ORDER BY ord \
+       ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
+         AND state IN ('scheduled','ready','running') DO NOTHING \
+       RETURNING *), \
+     notified AS (SELECT count(pg_notify($12, q.queue)) AS n \
+       FROM (SELECT DISTINCT queue FROM ins) AS q) \
+     SELECT i.ord, j.* FROM input i CROSS JOIN notified \
+     CROSS JOIN LATERAL (\
+       (SELECT * FROM ins WHERE ins.id = i.id) \
+       UNION ALL (SELECT * FROM ins WHERE i.unique_key IS NOT NULL \
+                  AND ins.unique_key = i.unique_key) \
+       UNION ALL (SELECT * FROM flyjobs_jobs f WHERE i.unique_key IS NOT NULL \
+                  AND f.unique_key = i.unique_key AND f.state IN ('scheduled','ready','running')) \
+       LIMIT 1) j \
+     ORDER BY i.ord";
+
+/// The claim, in one statement: for each queue, the first `limit` runnable jobs in claim order,
+/// read off the partial index `flyjobs_jobs_claim (queue, priority, run_at, id)` (a LATERAL
+/// subquery per queue, so each is an index scan that stops after `limit` rows whatever the
+/// backlog; `queue = ANY($1)` in one scan made Postgres sort the whole backlog), locked with
+/// SKIP LOCKED so concurrent claimers pass each other; then the first `limit` of those across
+/// queues are leased. The shape and image filters are residual predicates: most jobs have
+/// shape '' and the filters only skip the few that do not match.
+macro_rules! claim_sql {
+    () => {
+        "WITH candidates AS (\
+       SELECT c.id, c.priority, c.run_at FROM unnest($1::text[]) AS q(name) \
+       CROSS JOIN LATERAL (\
+         SELECT j.id, j.priority, j.run_at FROM flyjobs_jobs j \
+         WHERE j.queue = q.name AND j.state IN ('scheduled','ready') AND j.run_at <= $2 \
+         AND ($6::text IS NULL OR j.shape = $6) \
+         AND ($7::text IS NULL OR j.image_ref = $7 OR ($8::timestamptz IS NOT NULL \
+              AND (j.image_ref IS NULL OR j.created_at < $8))) \
+         ORDER BY j.priority, j.run_at, j.id LIMIT $3 FOR UPDATE SKIP LOCKED) c), \
+     picked AS (SELECT id FROM candidates ORDER BY priority, run_at, id LIMIT $3) \
+     UPDATE flyjobs_jobs AS j SET state = 'running', attempts = j.attempts + 1, \
+       lease_owner = $4, lease_expires_at = $5, lease_token = j.lease_token + 1, \
+       started_at = $2 \
+     FROM picked WHERE j.id = picked.id RETURNING j.*"
+    };
+}
+
+fn claim_query<'a>(
+    sql: &'static str,
+    req: &'a ClaimRequest,
+    now: DateTime<Utc>,
+    expires: DateTime<Utc>,
+) -> sqlx::query::Query<'a, Postgres, sqlx::postgres::PgArguments> {
+    let mut queues = req.queues.clone();
+    queues.sort_unstable();
+    queues.dedup();
+    sqlx::query(sql)
+        .bind(queues)
+        .bind(now)
+        .bind(page_limit(req.limit))
+        .bind(&req.owner)
+        .bind(expires)
+        .bind(req.shape.as_deref())
+        .bind(req.image.as_ref().map(|f| f.image_ref.as_str()))
+        .bind(req.image.as_ref().and_then(|f| f.or_enqueued_before))
+}
+
 /// The PostgreSQL implementation of [`Store`].
 #[derive(Debug)]
 pub struct PgStore {
@@ -91,7 +169,9 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.unwrap_or(10).max(2))
             .acquire_timeout(opts.connect_timeout)
-            .test_before_acquire(true)
+            // No ping per acquire (a round trip on every call): a connection broken by a
+            // server restart fails its query with a retryable error, and callers retry.
+            .test_before_acquire(false)
             .connect_with(co)
             .await
             .map_err(|e| {
@@ -118,6 +198,25 @@ impl PgStore {
     /// The underlying pool (for tests and tools).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The plan Postgres runs for `req`'s claim (`EXPLAIN (ANALYZE, FORMAT JSON)`, executed in
+    /// a transaction that is rolled back, so nothing is claimed). For tests and diagnosis.
+    pub async fn explain_claim(&self, req: &ClaimRequest) -> Result<serde_json::Value> {
+        let now = super::now();
+        let expires = add(now, req.lease);
+        let mut tx = self.begin("explain claim").await?;
+        let sql = concat!("EXPLAIN (ANALYZE, FORMAT JSON) ", claim_sql!());
+        let row = claim_query(sql, req, now, expires)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err("explain claim"))?;
+        let plan: sqlx::types::Json<serde_json::Value> =
+            row.try_get(0).map_err(db_err("explain claim"))?;
+        tx.rollback()
+            .await
+            .map_err(db_err("explain claim: rollback"))?;
+        Ok(plan.0)
     }
 
     async fn insert(
@@ -147,7 +246,7 @@ impl PgStore {
             .bind(state.as_str())
             .bind(job.priority)
             .bind(run_at)
-            .bind(job.max_attempts.map(|m| m as i32))
+            .bind(job.max_attempts.map(super::max_attempts_i32))
             .bind(&job.image_ref)
             .bind(&job.unique_key)
             .bind(now)
@@ -380,72 +479,76 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let now = super::now();
-        let mut tx = self.begin("enqueue").await?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for (job, payload) in jobs.iter().zip(&payloads) {
-            out.push(self.insert(&mut tx, job, payload, now).await?);
+        let rows = sqlx::query(ENQUEUE_SQL)
+            .bind(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>())
+            .bind(&payloads)
+            .bind(
+                jobs.iter()
+                    .map(|j| super::initial_state(j, now).as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+            .bind(
+                jobs.iter()
+                    .map(|j| j.run_at.map_or(now, super::trunc))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                jobs.iter()
+                    .map(|j| j.max_attempts.map(super::max_attempts_i32))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                jobs.iter()
+                    .map(|j| j.image_ref.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                jobs.iter()
+                    .map(|j| j.unique_key.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(jobs.iter().map(|j| j.shape.as_str()).collect::<Vec<_>>())
+            .bind(now)
+            .bind(&self.channel)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("enqueue"))?;
+        let mut out: Vec<Option<Job>> = vec![None; jobs.len()];
+        for r in &rows {
+            let ord: i64 = get(r, "ord")?;
+            if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| out.get_mut(i)) {
+                *slot = Some(job_from_row(r)?);
+            }
         }
-        let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-        queues.sort_unstable();
-        queues.dedup();
-        for q in queues {
-            self.notify(&mut tx, q).await?;
+        // A job whose unique key a concurrent enqueue took (committed after this statement's
+        // snapshot, so the holder was invisible to it): look it up on its own.
+        for (i, slot) in out.iter_mut().enumerate() {
+            if slot.is_none() {
+                let mut tx = self.begin("enqueue").await?;
+                let job = self.insert(&mut tx, &jobs[i], &payloads[i], now).await?;
+                self.notify(&mut tx, &job.queue).await?;
+                tx.commit().await.map_err(db_err("enqueue: commit"))?;
+                *slot = Some(job);
+            }
         }
-        tx.commit().await.map_err(db_err("enqueue: commit"))?;
         self.signal.wake();
-        Ok(out)
+        Ok(out.into_iter().flatten().collect())
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Lease>> {
-        for q in &req.queues {
-            validate_queue(q)?;
-        }
-        if req.limit == 0 || req.queues.is_empty() {
+        if !super::rules::claim_wanted(&req)? {
             return Ok(Vec::new());
         }
         let now = super::now();
         let expires = add(now, req.lease);
-        // One statement: pick (skipping rows other claimers hold) and lease them.
-        let rows = sqlx::query(
-            "WITH picked AS (\
-               SELECT id FROM flyjobs_jobs \
-               WHERE state IN ('scheduled','ready') AND queue = ANY($1) AND run_at <= $2 \
-               AND ($6::text IS NULL OR shape = $6) \
-               AND ($7::text IS NULL OR image_ref = $7 OR ($8::timestamptz IS NOT NULL \
-                    AND (image_ref IS NULL OR created_at < $8))) \
-               ORDER BY priority, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             UPDATE flyjobs_jobs AS j SET state = 'running', attempts = j.attempts + 1, \
-               lease_owner = $4, lease_expires_at = $5, lease_token = j.lease_token + 1, \
-               started_at = $2 \
-             FROM picked WHERE j.id = picked.id RETURNING j.*",
-        )
-        .bind(&req.queues)
-        .bind(now)
-        .bind(page_limit(req.limit))
-        .bind(&req.owner)
-        .bind(expires)
-        .bind(req.shape.as_deref())
-        .bind(req.image.as_ref().map(|f| f.image_ref.as_str()))
-        .bind(req.image.as_ref().and_then(|f| f.or_enqueued_before))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err("claim"))?;
-        let mut leases = rows
-            .iter()
-            .map(|r| {
-                let job = job_from_row(r)?;
-                Ok(Lease {
-                    token: job.lease_token,
-                    owner: req.owner.clone(),
-                    expires_at: expires,
-                    job,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        leases.sort_by(|a, b| {
-            (a.job.priority, a.job.run_at, a.job.id).cmp(&(b.job.priority, b.job.run_at, b.job.id))
-        });
-        Ok(leases)
+        let rows = claim_query(claim_sql!(), &req, now, expires)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("claim"))?;
+        let jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(super::rules::leases(jobs, &req, expires))
     }
 
     async fn extend(&self, id: JobId, token: i64, lease: Duration) -> Result<DateTime<Utc>> {
@@ -497,42 +600,54 @@ impl Store for PgStore {
         policy: &RetryPolicy,
     ) -> Result<Outcome> {
         let now = super::now();
-        let mut tx = self.begin("fail").await?;
+        // Two round trips and no transaction: attempts and max_attempts cannot change while
+        // the token matches (only a claim changes them, and it changes the token too), and the
+        // UPDATE re-checks the token.
         let row = sqlx::query(
             "SELECT attempts, max_attempts FROM flyjobs_jobs \
-             WHERE id = $1 AND state = 'running' AND lease_token = $2 FOR UPDATE",
+             WHERE id = $1 AND state = 'running' AND lease_token = $2",
         )
         .bind(id.0)
         .bind(token)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.pool)
         .await
         .map_err(db_err("fail"))?;
         let Some(row) = row else {
-            drop(tx);
             return Err(lease_mismatch("fail", id, self.current(id).await?));
         };
-        let attempts = get::<i32>(&row, "attempts")?.max(0) as u32;
-        let max = get::<Option<i32>>(&row, "max_attempts")?.map(|m| m.max(1) as u32);
-        let outcome = super::trunc_outcome(policy.decide(attempts, max, now, &mut rand::rng()));
+        let outcome = super::rules::fail_outcome(
+            get::<i32>(&row, "attempts")?.into(),
+            get::<Option<i32>>(&row, "max_attempts")?.map(i64::from),
+            policy,
+            now,
+        );
         let err = failure_json(&failure)?;
         let q = match outcome {
             Outcome::Retry { at } => sqlx::query(
                 "UPDATE flyjobs_jobs SET state = 'scheduled', run_at = $2, last_error = $3::jsonb, \
-                 lease_expires_at = NULL WHERE id = $1",
+                 lease_expires_at = NULL WHERE id = $1 AND state = 'running' AND lease_token = $4",
             )
             .bind(id.0)
             .bind(at)
-            .bind(err),
+            .bind(err)
+            .bind(token),
             _ => sqlx::query(
                 "UPDATE flyjobs_jobs SET state = 'dead', finished_at = $2, last_error = $3::jsonb, \
-                 lease_expires_at = NULL WHERE id = $1",
+                 lease_expires_at = NULL WHERE id = $1 AND state = 'running' AND lease_token = $4",
             )
             .bind(id.0)
             .bind(now)
-            .bind(err),
+            .bind(err)
+            .bind(token),
         };
-        q.execute(&mut *tx).await.map_err(db_err("fail"))?;
-        tx.commit().await.map_err(db_err("fail: commit"))?;
+        let n = q
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("fail"))?
+            .rows_affected();
+        if n == 0 {
+            return Err(lease_mismatch("fail", id, self.current(id).await?));
+        }
         Ok(outcome)
     }
 
@@ -550,20 +665,11 @@ impl Store for PgStore {
                 .await
                 .map_err(db_err("discard"))?;
         let Some(cur) = cur else {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("discard: job {id} not found"),
-            ));
+            return Err(super::rules::discard_not_found(id));
         };
         let state: JobState = get::<String>(&cur, "state")?.parse()?;
         let cur_token: i64 = get(&cur, "lease_token")?;
-        let allowed = match state {
-            JobState::Running => token == Some(cur_token),
-            JobState::Scheduled | JobState::Ready | JobState::Dead => {
-                token.is_none() || token == Some(cur_token)
-            }
-            _ => false,
-        };
+        let allowed = super::rules::may_discard(state, cur_token, token);
         if !allowed {
             return Err(lease_mismatch("discard", id, Some((state, cur_token))));
         }
@@ -605,21 +711,24 @@ impl Store for PgStore {
     }
 
     async fn release(&self, id: JobId, token: i64) -> Result<Job> {
+        // NOTIFY inside the statement: one round trip.
         let row = sqlx::query(
-            "UPDATE flyjobs_jobs SET state = 'ready', attempts = GREATEST(attempts - 1, 0), \
-             lease_owner = NULL, lease_expires_at = NULL, started_at = NULL \
-             WHERE id = $1 AND state = 'running' AND lease_token = $2 RETURNING *",
+            "WITH released AS (\
+               UPDATE flyjobs_jobs SET state = 'ready', attempts = GREATEST(attempts - 1, 0), \
+               lease_owner = NULL, lease_expires_at = NULL, started_at = NULL \
+               WHERE id = $1 AND state = 'running' AND lease_token = $2 RETURNING *) \
+             SELECT r.*, pg_notify($3, r.queue) IS NULL AS notified FROM released r",
         )
         .bind(id.0)
         .bind(token)
+        .bind(&self.channel)
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err("release"))?;
         match row {
             Some(r) => {
-                let job = job_from_row(&r)?;
-                self.notify_pool(&job.queue).await?;
-                Ok(job)
+                self.signal.wake();
+                job_from_row(&r)
             }
             None => Err(lease_mismatch("release", id, self.current(id).await?)),
         }
@@ -877,12 +986,19 @@ impl Store for PgStore {
         Ok(n)
     }
 
-    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64> {
+    async fn prune_finished(&self, now: DateTime<Utc>) -> Result<u64> {
+        let completed_before = super::sub(now, self.opts.retain_completed);
+        let dead_before = super::sub(now, self.opts.retain_dead);
+        // Off the flyjobs_jobs_finished index, a bounded batch per statement.
         Ok(sqlx::query(
-            "DELETE FROM flyjobs_jobs WHERE state IN ('completed','dead','discarded') \
-             AND finished_at < $1",
+            "DELETE FROM flyjobs_jobs WHERE id IN (SELECT id FROM flyjobs_jobs \
+             WHERE state IN ('completed','dead','discarded') \
+             AND finished_at < (CASE WHEN state = 'completed' THEN $1 ELSE $2 END) \
+             LIMIT $3)",
         )
-        .bind(before)
+        .bind(completed_before)
+        .bind(dead_before)
+        .bind(super::PRUNE_BATCH)
         .execute(&self.pool)
         .await
         .map_err(db_err("prune"))?

@@ -3,7 +3,8 @@
 //! WAL journal (readers do not block the writer), a busy timeout, and every write in a
 //! `BEGIN IMMEDIATE` transaction: SQLite has one writer at a time, and taking the write lock up
 //! front means two claimers never both read the same ready rows and then race to update them.
-//! Wake-ups are in-process only (other processes sharing the file poll).
+//! Wake-ups cross processes: a watcher task per store looks at `PRAGMA data_version` every
+//! few milliseconds and wakes subscribers when another connection committed.
 //!
 //! Times are stored as INTEGER microseconds since the Unix epoch (exact comparison and order).
 
@@ -39,12 +40,74 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "shape", include_str!("migrations/sqlite/0003_shape.sql")),
 ];
 
+/// How often the watcher looks at `PRAGMA data_version` for writes by other connections.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
+
 /// The SQLite implementation of [`Store`].
 #[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
     opts: StoreOptions,
     signal: Signal,
+    /// Turns commits by other connections (other processes) into wake-ups; `None` for an
+    /// in-memory database, which no other connection can see.
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+    }
+}
+
+/// Wake subscribers when another connection commits to the file: `PRAGMA data_version` on a
+/// connection of our own changes exactly then (a read of the WAL index in shared memory,
+/// no disk I/O). Looked at every [`WATCH_EVERY`] while anyone is subscribed, so a worker in
+/// one process picks up a job enqueued by another in milliseconds. Our own writes wake
+/// subscribers too (harmless: a waiter claims again).
+async fn watch_data_version(co: SqliteConnectOptions, signal: Signal) {
+    use sqlx::Connection;
+    let mut conn: Option<sqlx::SqliteConnection> = None;
+    let mut last: Option<i64> = None;
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !signal.has_subscribers() {
+            continue;
+        }
+        if conn.is_none() {
+            match sqlx::SqliteConnection::connect_with(&co).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::debug!("flyjobs sqlite watcher: connect failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        match sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+            .fetch_one(&mut *c)
+            .await
+        {
+            Ok(v) => {
+                if last.is_some_and(|l| l != v) {
+                    signal.wake();
+                }
+                last = Some(v);
+            }
+            Err(e) => {
+                tracing::debug!("flyjobs sqlite watcher: {e}; reconnecting");
+                conn = None;
+                // A fresh connection has its own numbering: wake once rather than miss a write.
+                last = None;
+                signal.wake();
+            }
+        }
+    }
 }
 
 fn us(t: DateTime<Utc>) -> i64 {
@@ -90,16 +153,20 @@ impl SqliteStore {
                 Some(Duration::from_secs(3600))
             })
             .acquire_timeout(opts.connect_timeout.max(Duration::from_secs(30)))
-            .connect_with(co)
+            .connect_with(co.clone())
             .await
             .map_err(|e| {
                 Error::store(format!("cannot open SQLite database {redacted}: {e}")).with_source(e)
             })?;
         migrate(&pool).await?;
+        let signal = Signal::new();
+        let watcher =
+            (!memory).then(|| tokio::spawn(watch_data_version(co.clone(), signal.clone())));
         Ok(SqliteStore {
             pool,
             opts,
-            signal: Signal::new(),
+            signal,
+            watcher,
         })
     }
 
@@ -299,10 +366,7 @@ impl Store for SqliteStore {
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Lease>> {
-        for q in &req.queues {
-            validate_queue(q)?;
-        }
-        if req.limit == 0 || req.queues.is_empty() {
+        if !super::rules::claim_wanted(&req)? {
             return Ok(Vec::new());
         }
         let now = super::now();
@@ -339,22 +403,8 @@ impl Store for SqliteStore {
         .map_err(db_err("claim"))?;
         tx.commit().await.map_err(db_err("claim: commit"))?;
         let expires = from_us(us(expires));
-        let mut leases = rows
-            .iter()
-            .map(|r| {
-                let job = job_from_row(r)?;
-                Ok(Lease {
-                    token: job.lease_token,
-                    owner: req.owner.clone(),
-                    expires_at: expires,
-                    job,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        leases.sort_by(|a, b| {
-            (a.job.priority, a.job.run_at, a.job.id).cmp(&(b.job.priority, b.job.run_at, b.job.id))
-        });
-        Ok(leases)
+        let jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(super::rules::leases(jobs, &req, expires))
     }
 
     async fn extend(&self, id: JobId, token: i64, lease: Duration) -> Result<DateTime<Utc>> {
@@ -422,9 +472,12 @@ impl Store for SqliteStore {
             drop(tx);
             return Err(lease_mismatch("fail", id, self.current(id).await?));
         };
-        let attempts = get::<i64>(&row, "attempts")?.max(0) as u32;
-        let max = get::<Option<i64>>(&row, "max_attempts")?.map(|m| m.max(1) as u32);
-        let outcome = super::trunc_outcome(policy.decide(attempts, max, now, &mut rand::rng()));
+        let outcome = super::rules::fail_outcome(
+            get::<i64>(&row, "attempts")?,
+            get::<Option<i64>>(&row, "max_attempts")?,
+            policy,
+            now,
+        );
         let err = serde_json::to_string(&failure)?;
         let q = match outcome {
             Outcome::Retry { at } => sqlx::query(
@@ -460,20 +513,11 @@ impl Store for SqliteStore {
             .await
             .map_err(db_err("discard"))?;
         let Some(cur) = cur else {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("discard: job {id} not found"),
-            ));
+            return Err(super::rules::discard_not_found(id));
         };
         let state: JobState = get::<String>(&cur, "state")?.parse()?;
         let cur_token: i64 = get(&cur, "lease_token")?;
-        let allowed = match state {
-            JobState::Running => token == Some(cur_token),
-            JobState::Scheduled | JobState::Ready | JobState::Dead => {
-                token.is_none() || token == Some(cur_token)
-            }
-            _ => false,
-        };
+        let allowed = super::rules::may_discard(state, cur_token, token);
         if !allowed {
             return Err(lease_mismatch("discard", id, Some((state, cur_token))));
         }
@@ -778,12 +822,19 @@ impl Store for SqliteStore {
         Ok(n)
     }
 
-    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64> {
+    async fn prune_finished(&self, now: DateTime<Utc>) -> Result<u64> {
+        let completed_before = super::sub(now, self.opts.retain_completed);
+        let dead_before = super::sub(now, self.opts.retain_dead);
+        // Off the flyjobs_jobs_finished index, a bounded batch per statement.
         Ok(sqlx::query(
-            "DELETE FROM flyjobs_jobs WHERE state IN ('completed','dead','discarded') \
-             AND finished_at < ?1",
+            "DELETE FROM flyjobs_jobs WHERE id IN (SELECT id FROM flyjobs_jobs \
+             WHERE state IN ('completed','dead','discarded') \
+             AND finished_at < (CASE WHEN state = 'completed' THEN ?1 ELSE ?2 END) \
+             LIMIT ?3)",
         )
-        .bind(us(before))
+        .bind(us(completed_before))
+        .bind(us(dead_before))
+        .bind(super::PRUNE_BATCH)
         .execute(&self.pool)
         .await
         .map_err(db_err("prune"))?
@@ -819,7 +870,7 @@ impl Store for SqliteStore {
     }
 
     fn wakes_other_processes(&self) -> bool {
-        false
+        self.watcher.is_some()
     }
 
     fn subscribe(&self) -> JobNotifier {
@@ -827,6 +878,9 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
         self.pool.close().await;
     }
 
