@@ -325,3 +325,50 @@ async fn a_deploy_mid_queue_runs_each_release_on_its_image() {
     handle.stop().await;
     env.emulator.shutdown().await;
 }
+
+/// `max_machines` bounds the queue over all its shapes: jobs of three shapes on a queue of one
+/// machine run one machine at a time, and all of them finish.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_machines_bounds_a_queue_over_all_its_shapes() {
+    let Some(env) = setup(Db::Sqlite, "q:max_machines=1,wait=0", None, &[]).await else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for shape in ["", "performance-1x", "shared-cpu-2x", "", "performance-1x"] {
+        let mut job = sh_job("q", "sleep 0.2");
+        job.shape = shape.into();
+        ids.push(env.client.enqueue(job).await.unwrap().id);
+    }
+    let handle = env.scaler().await.spawn();
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let active = env
+            .emulator
+            .machines(&env.app)
+            .into_iter()
+            .filter(|m| matches!(m.state.as_str(), "created" | "starting" | "started"))
+            .count();
+        assert!(active <= 1, "{active} machines on a max_machines=1 queue");
+        let mut done = 0;
+        for id in &ids {
+            done += usize::from(env.job(*id).await.state == JobState::Completed);
+        }
+        if done == ids.len() {
+            break;
+        }
+        assert!(Instant::now() < until, "{done} of {} done", ids.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let booted: Vec<u64> = env
+        .emulator
+        .machines(&env.app)
+        .iter()
+        .map(|m| m.memory_mb)
+        .collect();
+    assert!(
+        booted.contains(&2048) && booted.contains(&512) && booted.contains(&256),
+        "{booted:?}"
+    );
+    handle.stop().await;
+    env.emulator.shutdown().await;
+}
