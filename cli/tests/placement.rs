@@ -1,6 +1,7 @@
 //! Placement end to end (real emulator, real `flyjobs worker` machines, SQLite and
 //! PostgreSQL): a job on the machine size it asks for beside a default one; a job OOM-killed
-//! at 256 MB retried at 512 MB; a deploy mid-queue runs each release's jobs on its own image.
+//! at 256 MB retried at 512 MB (and, past `max_memory_mb`, an ordinary failure); a deploy
+//! mid-queue runs each release's jobs on its own image; `max_machines` over all shapes.
 //!
 //! PostgreSQL tests need `FLYJOBS_TEST_DATABASE_URL` (scripts/with-postgres.sh sets it); they
 //! fail without it unless `FLYJOBS_SKIP_PG=1` says to skip them, loudly.
@@ -369,6 +370,36 @@ async fn max_machines_bounds_a_queue_over_all_its_shapes() {
         booted.contains(&2048) && booted.contains(&512) && booted.contains(&256),
         "{booted:?}"
     );
+    handle.stop().await;
+    env.emulator.shutdown().await;
+}
+
+/// Past the queue's `max_memory_mb` an OOM kill is an ordinary failure: the retry policy
+/// decides (here: one attempt, so the dead set), and the record says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn past_max_memory_an_oom_kill_is_an_ordinary_failure() {
+    let Some(env) = setup(
+        Db::Sqlite,
+        "q:max_machines=1,wait=1,max_memory_mb=256,max_attempts=1",
+        None,
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let id = env.client.enqueue(sh_job("q", HOG)).await.unwrap().id;
+    let handle = env.scaler().await.spawn();
+    let job = env
+        .wait_state(id, JobState::Dead, Duration::from_secs(90))
+        .await;
+    let err = job.last_error.expect("recorded");
+    assert_eq!(err.class, "FlyJobs::OutOfMemory");
+    assert_eq!(
+        err.message,
+        "oom_killed at 256 MB (max_memory_mb 256): retried on the same size"
+    );
+    assert_eq!(job.shape, "", "no bigger machine");
     handle.stop().await;
     env.emulator.shutdown().await;
 }
