@@ -1216,6 +1216,32 @@ async fn sqlite_wakes_waiters_of_other_handles() {
             .await
             .unwrap();
     }
+    // Writes that bring no work (a worker's registration and heartbeat, a completion) wake
+    // nobody; a release (work again) does.
+    let job = worker_side
+        .enqueue(NewJob::new("q", json!("r")))
+        .await
+        .unwrap();
+    let l = app_side
+        .claim(claim(&["q"], 1, "w2"))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(l.job.id, job.id);
+    let mut wake = worker_side.subscribe();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = wake.wait(Duration::from_millis(20)).await;
+    app_side
+        .register_worker(WorkerInfo::new("w2", ["q"], 1))
+        .await
+        .unwrap();
+    app_side.heartbeat_worker("w2", 1).await.unwrap();
+    assert!(
+        !wake.wait(Duration::from_millis(300)).await,
+        "a heartbeat is no work"
+    );
+    app_side.release(l.job.id, l.token).await.unwrap();
+    assert!(wake.wait(Duration::from_secs(5)).await, "a release is work");
     let memory = flyjobs::store::open("sqlite::memory:", StoreOptions::default())
         .await
         .unwrap();

@@ -38,7 +38,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/sqlite/0002_result.sql"),
     ),
     (3, "shape", include_str!("migrations/sqlite/0003_shape.sql")),
+    (4, "wake", include_str!("migrations/sqlite/0004_wake.sql")),
 ];
+
+/// Bumps the counter other processes' watchers read (migration 0004).
+const BUMP_WAKE: &str = "UPDATE flyjobs_wake SET n = n + 1 WHERE id = 1";
 
 /// How often the watcher looks at `PRAGMA data_version` for writes by other connections.
 const WATCH_EVERY: Duration = Duration::from_millis(5);
@@ -62,15 +66,17 @@ impl Drop for SqliteStore {
     }
 }
 
-/// Wake subscribers when another connection commits to the file: `PRAGMA data_version` on a
-/// connection of our own changes exactly then (a read of the WAL index in shared memory,
-/// no disk I/O). Looked at every [`WATCH_EVERY`] while anyone is subscribed, so a worker in
-/// one process picks up a job enqueued by another in milliseconds. Our own writes wake
-/// subscribers too (harmless: a waiter claims again).
+/// Wake subscribers when another connection made jobs runnable: `PRAGMA data_version` on a
+/// connection of our own changes when any other connection commits (a read of the WAL index
+/// in shared memory, no disk I/O); then the wake counter (`flyjobs_wake`, bumped by enqueue,
+/// release, retry, reap and promote) says whether that commit brought work, so completions
+/// and heartbeats wake nobody. Looked at every [`WATCH_EVERY`] while anyone is subscribed, so
+/// a worker in one process picks up a job enqueued by another in milliseconds.
 async fn watch_data_version(co: SqliteConnectOptions, signal: Signal) {
     use sqlx::Connection;
     let mut conn: Option<sqlx::SqliteConnection> = None;
     let mut last: Option<i64> = None;
+    let mut last_wake: Option<i64> = None;
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -93,11 +99,25 @@ async fn watch_data_version(co: SqliteConnectOptions, signal: Signal) {
             .fetch_one(&mut *c)
             .await
         {
+            Ok(v) if last == Some(v) => {}
             Ok(v) => {
-                if last.is_some_and(|l| l != v) {
-                    signal.wake();
-                }
                 last = Some(v);
+                // The file changed: wake only if the change made jobs runnable.
+                match sqlx::query_scalar::<_, i64>("SELECT n FROM flyjobs_wake WHERE id = 1")
+                    .fetch_one(&mut *c)
+                    .await
+                {
+                    Ok(n) => {
+                        if last_wake.is_some_and(|l| l != n) {
+                            signal.wake();
+                        }
+                        last_wake = Some(n);
+                    }
+                    Err(e) => {
+                        tracing::debug!("flyjobs sqlite watcher: {e}");
+                        signal.wake();
+                    }
+                }
             }
             Err(e) => {
                 tracing::debug!("flyjobs sqlite watcher: {e}; reconnecting");
@@ -173,6 +193,15 @@ impl SqliteStore {
     /// The underlying pool (for tests and tools).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Wake this process's subscribers and, through the wake counter, other processes'.
+    /// Best effort: the change it announces is already committed.
+    async fn wake(&self) {
+        if let Err(e) = sqlx::query(BUMP_WAKE).execute(&self.pool).await {
+            tracing::debug!("flyjobs sqlite: wake counter not bumped: {e}");
+        }
+        self.signal.wake();
     }
 
     async fn begin(&self, what: &str) -> Result<Transaction<'static, Sqlite>> {
@@ -360,6 +389,10 @@ impl Store for SqliteStore {
         for (job, payload) in jobs.iter().zip(&payloads) {
             out.push(Self::insert(&mut tx, job, payload, now).await?);
         }
+        sqlx::query(BUMP_WAKE)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("enqueue"))?;
         tx.commit().await.map_err(db_err("enqueue: commit"))?;
         self.signal.wake();
         Ok(out)
@@ -550,7 +583,7 @@ impl Store for SqliteStore {
         .map_err(db_err("retry"))?;
         match row {
             Some(r) => {
-                self.signal.wake();
+                self.wake().await;
                 job_from_row(&r)
             }
             None => Err(lease_mismatch("retry", id, self.current(id).await?)),
@@ -570,7 +603,7 @@ impl Store for SqliteStore {
         .map_err(db_err("release"))?;
         match row {
             Some(r) => {
-                self.signal.wake();
+                self.wake().await;
                 job_from_row(&r)
             }
             None => Err(lease_mismatch("release", id, self.current(id).await?)),
@@ -609,7 +642,7 @@ impl Store for SqliteStore {
             }
         }
         if counts.retried > 0 {
-            self.signal.wake();
+            self.wake().await;
         }
         Ok(counts)
     }
@@ -624,7 +657,7 @@ impl Store for SqliteStore {
         .map_err(db_err("promote"))?
         .rows_affected();
         if n > 0 {
-            self.signal.wake();
+            self.wake().await;
         }
         Ok(n)
     }
