@@ -11,7 +11,8 @@ use crate::error::Result;
 use crate::job::{Failure, JobId};
 
 /// `running` (under `token`) → `ready` now, on `shape`, with `failure` as its last error. The
-/// attempt that ran stays counted. Returns false when the lease is no longer that one.
+/// attempt that ran stays counted. Returns the job's queue (to wake its workers), or None when
+/// the lease is no longer that one.
 pub(crate) async fn sqlite_requeue_on_shape(
     pool: &SqlitePool,
     id: JobId,
@@ -19,20 +20,20 @@ pub(crate) async fn sqlite_requeue_on_shape(
     shape: &str,
     failure: &Failure,
     now: DateTime<Utc>,
-) -> Result<bool> {
-    let r = sqlx::query(
+) -> Result<Option<String>> {
+    sqlx::query_scalar(
         "UPDATE flyjobs_jobs SET state = 'ready', run_at = ?3, shape = ?4, last_error = ?5, \
-         lease_expires_at = NULL WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+         lease_expires_at = NULL WHERE id = ?1 AND state = 'running' AND lease_token = ?2 \
+         RETURNING queue",
     )
     .bind(id.0)
     .bind(token)
     .bind(now.timestamp_micros())
     .bind(shape)
     .bind(serde_json::to_string(failure)?)
-    .execute(pool)
+    .fetch_optional(pool)
     .await
-    .map_err(db_err("requeue on shape"))?;
-    Ok(r.rows_affected() == 1)
+    .map_err(db_err("requeue on shape"))
 }
 
 /// The Postgres twin of [`sqlite_requeue_on_shape`].
@@ -43,19 +44,18 @@ pub(crate) async fn pg_requeue_on_shape(
     shape: &str,
     failure: &Failure,
     now: DateTime<Utc>,
-) -> Result<bool> {
-    let r = sqlx::query(
+) -> Result<Option<String>> {
+    sqlx::query_scalar(
         "UPDATE flyjobs_jobs SET state = 'ready', run_at = $3, shape = $4, \
          last_error = $5::jsonb, lease_expires_at = NULL \
-         WHERE id = $1 AND state = 'running' AND lease_token = $2",
+         WHERE id = $1 AND state = 'running' AND lease_token = $2 RETURNING queue",
     )
     .bind(id.0)
     .bind(token)
     .bind(now)
     .bind(shape)
     .bind(serde_json::to_string(failure)?)
-    .execute(pool)
+    .fetch_optional(pool)
     .await
-    .map_err(db_err("requeue on shape"))?;
-    Ok(r.rows_affected() == 1)
+    .map_err(db_err("requeue on shape"))
 }

@@ -1061,7 +1061,19 @@ impl Store for PgStore {
         shape: &str,
         failure: &Failure,
     ) -> Result<bool> {
-        super::placement::pg_requeue_on_shape(&self.pool, id, token, shape, failure, super::now())
-            .await
+        let queue = super::placement::pg_requeue_on_shape(
+            &self.pool,
+            id,
+            token,
+            shape,
+            failure,
+            super::now(),
+        )
+        .await?;
+        let Some(queue) = queue else {
+            return Ok(false);
+        };
+        self.notify_pool(&queue).await?;
+        Ok(true)
     }
 }

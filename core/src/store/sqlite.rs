@@ -936,7 +936,7 @@ impl Store for SqliteStore {
         shape: &str,
         failure: &Failure,
     ) -> Result<bool> {
-        super::placement::sqlite_requeue_on_shape(
+        let queue = super::placement::sqlite_requeue_on_shape(
             &self.pool,
             id,
             token,
@@ -944,6 +944,12 @@ impl Store for SqliteStore {
             failure,
             super::now(),
         )
-        .await
+        .await?;
+        if queue.is_none() {
+            return Ok(false);
+        }
+        // Runnable again: other processes' workers hear it through the wake counter.
+        self.wake().await;
+        Ok(true)
     }
 }
