@@ -470,111 +470,144 @@ impl Scaler {
                 *queue_active.entry(q.to_string()).or_default() += 1;
             }
         }
-        for (group, jobs) in demand {
-            let queue = group.queue.clone();
-            let settings = self.config.queue(&queue);
-            let mut probe = false;
-            match gates.get(&queue) {
-                None | Some(BootGate::Open) => {}
-                Some(BootGate::Probe { .. }) => probe = true,
-                Some(BootGate::Wait { failures, until }) => {
-                    report.boots_held.insert(
-                        queue.clone(),
-                        format!("backing off after {failures} boot failures until {until}"),
-                    );
-                    continue;
+        // Machines booted this tick per group, pool machines woken, queues probed.
+        let mut booted: HashMap<Group, u32> = HashMap::new();
+        let mut woken: HashSet<String> = HashSet::new();
+        let mut probed: HashSet<String> = HashSet::new();
+        // Two passes: first every group of another shape or a pinned release gets one machine
+        // (none waits behind the default machines' backlog of its queue), then all by demand.
+        for first_pass in [true, false] {
+            for (group, &jobs) in &demand {
+                let queue = group.queue.clone();
+                let settings = self.config.queue(&queue);
+                let mut probe = false;
+                match gates.get(&queue) {
+                    None | Some(BootGate::Open) => {}
+                    Some(BootGate::Probe { .. }) => probe = true,
+                    Some(BootGate::Wait { failures, until }) => {
+                        report.boots_held.insert(
+                            queue.clone(),
+                            format!("backing off after {failures} boot failures until {until}"),
+                        );
+                        continue;
+                    }
+                    Some(BootGate::Halted { failures }) => {
+                        report.boots_held.insert(
+                            queue.clone(),
+                            format!("stopped after {failures} consecutive boot failures"),
+                        );
+                        continue;
+                    }
                 }
-                Some(BootGate::Halted { failures }) => {
-                    report.boots_held.insert(
-                        queue.clone(),
-                        format!("stopped after {failures} consecutive boot failures"),
-                    );
-                    continue;
+                let mine: Vec<&Machine> = machines
+                    .iter()
+                    .filter(|m| group.matches(m, &self.template.release))
+                    .collect();
+                let active = mine.iter().filter(|m| is_active(m)).count() as u32
+                    + booted.get(group).copied().unwrap_or(0);
+                let need = u32::try_from(jobs.div_ceil(u64::from(settings.concurrency)))
+                    .unwrap_or(u32::MAX);
+                // min_machines keeps the queue's default machines warm; other shapes and pinned
+                // releases come and go with their jobs.
+                let floor = if group.is_default(&self.template.release) {
+                    settings.min_machines
+                } else {
+                    0
+                };
+                let mut wanted = need.max(floor).min(settings.max_machines);
+                if first_pass {
+                    // Only the other shapes and pinned releases: the default group grows in
+                    // the second pass, after each of them has its first machine.
+                    if group.is_default(&self.template.release) {
+                        continue;
+                    }
+                    wanted = wanted.min(1);
                 }
-            }
-            let mine: Vec<&Machine> = machines
-                .iter()
-                .filter(|m| group.matches(m, &self.template.release))
-                .collect();
-            let active = mine.iter().filter(|m| is_active(m)).count() as u32;
-            let need =
-                u32::try_from(jobs.div_ceil(u64::from(settings.concurrency))).unwrap_or(u32::MAX);
-            // min_machines keeps the queue's default machines warm; other shapes and pinned
-            // releases come and go with their jobs.
-            let floor = if group.is_default(&self.template.release) {
-                settings.min_machines
-            } else {
-                0
-            };
-            let wanted = need.max(floor).min(settings.max_machines);
-            let mut missing = wanted.saturating_sub(active);
-            if missing == 0 {
-                continue;
-            }
-            // max_machines bounds the queue as a whole, whatever the shapes.
-            let of_queue = queue_active.get(&queue).copied().unwrap_or(0);
-            missing = missing
-                .min(settings.max_machines.saturating_sub(of_queue))
-                .min(self.config.max_machines().saturating_sub(total_active));
-            if probe {
-                // Its machines failed at boot lately: one at a time until one registers.
-                missing = missing.min(1);
-            }
-            if missing == 0 {
-                debug!(queue, shape = group.shape, "max_machines reached");
-                continue;
-            }
-            // Cheapest first: resume, start, create. Only machines of this group.
-            let mut pool: Vec<&Machine> = mine
-                .iter()
-                .filter(|m| m.state_str() == "suspended")
-                .copied()
-                .collect();
-            pool.extend(mine.iter().filter(|m| m.state_str() == "stopped").copied());
-            for m in pool {
+                let mut missing = wanted.saturating_sub(active);
                 if missing == 0 {
-                    break;
+                    continue;
                 }
-                let resumed = m.state_str() == "suspended";
-                match self.machines.start_machine(&self.app, &m.id, None).await {
-                    Ok(_) => {
-                        self.track(&m.id, &queue);
-                        missing -= 1;
-                        total_active += 1;
-                        *queue_active.entry(queue.clone()).or_default() += 1;
-                        let counter = if resumed {
-                            &mut report.resumed
-                        } else {
-                            &mut report.started
-                        };
-                        *counter.entry(queue.clone()).or_default() += 1;
-                        info!(queue, machine = %m.id, resumed, "woke pool machine");
+                // max_machines bounds the queue as a whole, whatever the shapes.
+                let of_queue = queue_active.get(&queue).copied().unwrap_or(0);
+                missing = missing
+                    .min(settings.max_machines.saturating_sub(of_queue))
+                    .min(self.config.max_machines().saturating_sub(total_active));
+                if probe {
+                    // Its machines failed at boot lately: one at a time until one registers.
+                    if probed.contains(&queue) {
+                        continue;
                     }
-                    Err(e) => {
-                        warn!(queue, machine = %m.id, error = %e, "could not wake pool machine")
-                    }
+                    missing = missing.min(1);
                 }
-            }
-            while missing > 0 {
-                if !self.bucket.lock().await.take() {
-                    debug!(queue, "create rate limit: waiting for the next tick");
-                    break;
+                if missing == 0 {
+                    debug!(queue, shape = group.shape, "max_machines reached");
+                    continue;
                 }
-                match self.create(&group).await {
-                    Ok(m) => {
-                        self.track(&m.id, &queue);
-                        missing -= 1;
-                        total_active += 1;
-                        *queue_active.entry(queue.clone()).or_default() += 1;
-                        *report.created.entry(queue.clone()).or_default() += 1;
-                        info!(queue, shape = group.shape, release = group.release, machine = %m.id, "created worker machine");
-                    }
-                    Err(e) => {
-                        if e.kind() == ErrorKind::RateLimited {
-                            self.bucket.lock().await.drain();
-                        }
-                        warn!(queue, error = %e, "create failed; will retry");
+                // Cheapest first: resume, start, create. Only machines of this group.
+                let mut pool: Vec<&Machine> = mine
+                    .iter()
+                    .filter(|m| m.state_str() == "suspended" && !woken.contains(&m.id))
+                    .copied()
+                    .collect();
+                pool.extend(
+                    mine.iter()
+                        .filter(|m| m.state_str() == "stopped" && !woken.contains(&m.id))
+                        .copied(),
+                );
+                for m in pool {
+                    if missing == 0 {
                         break;
+                    }
+                    let resumed = m.state_str() == "suspended";
+                    match self.machines.start_machine(&self.app, &m.id, None).await {
+                        Ok(_) => {
+                            self.track(&m.id, &queue);
+                            woken.insert(m.id.clone());
+                            *booted.entry(group.clone()).or_default() += 1;
+                            if probe {
+                                probed.insert(queue.clone());
+                            }
+                            missing -= 1;
+                            total_active += 1;
+                            *queue_active.entry(queue.clone()).or_default() += 1;
+                            let counter = if resumed {
+                                &mut report.resumed
+                            } else {
+                                &mut report.started
+                            };
+                            *counter.entry(queue.clone()).or_default() += 1;
+                            info!(queue, machine = %m.id, resumed, "woke pool machine");
+                        }
+                        Err(e) => {
+                            warn!(queue, machine = %m.id, error = %e, "could not wake pool machine")
+                        }
+                    }
+                }
+                while missing > 0 {
+                    if !self.bucket.lock().await.take() {
+                        debug!(queue, "create rate limit: waiting for the next tick");
+                        break;
+                    }
+                    match self.create(group).await {
+                        Ok(m) => {
+                            self.track(&m.id, &queue);
+                            *booted.entry(group.clone()).or_default() += 1;
+                            if probe {
+                                probed.insert(queue.clone());
+                            }
+                            missing -= 1;
+                            total_active += 1;
+                            *queue_active.entry(queue.clone()).or_default() += 1;
+                            *report.created.entry(queue.clone()).or_default() += 1;
+                            info!(queue, shape = group.shape, release = group.release, machine = %m.id, "created worker machine");
+                        }
+                        Err(e) => {
+                            if e.kind() == ErrorKind::RateLimited {
+                                self.bucket.lock().await.drain();
+                            }
+                            warn!(queue, error = %e, "create failed; will retry");
+                            break;
+                        }
                     }
                 }
             }
