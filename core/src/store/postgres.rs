@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "shape",
         include_str!("migrations/postgres/0003_shape.sql"),
     ),
+    (4, "wake", include_str!("migrations/postgres/0004_wake.sql")),
 ];
 
 /// Key of the advisory lock that serializes migrations across processes.
@@ -80,6 +81,13 @@ const ENQUEUE_SQL: &str = "WITH input AS MATERIALIZED (\
                   AND f.unique_key = i.unique_key AND f.state IN ('scheduled','ready','running')) \
        LIMIT 1) j \
      ORDER BY i.ord";
+
+/// Enqueue one job without a unique key: one INSERT, the NOTIFY in the same statement.
+const ENQUEUE_ONE_SQL: &str = "WITH ins AS (\
+       INSERT INTO flyjobs_jobs (queue, name, payload, state, priority, run_at, max_attempts, \
+         image_ref, created_at, shape) \
+       VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10) RETURNING *) \
+     SELECT ins.*, pg_notify($11, ins.queue) IS NULL AS notified FROM ins";
 
 /// The claim, in one statement: for each queue, the first `limit` runnable jobs in claim order,
 /// read off the partial index `flyjobs_jobs_claim (queue, priority, run_at, id)` (a LATERAL
@@ -479,6 +487,29 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let now = super::now();
+        if let [job] = jobs.as_slice()
+            && job.unique_key.is_none()
+        {
+            // The common case, one job without a unique key: a plain INSERT (the batch form's
+            // UNNEST and unique-key answers cost more than they do here).
+            let row = sqlx::query(ENQUEUE_ONE_SQL)
+                .bind(&job.queue)
+                .bind(&job.name)
+                .bind(&payloads[0])
+                .bind(super::initial_state(job, now).as_str())
+                .bind(job.priority)
+                .bind(job.run_at.map_or(now, super::trunc))
+                .bind(job.max_attempts.map(super::max_attempts_i32))
+                .bind(job.image_ref.as_deref())
+                .bind(now)
+                .bind(&job.shape)
+                .bind(&self.channel)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err("enqueue"))?;
+            self.signal.wake();
+            return Ok(vec![job_from_row(&row)?]);
+        }
         let rows = sqlx::query(ENQUEUE_SQL)
             .bind(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
             .bind(jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>())
