@@ -128,12 +128,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 200 jobs: most short (default), some long (reports), a few that fail once and succeed on
-/// their retry, two that always fail and end dead.
+/// 200 jobs: most short (default), some long (reports), two reports on a `performance-2x`
+/// machine of their own, one that needs 300 MB (OOM-killed on the 256 MB default, retried at
+/// 512 MB), a few that fail once and succeed on their retry, two that always fail and end dead.
 fn plan(n: u32, dir: &std::path::Path) -> Vec<NewJob> {
     let mut jobs = Vec::new();
     for i in 0..n {
+        let mut machine = None;
         let (queue, secs, argv) = match i % 20 {
+            // A report that asks for a bigger machine.
+            0 if i < 40 => {
+                machine = Some("performance-2x");
+                ("reports", 1.0, vec!["sleep".into(), "1".into()])
+            }
+            // Holds 300 MB for a second: too much for the default 256 MB machine.
+            1 if i < 20 => (
+                "reports",
+                1.0,
+                vec![
+                    "perl".into(),
+                    "-e".into(),
+                    "my $x = ''; vec($x, 300 * 1024 * 1024 - 1, 8) = 1; sleep 1".into(),
+                ],
+            ),
             // A report: 0.5–2 s.
             0..=3 => {
                 let s = 0.5 + f64::from(i % 7) * 0.25;
@@ -168,6 +185,9 @@ fn plan(n: u32, dir: &std::path::Path) -> Vec<NewJob> {
         job.name = "command".into();
         if argv[0] == "sh" && argv[2].starts_with("echo 'broken") {
             job.max_attempts = Some(1);
+        }
+        if let Some(m) = machine {
+            job.shape = m.into();
         }
         jobs.push(job);
     }
@@ -276,6 +296,31 @@ fn summary(
     println!("  machines booted      {}", ledger.machines.len());
     for (q, n) in peak {
         println!("  peak machines {q:<8} {n}");
+    }
+    let mut sizes: BTreeMap<&str, usize> = BTreeMap::new();
+    for j in jobs.iter().filter(|j| !j.shape.is_empty()) {
+        *sizes.entry(j.shape.as_str()).or_default() += 1;
+    }
+    let sizes: Vec<String> = sizes.iter().map(|(s, n)| format!("{s} ×{n}")).collect();
+    println!(
+        "  per-job machine size {}",
+        if sizes.is_empty() {
+            "-".to_string()
+        } else {
+            sizes.join(", ")
+        }
+    );
+    for j in jobs.iter().filter(|j| {
+        j.last_error
+            .as_ref()
+            .is_some_and(|e| e.class == flyjobs::scaler::OUT_OF_MEMORY)
+    }) {
+        let e = j
+            .last_error
+            .as_ref()
+            .map(|e| e.message.as_str())
+            .unwrap_or_default();
+        println!("  OOM escalation       job {} ({}): {e}", j.id, j.state);
     }
     println!(
         "  enqueue→start        p50 {:.2} s   p95 {:.2} s",

@@ -111,6 +111,10 @@ struct EmulatorArgs {
     /// `on` or `off`: Fly's per-action rate limits [env FLYJOBS_EMULATOR_RATE_LIMITS].
     #[arg(long, value_name = "on|off")]
     rate_limits: Option<String>,
+    /// `on` or `off`: OOM-kill a machine whose resident memory exceeds its guest.memory_mb
+    /// [env FLYJOBS_EMULATOR_MEMORY_LIMITS; default on].
+    #[arg(long, value_name = "on|off")]
+    memory_limits: Option<String>,
     /// Capacity: `CPUS:MEMORY_MB` for every region and/or `REGION=CPUS:MEMORY_MB`, comma
     /// separated or repeated [env FLYJOBS_EMULATOR_CAPACITY].
     #[arg(long, value_name = "[REGION=]CPUS:MB")]
@@ -163,6 +167,7 @@ impl EmulatorArgs {
             (env::START_LATENCY, self.start_latency),
             (env::RESUME_LATENCY, self.resume_latency),
             (env::RATE_LIMITS, self.rate_limits),
+            (env::MEMORY_LIMITS, self.memory_limits),
             (env::CAPACITY, joined(self.capacity, ",")),
             (env::TOKENS_FILE, self.tokens_file),
             (env::FAULT_429, self.fault_429),
@@ -389,8 +394,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("list jobs")?;
             println!(
-                "{:>8}  {:<12} {:<10} {:>8}  {:<20} error",
-                "id", "queue", "name", "attempts", "run_at"
+                "{:>8}  {:<12} {:<10} {:>8}  {:<20} {:<20} error",
+                "id", "queue", "name", "attempts", "run_at", "machine"
             );
             for j in jobs {
                 let err = j
@@ -399,12 +404,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|f| format!("{}: {}", f.class, f.message))
                     .unwrap_or_default();
                 println!(
-                    "{:>8}  {:<12} {:<10} {:>8}  {:<20} {}",
+                    "{:>8}  {:<12} {:<10} {:>8}  {:<20} {:<20} {}",
                     j.id,
                     j.queue,
                     j.name,
                     j.attempts,
                     j.run_at.format("%Y-%m-%d %H:%M:%S"),
+                    if j.shape.is_empty() {
+                        "default"
+                    } else {
+                        &j.shape
+                    },
                     err
                 );
             }

@@ -685,6 +685,17 @@ impl Store for Flaky {
         self.check()?;
         self.inner.usage_hours(since).await
     }
+
+    async fn requeue_on_shape(
+        &self,
+        id: flyjobs::job::JobId,
+        token: i64,
+        shape: &str,
+        failure: &flyjobs::job::Failure,
+    ) -> flyjobs::Result<bool> {
+        self.check()?;
+        self.inner.requeue_on_shape(id, token, shape, failure).await
+    }
 }
 
 async fn flaky_client(lease: Duration) -> (Client, Arc<Flaky>, tempfile::TempDir) {

@@ -280,25 +280,34 @@ impl Client {
     /// Enqueue one job. Fills what the job left unset from its queue's settings and this
     /// release; never waits for a machine (the scaler is woken by the store's notification).
     pub async fn enqueue(&self, job: NewJob) -> Result<Job> {
-        self.inner.store.enqueue(self.prepare(job)).await
+        self.inner.store.enqueue(self.prepare(job)?).await
     }
 
     /// Enqueue many jobs in one transaction: all or none.
     pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>> {
         self.inner
             .store
-            .enqueue_many(jobs.into_iter().map(|j| self.prepare(j)).collect())
+            .enqueue_many(
+                jobs.into_iter()
+                    .map(|j| self.prepare(j))
+                    .collect::<Result<_>>()?,
+            )
             .await
     }
 
-    fn prepare(&self, mut job: NewJob) -> NewJob {
+    fn prepare(&self, mut job: NewJob) -> Result<NewJob> {
+        // A shape key from a binding or the Rust API: checked (sizes Fly sells) and made
+        // canonical, so equal shapes group together in the scaler.
+        if !job.shape.is_empty() {
+            job.shape = crate::placement::Shape::parse(&job.shape)?.key();
+        }
         if job.max_attempts.is_none() {
             job.max_attempts = Some(self.inner.config.queue(&job.queue).max_attempts);
         }
         if job.image_ref.is_none() {
             job.image_ref = self.inner.config.image_ref().map(str::to_string);
         }
-        job
+        Ok(job)
     }
 
     // ---- admin ---------------------------------------------------------------------------

@@ -302,14 +302,18 @@ pub const NEW_JOB_KEYS: &[&str] = &[
     "max_attempts",
     "unique_key",
     "shape",
+    "machine",
+    "region",
 ];
 
 impl NewJob {
     /// A job from a map, as the language packages pass it: `{"queue": "mail", "payload": …,
     /// "name": "WelcomeMailer", "priority": 0, "run_at": "2026-12-01T17:00:00Z" | 1764608400.5,
-    /// "max_attempts": 3, "unique_key": "…", "shape": "performance-2x"}`. Only `payload` is required (`queue` defaults to
-    /// `default`); null means unset. An unknown key or a bad value is an `invalid` error naming
-    /// it.
+    /// "max_attempts": 3, "unique_key": "…", "machine": "performance-2x", "region": "ams,fra"}`.
+    /// Only `payload` is required (`queue` defaults to `default`); null means unset. An unknown
+    /// key or a bad value is an `invalid` error naming it; a size Fly does not sell is a
+    /// `config` error listing the valid ones. `shape` (a key made by
+    /// [`crate::placement::Shape::key`]) may stand for `machine` + `region`.
     pub fn from_value(value: &serde_json::Value) -> Result<NewJob> {
         let map = value.as_object().ok_or_else(|| {
             Error::invalid(format!("a job must be a map with a payload, got {value}"))
@@ -319,6 +323,7 @@ impl NewJob {
         };
         let mut job = NewJob::new("default", serde_json::Value::Null);
         let mut has_payload = false;
+        let (mut machine, mut region) = (None, None);
         for (key, v) in map {
             if v.is_null() {
                 continue;
@@ -372,6 +377,8 @@ impl NewJob {
                         .ok_or_else(|| bad(key, "a string", v))?
                         .to_string();
                 }
+                "machine" => machine = Some(v),
+                "region" => region = Some(v),
                 other => {
                     return Err(Error::invalid(format!(
                         "unknown job key {other:?} (known: {})",
@@ -384,6 +391,14 @@ impl NewJob {
             return Err(Error::invalid(
                 "a job needs a payload (any JSON value but null)",
             ));
+        }
+        if machine.is_some() || region.is_some() {
+            if !job.shape.is_empty() {
+                return Err(Error::invalid(
+                    "a job takes either shape or machine/region, not both",
+                ));
+            }
+            job.shape = crate::placement::Shape::from_job(machine, region)?.key();
         }
         Ok(job)
     }

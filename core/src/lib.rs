@@ -15,6 +15,7 @@
 //! - [`retry`]: the pure retry policy.
 //! - [`machines`]: the Fly Machines API client.
 //! - [`store`]: the durable queue (PostgreSQL in production, SQLite embedded).
+//! - [`placement`]: a job's machine size and regions, and how memory grows after an OOM.
 //! - [`fork`]: a worker machine's config, derived from the parent machine.
 //! - [`scaler`]: queue depth → machines, within limits; the reaper.
 //! - [`worker`]: the pull loop inside a worker machine.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod fork;
 pub mod job;
 pub mod machines;
+pub mod placement;
 pub mod retry;
 pub mod runtime;
 pub mod scaler;

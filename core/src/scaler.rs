@@ -5,12 +5,17 @@
 //! 1. takes the store's leader lock, so several web processes never boot past the limits;
 //! 2. reaps expired leases (their workers died) back to ready;
 //! 3. lists the app's worker machines (metadata `flyjobs_role=worker`);
-//! 4. per queue: `wanted = clamp(ceil((ready + running) / concurrency), min, max)`; when fewer
-//!    machines are active (created, starting or started), gets more, cheapest first: resume a
-//!    suspended pool machine, else start a stopped one, else create one — never above the
-//!    queue's `max_machines` or the global `FLYJOBS_MAX_MACHINES`, and creates go through a
-//!    token bucket that respects the Machines API's 1 request/s per action (burst 3);
-//! 5. destroys machines that never registered within `boot_timeout`, and idle pool machines of
+//! 4. requeues the running jobs of OOM-killed machines on a machine with twice the memory
+//!    ([`crate::placement::grown`], up to the queue's `max_memory_mb`);
+//! 5. per group of jobs (queue, machine shape, release: a job's own image while it is pinned,
+//!    see `pin_for`, else the current one): `wanted = ceil((ready + running) / concurrency)`
+//!    (at least `min_machines` for the queue's default machines); when fewer machines of the
+//!    group are active (created, starting or started), gets more, cheapest first: resume a
+//!    suspended pool machine, else start a stopped one, else create one of that size, image
+//!    and region — never above the queue's `max_machines` (all its groups together) or the
+//!    global `FLYJOBS_MAX_MACHINES`, and creates go through a token bucket that respects the
+//!    Machines API's 1 request/s per action (burst 3);
+//! 6. destroys machines that never registered within `boot_timeout`, and idle pool machines of
 //!    an older release (release pinning: they would run old code).
 //!
 //! Scaling down is the workers' own business: each leaves after `wait` idle.
@@ -19,19 +24,22 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, PoolMode};
 use crate::error::{ErrorKind, Result};
 use crate::fork::Template;
+use crate::job::{Failure, Job, JobState};
 use crate::machines::Machines;
 use crate::machines::types::{
-    CreateMachineRequest, ExitEvent, ListMachinesQuery, Machine, MachineEvent,
+    CreateMachineRequest, ExitEvent, Guest, ListMachinesQuery, Machine, MachineEvent,
 };
+use crate::placement::Shape;
+use crate::retry::RetryPolicy;
 use crate::store::boot_failures::BootFailure;
-use crate::store::{Store, WorkerState};
+use crate::store::{JobFilter, Store, WorkerState};
 
 /// Tuning of the control loop.
 #[derive(Clone, Debug)]
@@ -129,6 +137,8 @@ pub struct TickReport {
     pub boots_held: BTreeMap<String, String>,
     /// Whether the tick was cut short because the leader lock could not be kept.
     pub lost_leadership: bool,
+    /// Running jobs found on an OOM-killed machine (requeued with more memory, or failed).
+    pub oom_killed: u32,
 }
 
 /// The scaler. Cheap to share; run it with [`Scaler::spawn`] or tick it by hand.
@@ -151,6 +161,9 @@ pub struct Scaler {
     registered_once: std::sync::Mutex<HashSet<String>>,
     /// (queue, release) pairs whose boots were stopped, so that it is logged once.
     halted: std::sync::Mutex<HashSet<(String, String)>>,
+    /// Per machine that held a running job and is no longer active: whether its last exit
+    /// was an OOM kill (asked once per machine).
+    oom_checked: std::sync::Mutex<HashMap<String, bool>>,
 }
 
 #[derive(Clone, Debug)]
@@ -236,6 +249,7 @@ impl Scaler {
             booting: std::sync::Mutex::new(HashMap::new()),
             registered_once: std::sync::Mutex::new(HashSet::new()),
             halted: std::sync::Mutex::new(HashSet::new()),
+            oom_checked: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -436,129 +450,336 @@ impl Scaler {
             }
         }
 
-        let gates = self.boot_gates().await;
+        let running = self
+            .store
+            .list_jobs(JobFilter {
+                state: Some(JobState::Running),
+                limit: RUNNING_SCANNED,
+                ..JobFilter::default()
+            })
+            .await?;
+        self.escalate_ooms(&running, &by_id, report).await;
 
-        // Demand per queue.
-        let stats = self.store.stats().await?;
-        let mut demand: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for s in &stats {
-            let due_scheduled = u64::from(s.next_scheduled_at.is_some_and(|t| t <= now));
-            let e = demand.entry(s.queue.clone()).or_default();
-            e.0 += s.ready + due_scheduled;
-            e.1 += s.running;
-        }
-        for (name, settings) in self.config.queues() {
-            if settings.min_machines > 0 {
-                demand.entry(name.clone()).or_default();
-            }
-        }
+        let gates = self.boot_gates().await;
+        let demand = self.demand(&running, now).await?;
 
         let mut total_active = machines.iter().filter(|m| is_active(m)).count() as u32;
-        for (queue, (ready, running)) in demand {
-            let settings = self.config.queue(&queue);
-            let mut probe = false;
-            match gates.get(&queue) {
-                None | Some(BootGate::Open) => {}
-                Some(BootGate::Probe { .. }) => probe = true,
-                Some(BootGate::Wait { failures, until }) => {
-                    report.boots_held.insert(
-                        queue.clone(),
-                        format!("backing off after {failures} boot failures until {until}"),
-                    );
-                    continue;
+        let mut queue_active: HashMap<String, u32> = HashMap::new();
+        for m in machines.iter().filter(|m| is_active(m)) {
+            if let Some(q) = m.metadata_value("flyjobs_queue") {
+                *queue_active.entry(q.to_string()).or_default() += 1;
+            }
+        }
+        // Machines booted this tick per group, pool machines woken, queues probed.
+        let mut booted: HashMap<Group, u32> = HashMap::new();
+        let mut woken: HashSet<String> = HashSet::new();
+        let mut probed: HashSet<String> = HashSet::new();
+        // Two passes: first every group of another shape or a pinned release gets one machine
+        // (none waits behind the default machines' backlog of its queue), then all by demand.
+        for first_pass in [true, false] {
+            for (group, &jobs) in &demand {
+                let queue = group.queue.clone();
+                let settings = self.config.queue(&queue);
+                let mut probe = false;
+                match gates.get(&queue) {
+                    None | Some(BootGate::Open) => {}
+                    Some(BootGate::Probe { .. }) => probe = true,
+                    Some(BootGate::Wait { failures, until }) => {
+                        report.boots_held.insert(
+                            queue.clone(),
+                            format!("backing off after {failures} boot failures until {until}"),
+                        );
+                        continue;
+                    }
+                    Some(BootGate::Halted { failures }) => {
+                        report.boots_held.insert(
+                            queue.clone(),
+                            format!("stopped after {failures} consecutive boot failures"),
+                        );
+                        continue;
+                    }
                 }
-                Some(BootGate::Halted { failures }) => {
-                    report.boots_held.insert(
-                        queue.clone(),
-                        format!("stopped after {failures} consecutive boot failures"),
-                    );
-                    continue;
+                let mine: Vec<&Machine> = machines
+                    .iter()
+                    .filter(|m| group.matches(m, &self.template.release))
+                    .collect();
+                let active = mine.iter().filter(|m| is_active(m)).count() as u32
+                    + booted.get(group).copied().unwrap_or(0);
+                let need = u32::try_from(jobs.div_ceil(u64::from(settings.concurrency)))
+                    .unwrap_or(u32::MAX);
+                // min_machines keeps the queue's default machines warm; other shapes and pinned
+                // releases come and go with their jobs.
+                let floor = if group.is_default(&self.template.release) {
+                    settings.min_machines
+                } else {
+                    0
+                };
+                let mut wanted = need.max(floor).min(settings.max_machines);
+                if first_pass {
+                    // Only the other shapes and pinned releases: the default group grows in
+                    // the second pass, after each of them has its first machine.
+                    if group.is_default(&self.template.release) {
+                        continue;
+                    }
+                    wanted = wanted.min(1);
                 }
-            }
-            let mine: Vec<&Machine> = machines
-                .iter()
-                .filter(|m| m.metadata_value("flyjobs_queue") == Some(queue.as_str()))
-                .collect();
-            let active = mine.iter().filter(|m| is_active(m)).count() as u32;
-            let need = u32::try_from((ready + running).div_ceil(u64::from(settings.concurrency)))
-                .unwrap_or(u32::MAX);
-            let wanted = need.clamp(settings.min_machines, settings.max_machines);
-            let mut missing = wanted.saturating_sub(active);
-            if missing == 0 {
-                continue;
-            }
-            missing = missing.min(self.config.max_machines().saturating_sub(total_active));
-            if probe {
-                // Its machines failed at boot lately: one at a time until one registers.
-                missing = missing.min(1);
-            }
-            if missing == 0 {
-                debug!(queue, "global max_machines reached");
-                continue;
-            }
-            // Cheapest first: resume, start, create. Only machines of this release.
-            let current = |m: &&&Machine| {
-                m.metadata_value("flyjobs_release") == Some(self.template.release.as_str())
-            };
-            let mut pool: Vec<&Machine> = mine
-                .iter()
-                .filter(current)
-                .filter(|m| m.state_str() == "suspended")
-                .copied()
-                .collect();
-            pool.extend(
-                mine.iter()
-                    .filter(current)
-                    .filter(|m| m.state_str() == "stopped")
-                    .copied(),
-            );
-            for m in pool {
+                let mut missing = wanted.saturating_sub(active);
                 if missing == 0 {
-                    break;
+                    continue;
                 }
-                let resumed = m.state_str() == "suspended";
-                match self.machines.start_machine(&self.app, &m.id, None).await {
-                    Ok(_) => {
-                        self.track(&m.id, &queue);
-                        missing -= 1;
-                        total_active += 1;
-                        let counter = if resumed {
-                            &mut report.resumed
-                        } else {
-                            &mut report.started
-                        };
-                        *counter.entry(queue.clone()).or_default() += 1;
-                        info!(queue, machine = %m.id, resumed, "woke pool machine");
+                // max_machines bounds the queue as a whole, whatever the shapes.
+                let of_queue = queue_active.get(&queue).copied().unwrap_or(0);
+                missing = missing
+                    .min(settings.max_machines.saturating_sub(of_queue))
+                    .min(self.config.max_machines().saturating_sub(total_active));
+                if probe {
+                    // Its machines failed at boot lately: one at a time until one registers.
+                    if probed.contains(&queue) {
+                        continue;
                     }
-                    Err(e) => {
-                        warn!(queue, machine = %m.id, error = %e, "could not wake pool machine")
-                    }
+                    missing = missing.min(1);
                 }
-            }
-            while missing > 0 {
-                if !self.bucket.lock().await.take() {
-                    debug!(queue, "create rate limit: waiting for the next tick");
-                    break;
+                if missing == 0 {
+                    debug!(queue, shape = group.shape, "max_machines reached");
+                    continue;
                 }
-                match self.create(&queue).await {
-                    Ok(m) => {
-                        self.track(&m.id, &queue);
-                        missing -= 1;
-                        total_active += 1;
-                        *report.created.entry(queue.clone()).or_default() += 1;
-                        info!(queue, machine = %m.id, "created worker machine");
-                    }
-                    Err(e) => {
-                        if e.kind() == ErrorKind::RateLimited {
-                            self.bucket.lock().await.drain();
-                        }
-                        warn!(queue, error = %e, "create failed; will retry");
+                // Cheapest first: resume, start, create. Only machines of this group.
+                let mut pool: Vec<&Machine> = mine
+                    .iter()
+                    .filter(|m| m.state_str() == "suspended" && !woken.contains(&m.id))
+                    .copied()
+                    .collect();
+                pool.extend(
+                    mine.iter()
+                        .filter(|m| m.state_str() == "stopped" && !woken.contains(&m.id))
+                        .copied(),
+                );
+                for m in pool {
+                    if missing == 0 {
                         break;
+                    }
+                    let resumed = m.state_str() == "suspended";
+                    match self.machines.start_machine(&self.app, &m.id, None).await {
+                        Ok(_) => {
+                            self.track(&m.id, &queue);
+                            woken.insert(m.id.clone());
+                            *booted.entry(group.clone()).or_default() += 1;
+                            if probe {
+                                probed.insert(queue.clone());
+                            }
+                            missing -= 1;
+                            total_active += 1;
+                            *queue_active.entry(queue.clone()).or_default() += 1;
+                            let counter = if resumed {
+                                &mut report.resumed
+                            } else {
+                                &mut report.started
+                            };
+                            *counter.entry(queue.clone()).or_default() += 1;
+                            info!(queue, machine = %m.id, resumed, "woke pool machine");
+                        }
+                        Err(e) => {
+                            warn!(queue, machine = %m.id, error = %e, "could not wake pool machine")
+                        }
+                    }
+                }
+                while missing > 0 {
+                    if !self.bucket.lock().await.take() {
+                        debug!(queue, "create rate limit: waiting for the next tick");
+                        break;
+                    }
+                    match self.create(group).await {
+                        Ok(m) => {
+                            self.track(&m.id, &queue);
+                            *booted.entry(group.clone()).or_default() += 1;
+                            if probe {
+                                probed.insert(queue.clone());
+                            }
+                            missing -= 1;
+                            total_active += 1;
+                            *queue_active.entry(queue.clone()).or_default() += 1;
+                            *report.created.entry(queue.clone()).or_default() += 1;
+                            info!(queue, shape = group.shape, release = group.release, machine = %m.id, "created worker machine");
+                        }
+                        Err(e) => {
+                            if e.kind() == ErrorKind::RateLimited {
+                                self.bucket.lock().await.drain();
+                            }
+                            warn!(queue, error = %e, "create failed; will retry");
+                            break;
+                        }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// The release (image) a job runs on: its own while it is pinned (enqueued by another
+    /// release less than `pin_for` ago), else the current one.
+    fn release_for(
+        &self,
+        image_ref: Option<&str>,
+        enqueued: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> String {
+        let current = self.template.release.as_str();
+        let pinned_since =
+            now - chrono::Duration::from_std(self.config.pin_for()).unwrap_or_default();
+        match image_ref {
+            Some(image) if image != current && enqueued >= pinned_since => image.to_string(),
+            _ => current.to_string(),
+        }
+    }
+
+    /// Jobs (runnable + running) per machine group. A group of runnable jobs counts as
+    /// pinned only when even its oldest job is pinned: the current release's workers take the
+    /// older ones first, then the group's machines boot for the rest.
+    async fn demand(&self, running: &[Job], now: DateTime<Utc>) -> Result<BTreeMap<Group, u64>> {
+        let mut demand: BTreeMap<Group, u64> = BTreeMap::new();
+        for d in self.store.ready_shapes().await? {
+            let release = self.release_for(d.image_ref.as_deref(), d.oldest_created_at, now);
+            *demand
+                .entry(Group {
+                    queue: d.queue,
+                    shape: d.shape,
+                    release,
+                })
+                .or_default() += d.ready;
+        }
+        for j in running {
+            let release = self.release_for(j.image_ref.as_deref(), j.created_at, now);
+            *demand
+                .entry(Group {
+                    queue: j.queue.clone(),
+                    shape: j.shape.clone(),
+                    release,
+                })
+                .or_default() += 1;
+        }
+        for (name, settings) in self.config.queues() {
+            if settings.min_machines > 0 {
+                demand
+                    .entry(Group {
+                        queue: name.clone(),
+                        shape: String::new(),
+                        release: self.template.release.clone(),
+                    })
+                    .or_default();
+            }
+        }
+        Ok(demand)
+    }
+
+    /// Jobs whose machine was OOM-killed go back to the queue at once, on a machine with
+    /// twice the memory (up to the queue's `max_memory_mb`); past that, the normal retry
+    /// policy decides. Looked for among running jobs whose worker's machine is no longer
+    /// active, before their lease runs out (they would come back as lost leases otherwise).
+    async fn escalate_ooms(
+        &self,
+        running: &[Job],
+        by_id: &HashMap<&str, &Machine>,
+        report: &mut TickReport,
+    ) {
+        let mut seen = self
+            .oom_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let owners: HashSet<&str> = running
+            .iter()
+            .filter_map(|j| j.lease_owner.as_deref())
+            .collect();
+        seen.retain(|id, _| owners.contains(id.as_str()));
+        for job in running {
+            let Some(owner) = job.lease_owner.as_deref() else {
+                continue;
+            };
+            if by_id
+                .get(owner)
+                .is_some_and(|m| is_active(m) || m.state_str() == "suspended")
+            {
+                continue;
+            }
+            let oom = match seen.get(owner) {
+                Some(known) => *known,
+                None => {
+                    let known = match self
+                        .machines
+                        .machine_events(&self.app, owner, Some(20))
+                        .await
+                    {
+                        Ok(events) => events
+                            .iter()
+                            .find(|e| e.kind.as_deref() == Some("exit"))
+                            .and_then(MachineEvent::exit_event)
+                            .is_some_and(|e| e.oom_killed == Some(true)),
+                        // Not a machine (a worker run by hand) or long gone: never an OOM we
+                        // can see; its lease decides.
+                        Err(e) if e.kind() == ErrorKind::NotFound => false,
+                        Err(e) => {
+                            debug!(machine = owner, error = %e, "exit events unavailable");
+                            continue;
+                        }
+                    };
+                    seen.insert(owner.to_string(), known);
+                    known
+                }
+            };
+            if oom {
+                self.escalate_oom(job).await;
+                report.oom_killed += 1;
+            }
+        }
+        *self.oom_checked.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+    }
+
+    async fn escalate_oom(&self, job: &Job) {
+        let settings = self.config.queue(&job.queue);
+        let shape = Shape::parse(&job.shape).unwrap_or_default();
+        let (size, _) = shape.resolve(&settings.size, &settings.regions);
+        let max_attempts = job.max_attempts.unwrap_or(settings.max_attempts);
+        let grown = crate::placement::grown(&size, settings.max_memory_mb)
+            .filter(|_| job.attempts < max_attempts);
+        let r = match grown {
+            Some(next) => {
+                let failure = Failure::new(
+                    OUT_OF_MEMORY,
+                    format!(
+                        "oom_killed at {} MB, retried at {} MB",
+                        size.memory_mb, next.memory_mb
+                    ),
+                );
+                let key = Shape {
+                    size: Some(next),
+                    regions: shape.regions,
+                }
+                .key();
+                info!(job = %job.id, queue = job.queue, shape = key, "{}", failure.message);
+                self.store
+                    .requeue_on_shape(job.id, job.lease_token, &key, &failure)
+                    .await
+                    .map(|_| ())
+            }
+            None => {
+                let failure = Failure::new(
+                    OUT_OF_MEMORY,
+                    format!(
+                        "oom_killed at {} MB (max_memory_mb {}): retried on the same size",
+                        size.memory_mb, settings.max_memory_mb
+                    ),
+                );
+                info!(job = %job.id, queue = job.queue, "{}", failure.message);
+                self.store
+                    .fail(job.id, job.lease_token, failure, &RetryPolicy::default())
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if let Err(e) = r {
+            // A lease that moved on (reaped, completed) is not ours to change any more.
+            debug!(job = %job.id, error = %e, "OOM-killed job not requeued");
+        }
     }
 
     fn lock_booting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Booting>> {
@@ -740,21 +961,72 @@ impl Scaler {
             .collect()
     }
 
-    async fn create(&self, queue: &str) -> Result<Machine> {
+    async fn create(&self, group: &Group) -> Result<Machine> {
+        let queue = group.queue.as_str();
         let settings = self.config.queue(queue);
-        let region = if settings.regions.is_empty() {
+        let shape = Shape::parse(&group.shape)?;
+        let (size, regions) = shape.resolve(&settings.size, &settings.regions);
+        let region = if regions.is_empty() {
             self.template.region.clone()
         } else {
             let i = *self
                 .region_cursor
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(queue)
+                .get(&group.cursor_key())
                 .unwrap_or(&0);
-            Some(settings.regions[i % settings.regions.len()].clone())
+            Some(regions[i % regions.len()].clone())
         };
+        let pinned = group.release != self.template.release;
+        let mut config = self.template.worker_config(queue, settings);
+        config.guest = Some(Guest {
+            cpu_kind: Some(size.cpu_kind.clone()),
+            cpus: Some(size.cpus),
+            memory_mb: Some(size.memory_mb),
+            ..Guest::default()
+        });
+        config.image = Some(group.release.clone());
+        // What the worker claims: its shape, and its release's jobs (never a secret).
+        let env = config.env.get_or_insert_with(Default::default);
+        env.insert(
+            "FLYJOBS_WORKER_SHAPE".into(),
+            if group.shape.is_empty() {
+                "default".into()
+            } else {
+                group.shape.clone()
+            },
+        );
+        env.insert(
+            "FLYJOBS_WORKER_RELEASE".into(),
+            if pinned { "pinned" } else { "current" }.into(),
+        );
+        env.insert(
+            "FLYJOBS_PIN_FOR".into(),
+            format!("{}s", self.config.pin_for().as_secs()),
+        );
+        let meta = config.metadata.get_or_insert_with(Default::default);
+        meta.insert("flyjobs_shape".into(), group.shape.clone());
+        meta.insert("flyjobs_release".into(), group.release.clone());
+        if pinned {
+            // An old release's machine exists for its pinned jobs only: it leaves soon after
+            // they are done and is never kept in a pool.
+            if let Some(cmd) = config.init.as_mut().and_then(|i| i.cmd.as_mut()) {
+                for (flag, value) in [
+                    ("--wait", PINNED_WAIT_SECS.to_string()),
+                    ("--pool", "none".into()),
+                ] {
+                    if let Some(i) = cmd.iter().position(|a| a == flag)
+                        && let Some(v) = cmd.get_mut(i + 1)
+                    {
+                        *v = value;
+                    }
+                }
+            }
+            config.auto_destroy = Some(true);
+            meta.insert("flyjobs_pool".into(), "none".into());
+        }
         let request = CreateMachineRequest {
-            config: self.template.worker_config(queue, settings),
+            config,
             region,
             ..CreateMachineRequest::default()
         };
@@ -767,12 +1039,46 @@ impl Scaler {
                 .region_cursor
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .entry(queue.to_string())
+                .entry(group.cursor_key())
                 .or_default() += 1;
         }
         r
     }
 }
+
+/// Machines of one kind: a queue's, of one shape, running one release.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Group {
+    queue: String,
+    /// Shape key (`""`: the queue's default machine).
+    shape: String,
+    /// The image its machines run.
+    release: String,
+}
+
+impl Group {
+    fn matches(&self, m: &Machine, current: &str) -> bool {
+        m.metadata_value("flyjobs_queue") == Some(self.queue.as_str())
+            && m.metadata_value("flyjobs_shape").unwrap_or("") == self.shape
+            && m.metadata_value("flyjobs_release").unwrap_or(current) == self.release
+    }
+
+    fn is_default(&self, current: &str) -> bool {
+        self.shape.is_empty() && self.release == current
+    }
+
+    /// Region rotation is per queue and shape (different shapes may list different regions).
+    fn cursor_key(&self) -> String {
+        format!("{}\u{1f}{}", self.queue, self.shape)
+    }
+}
+
+/// How long a pinned (old release) worker lingers once its jobs are done.
+const PINNED_WAIT_SECS: u64 = 2;
+/// Running jobs read per tick (machines × concurrency stays far below).
+const RUNNING_SCANNED: usize = 1000;
+/// The failure class of a job whose machine ran out of memory.
+pub const OUT_OF_MEMORY: &str = "FlyJobs::OutOfMemory";
 
 /// Lines of a failed machine's log kept with its boot failure.
 const BOOT_LOG_LINES: usize = 20;

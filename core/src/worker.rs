@@ -38,7 +38,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::job::{Failure, Job, JobId};
 use crate::machines::Machines;
 use crate::retry::{Outcome, RetryPolicy};
-use crate::store::{ClaimRequest, Lease, Store, WorkerInfo, WorkerState};
+use crate::store::{ClaimRequest, ImageFilter, Lease, Store, WorkerInfo, WorkerState};
 
 /// Longest a blocking wait sleeps before looking again (so signals and `quiet` are seen).
 const POLL: Duration = Duration::from_secs(2);
@@ -59,6 +59,24 @@ pub struct WorkerOptions {
     pub pool: PoolMode,
     /// The worker's id in the registry: the machine id on Fly, else `host-pid`.
     pub id: Option<String>,
+    /// Claim only jobs of this machine shape key (`Some("")`: default-shape jobs); `None`:
+    /// any shape (a worker run by hand).
+    pub shape: Option<String>,
+    /// Which releases' jobs it claims.
+    pub release: ReleaseFilter,
+}
+
+/// Which jobs a worker claims by the release (image) that enqueued them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReleaseFilter {
+    /// Every job (a worker run by hand; no image known).
+    #[default]
+    Any,
+    /// A current-release machine: jobs of its image, of no image, or enqueued longer than
+    /// `pin_for` ago.
+    Current,
+    /// An old-release machine booted for pinned jobs: only jobs of its image.
+    Pinned,
 }
 
 impl WorkerOptions {
@@ -74,6 +92,8 @@ impl WorkerOptions {
             wait: Wait::Idle(Duration::from_secs(600)),
             pool: PoolMode::None,
             id: None,
+            shape: None,
+            release: ReleaseFilter::Any,
         }
     }
 }
@@ -144,6 +164,26 @@ impl WorkerOptions {
             Some((o, v)) => PoolMode::from_value(&o, &v)?,
             None => settings.pool,
         };
+        w.shape = match value("shape") {
+            Some((o, v)) => match opt::text(&o, &v)?.trim() {
+                "any" => None,
+                "default" => Some(String::new()),
+                key => Some(
+                    crate::placement::Shape::parse(key)
+                        .map_err(|e| Error::config(format!("{o}: {}", e.message())))?
+                        .key(),
+                ),
+            },
+            None => None,
+        };
+        w.release = match value("release") {
+            Some((o, v)) => match opt::one_of(&o, &["any", "current", "pinned"], &v)?.as_str() {
+                "current" => ReleaseFilter::Current,
+                "pinned" => ReleaseFilter::Pinned,
+                _ => ReleaseFilter::Any,
+            },
+            None => ReleaseFilter::Any,
+        };
         Ok(w)
     }
 }
@@ -165,6 +205,7 @@ struct Inner {
     retry: RetryPolicy,
     lease_duration: Duration,
     image_ref: Option<String>,
+    pin_for: Duration,
     /// The machine's own API (tokenless in-machine socket), to suspend itself; None off Fly.
     self_api: Option<(Arc<dyn Machines>, String, String)>,
     running: Mutex<HashMap<JobId, Running>>,
@@ -192,6 +233,24 @@ impl std::fmt::Debug for Worker {
             .field("id", &self.inner.id)
             .field("queues", &self.inner.opts.queues)
             .finish()
+    }
+}
+
+impl Inner {
+    /// The claim's image filter for this worker's release filter and image.
+    fn image_filter(&self) -> Option<ImageFilter> {
+        let image = self.image_ref.clone()?;
+        match self.opts.release {
+            ReleaseFilter::Any => None,
+            ReleaseFilter::Pinned => Some(ImageFilter::only(image)),
+            ReleaseFilter::Current => Some(ImageFilter {
+                image_ref: image,
+                or_enqueued_before: Some(
+                    chrono::Utc::now()
+                        - chrono::Duration::from_std(self.pin_for).unwrap_or_default(),
+                ),
+            }),
+        }
     }
 }
 
@@ -223,6 +282,7 @@ impl Worker {
             retry: RetryPolicy::default(),
             lease_duration: config.lease_duration(),
             image_ref: config.image_ref().map(str::to_string),
+            pin_for: config.pin_for(),
             self_api,
             running: Mutex::new(HashMap::new()),
             spare: Mutex::new(VecDeque::new()),
@@ -286,8 +346,8 @@ impl Worker {
                     limit,
                     owner: inner.id.clone(),
                     lease: inner.lease_duration,
-                    shape: None,
-                    image: None,
+                    shape: inner.opts.shape.clone(),
+                    image: inner.image_filter(),
                 })
                 .await;
             match claimed {

@@ -799,6 +799,7 @@ async fn create_machine(
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             versions: Vec::new(),
+            oom_killed_generation: None,
         };
         m.remember_version();
         m.event("launch", "created", "user", json!({}));

@@ -61,6 +61,7 @@
 
 mod api;
 mod lifecycle;
+mod memory;
 mod process;
 mod settings;
 mod validate;
@@ -130,7 +131,7 @@ impl Emulator {
             shared: shared.clone(),
             tokenless: true,
         });
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(async move {
                 let _ = axum::serve(listener, tcp_router).await;
             }),
@@ -138,6 +139,9 @@ impl Emulator {
                 let _ = axum::serve(unix, unix_router).await;
             }),
         ];
+        if shared.settings.memory_limits {
+            tasks.push(tokio::spawn(memory::watch(shared.clone())));
+        }
         Ok(EmulatorHandle {
             shared,
             tasks,

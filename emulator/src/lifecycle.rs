@@ -321,7 +321,7 @@ async fn launch(shared: &Arc<Shared>, id: &str, seq: u64) {
     });
 }
 
-fn append_log(log: &Mutex<Vec<u8>>, limit: usize, bytes: &[u8]) {
+pub(crate) fn append_log(log: &Mutex<Vec<u8>>, limit: usize, bytes: &[u8]) {
     let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
     l.extend_from_slice(bytes);
     if l.len() > limit {
@@ -340,6 +340,7 @@ fn on_exit(shared: &Arc<Shared>, id: &str, generation: u64, code: i32, sig: i32)
         return;
     }
     m.proc = None;
+    let oom_killed = m.oom_killed_generation == Some(generation);
     let pending = std::mem::replace(&mut m.pending, Pending::None);
     let requested_stop = pending != Pending::None;
     let auto_destroy = m
@@ -375,7 +376,7 @@ fn on_exit(shared: &Arc<Shared>, id: &str, generation: u64, code: i32, sig: i32)
         "guest_exit_code": code,
         "guest_signal": sig,
         "signal": sig,
-        "oom_killed": false,
+        "oom_killed": oom_killed,
         "requested_stop": requested_stop,
         "restarting": restarting,
         "exited_at": rfc3339(SystemTime::now()),

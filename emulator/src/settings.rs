@@ -121,6 +121,9 @@ pub struct EmulatorSettings {
     /// Serve `POST /emulator/apps/{app}/machines/{id}/panic`, whose handler panics while
     /// holding the machine (tests of the panic guard). Off by default.
     pub test_routes: bool,
+    /// OOM-kill a machine whose processes hold more resident memory than its
+    /// `guest.memory_mb`, as Fly's VMs do (exit event `oom_killed: true`). On by default.
+    pub memory_limits: bool,
 }
 
 impl Default for EmulatorSettings {
@@ -150,6 +153,7 @@ impl Default for EmulatorSettings {
             default_lease_ttl: Duration::from_secs(30),
             log_limit: 1 << 20,
             test_routes: false,
+            memory_limits: true,
         }
     }
 }
@@ -264,6 +268,13 @@ impl EmulatorSettings {
             Some(v) => parse_duration(env::FAULT_DELAY_FOR, &v)?,
             None => Duration::from_secs(2),
         };
+        if let Some(v) = get(env::MEMORY_LIMITS) {
+            s.memory_limits = match v.to_ascii_lowercase().as_str() {
+                "on" | "true" | "1" | "yes" => true,
+                "off" | "false" | "0" | "no" => false,
+                _ => return Err(SettingsError::new(env::MEMORY_LIMITS, "on or off", &v)),
+            };
+        }
         if let Some(v) = get(env::CAPACITY) {
             parse_capacity(&v, &mut s)?;
         }
@@ -347,6 +358,9 @@ pub mod env {
     pub const RESUME_LATENCY: &str = "FLYJOBS_EMULATOR_RESUME_LATENCY";
     /// `on` or `off`: Fly's per-action rate limits (1 req/s, burst 3; get 5 req/s, burst 10).
     pub const RATE_LIMITS: &str = "FLYJOBS_EMULATOR_RATE_LIMITS";
+    /// `on` (default) or `off`: OOM-kill a machine whose processes' resident memory exceeds
+    /// its `guest.memory_mb`.
+    pub const MEMORY_LIMITS: &str = "FLYJOBS_EMULATOR_MEMORY_LIMITS";
     /// Fraction (0–1) of requests answered 429.
     pub const FAULT_429: &str = "FLYJOBS_EMULATOR_FAULT_429";
     /// Fraction of requests answered 503.

@@ -97,6 +97,9 @@ pub(crate) struct MachineRec {
     pub state_since: Instant,
     pub cpus: u32,
     pub memory_mb: u64,
+    /// The process generation the memory watcher killed for going over `memory_mb`: its exit
+    /// event says `oom_killed`.
+    pub oom_killed_generation: Option<u64>,
     /// Taken out of Fly Proxy routing (`cordon`, or created with skip_service_registration).
     pub cordoned: bool,
     /// Every config version, oldest first: (version, config).
@@ -317,6 +320,12 @@ pub struct MachineSnapshot {
     pub last_pid: Option<i32>,
     /// Restarts done by the restart policy.
     pub restart_count: u32,
+    /// The image ref of its config.
+    pub image: String,
+    /// Its guest's memory.
+    pub memory_mb: u64,
+    /// Whether one of its processes was OOM-killed (over `guest.memory_mb`).
+    pub oom_killed: bool,
 }
 
 impl From<&MachineRec> for MachineSnapshot {
@@ -329,6 +338,14 @@ impl From<&MachineRec> for MachineSnapshot {
             pid: m.proc.map(|p| p.pid),
             last_pid: m.last_pid,
             restart_count: m.restart_count,
+            image: m
+                .config
+                .get("image")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            memory_mb: m.memory_mb,
+            oom_killed: m.oom_killed_generation.is_some(),
         }
     }
 }

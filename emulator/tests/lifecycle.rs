@@ -689,3 +689,32 @@ async fn restart_runs_a_fresh_process_of_the_same_version() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_machine_over_its_guest_memory_is_oom_killed() {
+    let (emu, api) = test_emulator().await;
+    // No guest: shared-cpu-1x with 256 MB. Perl touches every byte of a 400 MB string.
+    let mut body = json!({"config": {"image": "test-image", "init": {"exec":
+        ["perl", "-e", "my $x = 'x' x (400 * 1024 * 1024); sleep 60"]}, "restart": {"policy": "no"}}});
+    let id = id_of(&api.create(body.clone()).await);
+    api.reach(&id, "stopped").await;
+    let exits = api.exit_events(&id).await;
+    let ee = &exits[0]["request"]["exit_event"];
+    assert_eq!(ee["oom_killed"], true, "{ee}");
+    assert_eq!(ee["signal"], 9, "{ee}");
+    let logs = emu.logs(APP, &id).unwrap();
+    assert!(logs.contains("Out of memory"), "{logs}");
+    assert!(logs.contains("guest has 256 MB"), "{logs}");
+
+    // The same process fits in 1 GB: it runs until stopped and is not OOM-killed.
+    body["config"]["guest"] = json!({"cpu_kind": "shared", "cpus": 1, "memory_mb": 1024});
+    let id = id_of(&api.create(body).await);
+    api.reach(&id, "started").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(api.machine(&id).await.body["state"], "started");
+    let r = api.post(&format!("{}/stop", api.m(&id)), json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    api.reach(&id, "stopped").await;
+    let ee = &api.exit_events(&id).await[0]["request"]["exit_event"];
+    assert_eq!(ee["oom_killed"], false, "{ee}");
+}

@@ -53,6 +53,14 @@ export interface NewJob {
   name?: string;
   /** While a job with this key is pending, enqueue returns that job instead. */
   uniqueKey?: string;
+  /**
+   * The machine size this job runs on: a Fly size (`"performance-2x"`, `"shared-cpu-1x:1024"`)
+   * or `{ cpus, memory_mb, cpu_kind }`; default: the queue's. A size Fly does not sell is a
+   * `config` error at enqueue listing the valid ones.
+   */
+  machine?: string | { cpus?: number; memory_mb?: number; cpu_kind?: string };
+  /** Region code(s) for its machine (`"ams"`, `["ams", "fra"]`); default: the queue's. */
+  region?: string | string[];
 }
 
 /** A filter for {@link Client.jobs}. */
@@ -93,6 +101,8 @@ function jobFields(job: NewJob, path: string): JsonObject {
     max_attempts: job.maxAttempts ?? null,
     name: job.name ?? null,
     unique_key: job.uniqueKey ?? null,
+    machine: job.machine === undefined ? null : toJson(job.machine, `${path}.machine`),
+    region: job.region === undefined ? null : toJson(job.region, `${path}.region`),
   };
   return fields;
 }

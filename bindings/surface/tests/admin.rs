@@ -384,3 +384,49 @@ async fn worker_options_are_checked_and_named() {
         assert!(e.message().contains(needle), "{opts}: {e}");
     }
 }
+
+/// `machine` and `region` reach the core through the surface, so every language has them; a
+/// size Fly does not sell fails at enqueue with the valid list, and nothing is written.
+#[tokio::test]
+async fn enqueue_takes_machine_and_region() {
+    let (c, _dir) = sqlite().await;
+    let job = surface::enqueue(
+        &c,
+        &json!({"queue": "q", "payload": 1, "machine": "performance-2x", "region": ["ams", "fra"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(job["shape"], "performance-2x@ams,fra");
+    let job = surface::enqueue(
+        &c,
+        &json!({"queue": "q", "payload": 2, "machine": {"cpus": 1, "memory_mb": 1024}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(job["shape"], "shared-cpu-1x:1024");
+    let plain = surface::enqueue(&c, &json!({"queue": "q", "payload": 3}))
+        .await
+        .unwrap();
+    assert_eq!(plain["shape"], "");
+
+    for bad in [
+        json!({"queue": "q", "payload": 4, "machine": "performance-3x"}),
+        json!({"queue": "q", "payload": 4, "shape": "gigantic-1x"}),
+    ] {
+        let e = surface::enqueue(&c, &bad).await.unwrap_err();
+        let view = surface::error_view(&e);
+        assert_eq!(view["kind"], "config", "{view}");
+        let msg = view["message"].as_str().unwrap();
+        assert!(msg.contains("valid sizes: shared-cpu-1x,"), "{msg}");
+        assert!(msg.contains("performance-16x"), "{msg}");
+    }
+    let e = surface::enqueue_many(
+        &c,
+        &json!([{"queue": "q", "payload": 5}, {"queue": "q", "payload": 6, "machine": "tiny"}]),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.message().contains("\"tiny\""), "{e}");
+    let all = surface::jobs(&c, &json!({"queue": "q"})).await.unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 3, "nothing written: {all}");
+}

@@ -77,6 +77,7 @@ pub struct Config {
     boot_timeout: Duration,
     lease_duration: Duration,
     shutdown_timeout: Duration,
+    pin_for: Duration,
 }
 
 impl Config {
@@ -180,6 +181,11 @@ impl Config {
     /// releases them (default 4 s).
     pub fn shutdown_timeout(&self) -> Duration {
         self.shutdown_timeout
+    }
+
+    /// How long a job stays pinned to the release that enqueued it (default 1 h).
+    pub fn pin_for(&self) -> Duration {
+        self.pin_for
     }
 }
 
@@ -317,6 +323,8 @@ pub struct QueueSettings {
     pub regions: Vec<String>,
     /// Attempts before a job of this queue goes dead (default 25; a job may override it).
     pub max_attempts: u32,
+    /// Most memory an OOM-killed job's machine grows to (default 2048).
+    pub max_memory_mb: u32,
 }
 
 impl Default for QueueSettings {
@@ -330,6 +338,7 @@ impl Default for QueueSettings {
             size: MachineSize::default(),
             regions: Vec::new(),
             max_attempts: 25,
+            max_memory_mb: 2048,
         }
     }
 }
@@ -353,13 +362,14 @@ impl QueueSettings {
                 "wait" => self.wait = Wait::from_value(&at, v)?,
                 "pool" => self.pool = PoolMode::from_value(&at, v)?,
                 "size" => {
-                    self.size = MachineSize::preset(&options::text(&at, v)?)
-                        .map_err(|e| Error::config(format!("{at}: {}", e.message())))?;
+                    self.size =
+                        crate::placement::parse_size(&at.to_string(), &options::text(&at, v)?)?;
                 }
                 "cpus" => cpus = Some(options::integer_u32(&at, 1, v)?),
                 "memory_mb" => memory = Some(options::integer_u32(&at, 1, v)?),
                 "region" => self.regions = regions(&at, v)?,
                 "max_attempts" => self.max_attempts = options::integer_u32(&at, 1, v)?,
+                "max_memory_mb" => self.max_memory_mb = options::integer_u32(&at, 256, v)?,
                 other => {
                     return Err(options::unknown(
                         origin,
@@ -583,6 +593,8 @@ impl ConfigBuilder {
         lease_duration: Duration => secs,
         /// Explicit `shutdown_timeout` (`FLYJOBS_SHUTDOWN_TIMEOUT`).
         shutdown_timeout: Duration => secs,
+        /// Explicit `pin_for` (`FLYJOBS_PIN_FOR`).
+        pin_for: Duration => secs,
     }
 
     /// Set one option by its key (a key of [`OPTIONS`]). A null value means "not given" (the
@@ -728,6 +740,7 @@ impl ConfigBuilder {
             return Err(options::bad_with(&origin, "a duration of at least 1s", &v));
         }
         let shutdown_timeout = self.duration("shutdown_timeout", Duration::from_secs(4))?;
+        let pin_for = self.duration("pin_for", Duration::from_secs(3600))?;
 
         Ok(Config {
             default_queue: queues.default,
@@ -738,6 +751,7 @@ impl ConfigBuilder {
             boot_timeout,
             lease_duration,
             shutdown_timeout,
+            pin_for,
             api_token: self.text("api_token")?.map(Secret),
             api_hostname: api_hostname.trim_end_matches('/').to_string(),
             app_name: self.text("app_name")?,

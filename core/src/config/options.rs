@@ -201,6 +201,14 @@ pub const OPTIONS: &[OptionSpec] = &[
         default: "4s",
         doc: "Grace for running jobs when a worker is told to stop (SIGTERM).",
     },
+    OptionSpec {
+        name: "pin_for",
+        env: "FLYJOBS_PIN_FOR",
+        kind: Kind::Duration,
+        default: "1h",
+        doc: "A job runs on the release (image) that enqueued it for this long; older jobs may \
+              run on the current release. Machines of an old release boot only for its pinned jobs.",
+    },
 ];
 
 /// Settings of one queue: keys of an entry of `queues` and of `FLYJOBS_QUEUES`.
@@ -276,6 +284,14 @@ pub const QUEUE_SETTINGS: &[OptionSpec] = &[
         default: "25",
         doc: "Runs before a job goes to the dead set (a job may set its own).",
     },
+    OptionSpec {
+        name: "max_memory_mb",
+        env: "",
+        kind: Kind::Integer { min: 256 },
+        default: "2048",
+        doc: "After an OOM kill a job's next attempt gets twice the memory (same CPU kind, the next \
+              size Fly sells), up to this; then the normal retries.",
+    },
 ];
 
 /// Options of a worker (`flyjobs worker`, `bin/fly-machine-worker`, `python -m flyjobs worker`,
@@ -309,7 +325,25 @@ pub const WORKER_OPTIONS: &[OptionSpec] = &[
         default: "the queue's pool",
         doc: "What to do when leaving: none/stop (exit), suspend (suspend this machine).",
     },
+    OptionSpec {
+        name: "shape",
+        env: "FLYJOBS_WORKER_SHAPE",
+        kind: Kind::Text,
+        default: "any",
+        doc: "Claim only jobs of this machine shape (`default`, `performance-2x`, \
+              `shared-cpu-1x:512@ams`; the scaler sets it), or `any`.",
+    },
+    OptionSpec {
+        name: "release",
+        env: "FLYJOBS_WORKER_RELEASE",
+        kind: Kind::OneOf(RELEASE),
+        default: "any",
+        doc: "Which jobs by release: any; current (jobs of this image, of none, or older than \
+              pin_for); pinned (only jobs of this image). The scaler sets it.",
+    },
 ];
+
+const RELEASE: &[&str] = &["any", "current", "pinned"];
 
 /// Where a value came from, for error messages: an option key (`queues.mail.wait`) or an env var.
 #[derive(Clone, Debug, PartialEq, Eq)]

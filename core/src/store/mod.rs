@@ -52,6 +52,7 @@ use crate::job::{Failure, Job, JobId, JobState, NewJob};
 use crate::retry::{Outcome, RetryPolicy};
 
 pub mod boot_failures;
+mod placement;
 pub mod postgres;
 pub mod sqlite;
 pub mod usage;
@@ -594,6 +595,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Billed seconds and cost per queue per clock hour, from the hour holding `since` on.
     async fn usage_hours(&self, since: DateTime<Utc>) -> Result<Vec<crate::cost::HourUsage>>;
+
+    // ---- placement (core/src/store/placement.rs) ----
+
+    /// A running job (under lease `token`) back to `ready` now on machine shape `shape`,
+    /// with `failure` as its last error (its machine was OOM-killed: the next attempt gets
+    /// more memory). The attempt stays counted. False when the lease is no longer `token`.
+    async fn requeue_on_shape(
+        &self,
+        id: JobId,
+        token: i64,
+        shape: &str,
+        failure: &Failure,
+    ) -> Result<bool>;
 }
 
 /// Open the store at `url`: `postgres://…`/`postgresql://…` or `sqlite:…` (e.g.

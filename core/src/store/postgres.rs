@@ -1134,4 +1134,27 @@ impl Store for PgStore {
     async fn usage_hours(&self, since: DateTime<Utc>) -> Result<Vec<crate::cost::HourUsage>> {
         super::usage::pg::hours(&self.pool, since).await
     }
+
+    async fn requeue_on_shape(
+        &self,
+        id: JobId,
+        token: i64,
+        shape: &str,
+        failure: &Failure,
+    ) -> Result<bool> {
+        let queue = super::placement::pg_requeue_on_shape(
+            &self.pool,
+            id,
+            token,
+            shape,
+            failure,
+            super::now(),
+        )
+        .await?;
+        let Some(queue) = queue else {
+            return Ok(false);
+        };
+        self.notify_pool(&queue).await?;
+        Ok(true)
+    }
 }

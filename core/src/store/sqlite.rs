@@ -941,7 +941,8 @@ impl Store for SqliteStore {
         .map_err(db_err("run now"))?;
         match row {
             Some(r) => {
-                self.signal.wake();
+                // Other processes' workers too (the wake counter), as retry does.
+                self.wake().await;
                 job_from_row(&r)
             }
             None => Err(lease_mismatch("run now", id, self.current(id).await?)),
@@ -976,5 +977,29 @@ impl Store for SqliteStore {
 
     async fn usage_hours(&self, since: DateTime<Utc>) -> Result<Vec<crate::cost::HourUsage>> {
         super::usage::sqlite::hours(&self.pool, since).await
+    }
+
+    async fn requeue_on_shape(
+        &self,
+        id: JobId,
+        token: i64,
+        shape: &str,
+        failure: &Failure,
+    ) -> Result<bool> {
+        let queue = super::placement::sqlite_requeue_on_shape(
+            &self.pool,
+            id,
+            token,
+            shape,
+            failure,
+            super::now(),
+        )
+        .await?;
+        if queue.is_none() {
+            return Ok(false);
+        }
+        // Runnable again: other processes' workers hear it through the wake counter.
+        self.wake().await;
+        Ok(true)
     }
 }

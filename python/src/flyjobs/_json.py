@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 Time = Union[_dt.datetime, float, int, str]
 
@@ -84,6 +84,8 @@ def job_fields(
     max_attempts: Optional[int] = None,
     name: Optional[str] = None,
     unique_key: Optional[str] = None,
+    machine: Optional[Union[str, Mapping[str, Any]]] = None,
+    region: Optional[Union[str, Sequence[str]]] = None,
 ) -> Dict[str, Any]:
     """A job map for the core (NewJob::from_value)."""
     check_round_trip("payload", payload)
@@ -95,6 +97,8 @@ def job_fields(
         "max_attempts": max_attempts,
         "name": name,
         "unique_key": unique_key,
+        "machine": None if machine is None else (machine if isinstance(machine, str) else dict(machine)),
+        "region": None if region is None else (region if isinstance(region, str) else list(region)),
     }
     # Fields left None take the core's default (the queue's max_attempts, now, ...).
     return {k: v for k, v in job.items() if v is not None}

@@ -215,6 +215,8 @@ class Client:
         max_attempts: Optional[int] = None,
         name: Optional[str] = None,
         unique_key: Optional[str] = None,
+        machine: Optional[Union[str, Mapping[str, Any]]] = None,
+        region: Optional[Union[str, Sequence[str]]] = None,
     ) -> JobMap:
         """Enqueues one job (never waits for a machine) and returns it as stored.
 
@@ -222,10 +224,14 @@ class Client:
         :param priority: lower runs first
         :param run_at: run no earlier than this (datetime, epoch seconds or RFC 3339)
         :param max_attempts: None = the queue's setting
+        :param machine: a Fly size ("performance-2x", "shared-cpu-1x:1024") or
+            {cpus, memory_mb, cpu_kind}; None = the queue's size
+        :param region: region code(s); None = the queue's regions
+        :raises flyjobs.ConfigError: a size Fly does not sell (nothing is written)
         :raises TypeError: the payload does not round-trip through JSON (nothing is written)
         :raises flyjobs.InvalidError: a bad field or an oversized payload (nothing is written)
         """
-        fields = _json.job_fields(payload, queue, priority, run_at, max_attempts, name, unique_key)
+        fields = _json.job_fields(payload, queue, priority, run_at, max_attempts, name, unique_key, machine, region)
         return _json.loads(self._handle.native().enqueue(_json.dumps(fields)))  # type: ignore[no-any-return]
 
     def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> List[JobMap]:
@@ -376,9 +382,11 @@ class AsyncClient:
         max_attempts: Optional[int] = None,
         name: Optional[str] = None,
         unique_key: Optional[str] = None,
+        machine: Optional[Union[str, Mapping[str, Any]]] = None,
+        region: Optional[Union[str, Sequence[str]]] = None,
     ) -> JobMap:
         """See `Client.enqueue`."""
-        fields = _json.job_fields(payload, queue, priority, run_at, max_attempts, name, unique_key)
+        fields = _json.job_fields(payload, queue, priority, run_at, max_attempts, name, unique_key, machine, region)
         native = await self._handle.anative()
         return _json.loads(await native.enqueue_async(_json.dumps(fields)))  # type: ignore[no-any-return]
 

@@ -54,11 +54,16 @@ module FlyJobs
     # @param max_attempts [Integer, nil] nil = the queue's setting
     # @param name [String, nil] display name (the job class)
     # @param unique_key [String, nil] while a job with this key is pending, returns that job
+    # @param machine [String, Hash, nil] a Fly size ("performance-2x", "shared-cpu-1x:1024") or
+    #   { cpus:, memory_mb:, cpu_kind: }; nil = the queue's size
+    # @param region [String, Array<String>, nil] region code(s); nil = the queue's regions
     # @return [Integer] the job id
     # @raise [FlyJobs::InvalidError] for a bad field or an oversized payload; nothing is written
-    def enqueue(payload:, queue: "default", priority: 0, run_at: nil, max_attempts: nil, name: nil, unique_key: nil)
+    def enqueue(payload:, queue: "default", priority: 0, run_at: nil, max_attempts: nil, name: nil, unique_key: nil,
+                machine: nil, region: nil)
       @native._enqueue(FlyJobs.to_json(job_fields(payload: payload, queue: queue, priority: priority, run_at: run_at,
-                                                  max_attempts: max_attempts, name: name, unique_key: unique_key)))
+                                                  max_attempts: max_attempts, name: name, unique_key: unique_key,
+                                                  machine: machine, region: region)))
     end
 
     # Enqueues many jobs in one transaction: all or nothing.
@@ -195,9 +200,11 @@ module FlyJobs
       JSON.parse(@native._call(name, FlyJobs.to_json(arg)))
     end
 
-    def job_fields(payload:, queue: "default", priority: 0, run_at: nil, max_attempts: nil, name: nil, unique_key: nil)
+    def job_fields(payload:, queue: "default", priority: 0, run_at: nil, max_attempts: nil, name: nil, unique_key: nil,
+                   machine: nil, region: nil)
       { queue: queue.to_s, payload: payload, priority: priority, run_at: run_at && time_arg(run_at),
-        max_attempts: max_attempts, name: name&.to_s, unique_key: unique_key&.to_s }
+        max_attempts: max_attempts, name: name&.to_s, unique_key: unique_key&.to_s, machine: machine,
+        region: region }
     end
 
     def time_arg(time)

@@ -31,6 +31,13 @@ class AdapterUniqueJob < ActiveJob::Base
   def perform(_day); end
 end
 
+class AdapterPlacedJob < ActiveJob::Base
+  queue_as :adapter
+  flyjobs_options machine: "performance-2x", region: %w[ams fra]
+
+  def perform; end
+end
+
 class AdapterTest < Minitest::Test
   include FlyJobsTestHelpers
 
@@ -125,6 +132,23 @@ class AdapterTest < Minitest::Test
 
   def test_stopping_is_false_outside_a_worker
     refute @adapter.stopping?
+  end
+
+  def test_machine_and_region_from_the_class_and_from_set
+    job = AdapterPlacedJob.perform_later
+    assert_equal "performance-2x@ams,fra", @client.job(job.provider_job_id)["shape"]
+    job = AdapterPlacedJob.set(machine: "shared-cpu-1x:1024", region: "iad").perform_later
+    assert_equal "shared-cpu-1x:1024@iad", @client.job(job.provider_job_id)["shape"]
+    job = AdapterTestJob.set(machine: "performance-4x").perform_later
+    assert_equal "performance-4x", @client.job(job.provider_job_id)["shape"]
+    assert_equal "", @client.job(AdapterTestJob.perform_later.provider_job_id)["shape"]
+  end
+
+  def test_a_size_fly_does_not_sell_raises_at_enqueue_and_writes_nothing
+    before = @client.jobs(queue: "adapter").size
+    error = assert_raises(FlyJobs::ConfigError) { AdapterTestJob.set(machine: "huge-9x").perform_later }
+    assert_includes error.message, "valid sizes: shared-cpu-1x"
+    assert_equal before, @client.jobs(queue: "adapter").size
   end
 
   def test_flyjobs_options_reject_unknown_keys
