@@ -457,9 +457,27 @@ fn run_after(value: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 async fn status(client: Client) -> anyhow::Result<()> {
     let stats = client.stats().await.context("stats")?;
     let workers = client.workers().await.context("workers")?;
+    // Best effort: off Fly with no local API running there are no machines to count.
+    if let Err(e) = client.record_usage().await {
+        eprintln!("flyjobs: could not count machine usage: {e}");
+    }
+    let today = client
+        .usage(flyjobs::cost::today_utc(chrono::Utc::now()))
+        .await
+        .context("machine usage")?
+        .per_queue();
     println!(
-        "{:<16} {:>7} {:>9} {:>7} {:>6} {:>10}   {:>7} {:>6} {:>9}",
-        "queue", "ready", "scheduled", "running", "dead", "oldest", "workers", "idle", "suspended"
+        "{:<16} {:>7} {:>9} {:>7} {:>6} {:>10}   {:>7} {:>6} {:>9}   {:>12}",
+        "queue",
+        "ready",
+        "scheduled",
+        "running",
+        "dead",
+        "oldest",
+        "workers",
+        "idle",
+        "suspended",
+        "cost today"
     );
     for s in stats {
         let mine: Vec<_> = workers
@@ -471,8 +489,11 @@ async fn status(client: Client) -> anyhow::Result<()> {
             .iter()
             .filter(|w| w.state == WorkerState::Suspended)
             .count();
+        let spent = today.get(&s.queue).copied().unwrap_or_default();
+        let budget = client.config().queue(&s.queue).budget;
+        let over = budget.and_then(|b| b.exhausted(&spent));
         println!(
-            "{:<16} {:>7} {:>9} {:>7} {:>6} {:>10}   {:>7} {:>6} {:>9}",
+            "{:<16} {:>7} {:>9} {:>7} {:>6} {:>10}   {:>7} {:>6} {:>9}   {:>12}{}",
             s.queue,
             s.ready,
             s.scheduled,
@@ -483,7 +504,13 @@ async fn status(client: Client) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "-".into()),
             mine.len(),
             idle,
-            suspended
+            suspended,
+            format!("${:.4}", spent.1),
+            match (budget, over) {
+                (_, Some(why)) => format!("  {why}: no machines until midnight UTC"),
+                (Some(b), None) => format!("  (budget {b})"),
+                _ => String::new(),
+            }
         );
     }
     let failures = client

@@ -767,3 +767,70 @@ async fn machine_usage_matches_the_emulator_ledger() {
     );
     env.emulator.shutdown().await;
 }
+
+/// A queue past its daily budget gets no machine, and the scaler's report says why; a queue
+/// without one is unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_past_its_budget_boots_nothing_and_says_so() {
+    let Some(env) = setup(
+        Db::Sqlite,
+        "cheap:max_machines=1,wait=1,budget=$0.0000001/day;free:max_machines=1,wait=1",
+        fast(),
+    )
+    .await
+    else {
+        return;
+    };
+    let scaler = env.scaler().await;
+    let first = env.enqueue_sh("cheap", "sleep 0.5").await;
+    let report = scaler.tick().await.unwrap();
+    assert_eq!(
+        report.created.get("cheap"),
+        Some(&1),
+        "nothing spent yet: {report:?}"
+    );
+    env.wait_state(first, JobState::Completed, Duration::from_secs(30))
+        .await;
+    // its worker leaves after wait=1 (else it would take the next job itself)
+    let until = Instant::now() + Duration::from_secs(30);
+    while !env.active_of_queue("cheap").await.is_empty() {
+        assert!(Instant::now() < until, "the cheap machine never left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // what the leader counts every few seconds; counted now for the test
+    env.client.record_usage().await.unwrap();
+    let spent = env
+        .client
+        .usage(flyjobs::cost::today_utc(chrono::Utc::now()))
+        .await
+        .unwrap()
+        .per_queue();
+    assert!(
+        spent.get("cheap").is_some_and(|s| s.1 > 0.0000001),
+        "{spent:?}"
+    );
+    let second = env.enqueue_sh("cheap", "true").await;
+    let other = env.enqueue_sh("free", "true").await;
+    let report = scaler.tick().await.unwrap();
+    assert!(!report.created.contains_key("cheap"), "{report:?}");
+    let why = &report.boots_held["cheap"];
+    assert!(why.contains("over its budget"), "{why}");
+    assert_eq!(report.created.get("free"), Some(&1), "{report:?}");
+    env.wait_state(other, JobState::Completed, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        env.state(second).await,
+        JobState::Ready,
+        "it waits for tomorrow"
+    );
+    // the dashboard says why
+    let dash = flyjobs_dashboard::Dashboard::new(env.client.clone(), Default::default());
+    let page = dash.handle(flyjobs_dashboard::Request::get("/")).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("is over its budget") && page.body.contains("$0.0000001/day"),
+        "{}",
+        page.body
+    );
+    env.emulator.shutdown().await;
+}

@@ -308,6 +308,9 @@ impl Budget {
     }
 }
 
+// Amounts are finite numbers (parse refuses NaN and infinities), so equality is total.
+impl Eq for Budget {}
+
 impl std::fmt::Display for Budget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -113,6 +113,18 @@ impl TokenBucket {
     }
 }
 
+/// How often the leader counts machine usage (cost, budgets).
+const USAGE_EVERY: Duration = Duration::from_secs(10);
+/// How often the leader prunes finished jobs past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// When the leader's chores last ran.
+#[derive(Debug, Default)]
+struct Chores {
+    usage: Option<Instant>,
+    prune: Option<Instant>,
+}
+
 /// What one tick did (returned for tests and the CLI's status).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TickReport {
@@ -164,6 +176,9 @@ pub struct Scaler {
     /// Per machine that held a running job and is no longer active: whether its last exit
     /// was an OOM kill (asked once per machine).
     oom_checked: std::sync::Mutex<HashMap<String, bool>>,
+    /// When machine usage was last counted and finished jobs last pruned (leader chores that
+    /// need not run every tick).
+    chores: std::sync::Mutex<Chores>,
 }
 
 #[derive(Clone, Debug)]
@@ -250,6 +265,7 @@ impl Scaler {
             registered_once: std::sync::Mutex::new(HashSet::new()),
             halted: std::sync::Mutex::new(HashSet::new()),
             oom_checked: std::sync::Mutex::new(HashMap::new()),
+            chores: std::sync::Mutex::new(Chores::default()),
         }
     }
 
@@ -352,6 +368,8 @@ impl Scaler {
     async fn lead(&self, report: &mut TickReport) -> Result<()> {
         let reaped = self.store.reap_expired(Utc::now()).await?;
         report.reaped = reaped.retried + reaped.dead;
+        self.chores().await;
+        let spent = self.spent_today().await?;
 
         let machines = self
             .machines
@@ -480,6 +498,13 @@ impl Scaler {
             for (group, &jobs) in &demand {
                 let queue = group.queue.clone();
                 let settings = self.config.queue(&queue);
+                if let Some(why) = settings
+                    .budget
+                    .and_then(|b| b.exhausted(&spent.get(&queue).copied().unwrap_or_default()))
+                {
+                    report.boots_held.insert(queue.clone(), why);
+                    continue;
+                }
                 let mut probe = false;
                 match gates.get(&queue) {
                     None | Some(BootGate::Open) => {}
@@ -917,6 +942,73 @@ impl Scaler {
     /// Per queue: may it boot now? From the recorded, uncleared boot failures of the current
     /// release: after n of them the next boot waits `boot_backoff * 2^(n-1)` (capped) after
     /// the last; after `boot_failure_limit` boots stop until a new release or a reset.
+    /// Leader chores that need not run every tick: count machine usage (what budgets and the
+    /// dashboard's cost read) every [`USAGE_EVERY`], prune finished jobs past their retention
+    /// every [`PRUNE_EVERY`]. Failures are logged, never fatal to the tick.
+    async fn chores(&self) {
+        let now = Instant::now();
+        let (usage, prune) = {
+            let mut c = self.chores.lock().unwrap_or_else(|e| e.into_inner());
+            let usage = c.usage.is_none_or(|t| now.duration_since(t) >= USAGE_EVERY);
+            let prune = c.prune.is_none_or(|t| now.duration_since(t) >= PRUNE_EVERY);
+            if usage {
+                c.usage = Some(now);
+            }
+            if prune {
+                c.prune = Some(now);
+            }
+            (usage, prune)
+        };
+        if usage {
+            let recorded = crate::cost::record_usage(
+                self.machines.as_ref(),
+                &self.app,
+                self.store.as_ref(),
+                &crate::cost::Prices::default(),
+                Utc::now(),
+            )
+            .await;
+            if let Err(e) = recorded {
+                warn!(error = %e, "could not count machine usage");
+            }
+        }
+        if prune {
+            // A few batches per pass: a huge backlog of old jobs drains over several minutes.
+            for _ in 0..5 {
+                match self.store.prune_finished(Utc::now()).await {
+                    Ok(n) if n >= crate::store::PRUNE_BATCH as u64 => continue,
+                    Ok(n) => {
+                        if n > 0 {
+                            debug!(pruned = n, "finished jobs past their retention deleted");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "could not prune finished jobs");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Today's (UTC) billed machine time and cost per queue, when a queue has a budget.
+    async fn spent_today(&self) -> Result<BTreeMap<String, (crate::cost::Seconds, f64)>> {
+        let budgeted = self.config.queue("").budget.is_some()
+            || self.config.queues().values().any(|q| q.budget.is_some());
+        if !budgeted {
+            return Ok(BTreeMap::new());
+        }
+        let usage = crate::cost::Usage {
+            hours: self
+                .store
+                .usage_hours(crate::cost::today_utc(Utc::now()))
+                .await?,
+            machines: Vec::new(),
+        };
+        Ok(usage.per_queue())
+    }
+
     async fn boot_gates(&self) -> HashMap<String, BootGate> {
         let failures = match self.store.boot_failures(BOOT_FAILURES_SCANNED).await {
             Ok(f) => f,

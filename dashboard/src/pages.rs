@@ -174,6 +174,19 @@ pub(crate) async fn overview(client: &Client, ctx: &Ctx<'_>) -> Page {
     let since = now - chrono::Duration::minutes(WINDOW_MIN as i64);
     let finished = client.finished_since(since, CHART_JOBS).await?;
     let (throughput, latency) = activity(&finished, now);
+    let today = client
+        .usage(flyjobs::cost::today_utc(now))
+        .await?
+        .per_queue();
+    // Queues past their daily budget: the scaler boots nothing for them until midnight UTC.
+    let over_budget: Vec<(String, String)> = stats
+        .iter()
+        .filter_map(|s| {
+            let budget = client.config().queue(&s.queue).budget?;
+            let why = budget.exhausted(&today.get(&s.queue).copied().unwrap_or_default())?;
+            Some((s.queue.clone(), why))
+        })
+        .collect();
 
     let mut by_queue: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for m in &machines {
@@ -192,14 +205,18 @@ pub(crate) async fn overview(client: &Client, ctx: &Ctx<'_>) -> Page {
                 a href=(ctx.url("/boot_failures")) { "see why" }
             }
         }
+        @for (q, why) in &over_budget {
+            p.notice { "Queue " strong { (q) } " is " (why) ": no machine is booted for it until midnight UTC; its jobs wait." }
+        }
         h2 { "Queues" }
         table {
             thead { tr {
                 th { "Queue" } th.num { "Ready" } th.num { "Scheduled" } th.num { "Running" }
                 th.num { "Dead" } th.num { "Completed" } th { "Oldest ready" } th { "Machines" }
+                th.num { "Cost today" }
             } }
             tbody {
-                @if stats.is_empty() { tr { td colspan="8" .muted { "No jobs yet." } } }
+                @if stats.is_empty() { tr { td colspan="9" .muted { "No jobs yet." } } }
                 @for s in &stats {
                     tr {
                         td { a href=(ctx.url(&format!("/jobs?queue={}", url_enc(&s.queue)))) { (s.queue) } }
@@ -214,6 +231,10 @@ pub(crate) async fn overview(client: &Client, ctx: &Ctx<'_>) -> Page {
                                 Some(states) => { @for (st, n) in states { (n) " " (st) " " } }
                                 None => span.muted { "none" },
                             }
+                        }
+                        td.num {
+                            (usd(today.get(&s.queue).map_or(0.0, |t| t.1)))
+                            @if let Some(b) = client.config().queue(&s.queue).budget { span.muted { " of " (b) } }
                         }
                     }
                 }
@@ -613,11 +634,7 @@ pub(crate) async fn cost(client: &Client, ctx: &Ctx<'_>) -> Page {
     // Count what happened since the last pass (best effort: the page shows the last count).
     let recorded = client.record_usage().await.err().map(|e| e.to_string());
     let now = Utc::now();
-    let midnight = now
-        .date_naive()
-        .and_hms_opt(0, 0, 0)
-        .map(|t| t.and_utc())
-        .unwrap_or(now);
+    let midnight = flyjobs::cost::today_utc(now);
     let since = now - chrono::Duration::hours(24);
     let usage = client.usage(since.min(midnight)).await?;
     let today = flyjobs::cost::Usage {

@@ -325,6 +325,8 @@ pub struct QueueSettings {
     pub max_attempts: u32,
     /// Most memory an OOM-killed job's machine grows to (default 2048).
     pub max_memory_mb: u32,
+    /// Daily spending limit (default none): past it the scaler boots no machine for the queue.
+    pub budget: Option<crate::cost::Budget>,
 }
 
 impl Default for QueueSettings {
@@ -339,6 +341,7 @@ impl Default for QueueSettings {
             regions: Vec::new(),
             max_attempts: 25,
             max_memory_mb: 2048,
+            budget: None,
         }
     }
 }
@@ -370,6 +373,16 @@ impl QueueSettings {
                 "region" => self.regions = regions(&at, v)?,
                 "max_attempts" => self.max_attempts = options::integer_u32(&at, 1, v)?,
                 "max_memory_mb" => self.max_memory_mb = options::integer_u32(&at, 256, v)?,
+                "budget" => {
+                    let text = options::text(&at, v)?;
+                    self.budget = match text.trim() {
+                        "" | "none" => None,
+                        t => Some(
+                            crate::cost::Budget::parse(t)
+                                .map_err(|e| Error::config(format!("{at}: {e}")))?,
+                        ),
+                    };
+                }
                 other => {
                     return Err(options::unknown(
                         origin,

@@ -292,6 +292,14 @@ pub const QUEUE_SETTINGS: &[OptionSpec] = &[
         doc: "After an OOM kill a job's next attempt gets twice the memory (same CPU kind, the next \
               size Fly sells), up to this; then the normal retries.",
     },
+    OptionSpec {
+        name: "budget",
+        env: "",
+        kind: Kind::Text,
+        default: "none",
+        doc: "Daily limit, \"$5/day\" or \"2h/day\" (machine-hours): past it the scaler boots no \
+              machine for the queue until the next day (UTC); its jobs wait.",
+    },
 ];
 
 /// Options of a worker (`flyjobs worker`, `bin/fly-machine-worker`, `python -m flyjobs worker`,
