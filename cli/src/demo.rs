@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use flyjobs::job::{Job, JobState, NewJob};
-use flyjobs::machines::Machines;
-use flyjobs::machines::types::ListMachinesQuery;
 use flyjobs::{Client, Config};
 
 use crate::command::{payload, self_command};
@@ -87,9 +85,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             dead += s.dead;
             pending += s.ready + s.scheduled + s.running;
         }
-        let per_queue = machines_per_queue(machines.as_ref(), &app)
-            .await
-            .unwrap_or_default();
+        let per_queue = machines_per_queue(&emulator, &app);
         for (q, n) in &per_queue {
             let p = peak.entry(q.clone()).or_default();
             *p = (*p).max(*n);
@@ -194,27 +190,26 @@ fn plan(n: u32, dir: &std::path::Path) -> Vec<NewJob> {
     jobs
 }
 
-async fn machines_per_queue(
-    machines: &dyn Machines,
+/// Active worker machines per queue, read from the in-process emulator's own state: the
+/// monitor must not spend the Machines API's rate limits, which belong to the scaler.
+fn machines_per_queue(
+    emulator: &flyjobs_emulator::EmulatorHandle,
     app: &str,
-) -> flyjobs::Result<BTreeMap<String, usize>> {
-    let list = machines
-        .list_machines(
-            app,
-            &ListMachinesQuery {
-                metadata: BTreeMap::from([("flyjobs_role".to_string(), "worker".to_string())]),
-                ..ListMachinesQuery::default()
-            },
-        )
-        .await?;
+) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    for m in list {
-        if matches!(m.state_str(), "created" | "starting" | "started") {
-            let q = m.metadata_value("flyjobs_queue").unwrap_or("?").to_string();
+    for m in emulator.machines(app) {
+        if matches!(m.state.as_str(), "created" | "starting" | "started")
+            && m.metadata.get("flyjobs_role").map(String::as_str) == Some("worker")
+        {
+            let q = m
+                .metadata
+                .get("flyjobs_queue")
+                .cloned()
+                .unwrap_or_else(|| "?".into());
             *out.entry(q).or_default() += 1;
         }
     }
-    Ok(out)
+    out
 }
 
 async fn all_jobs(client: &Client) -> anyhow::Result<Vec<Job>> {

@@ -326,6 +326,8 @@ pub struct MachineSnapshot {
     pub memory_mb: u64,
     /// Whether one of its processes was OOM-killed (over `guest.memory_mb`).
     pub oom_killed: bool,
+    /// Its config's metadata.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl From<&MachineRec> for MachineSnapshot {
@@ -346,6 +348,16 @@ impl From<&MachineRec> for MachineSnapshot {
                 .to_string(),
             memory_mb: m.memory_mb,
             oom_killed: m.oom_killed_generation.is_some(),
+            metadata: m
+                .config
+                .get("metadata")
+                .and_then(Value::as_object)
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }
