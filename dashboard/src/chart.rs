@@ -20,9 +20,23 @@ pub struct Series {
     pub values: Vec<Option<f64>>,
 }
 
+/// How a chart's x axis and empty legend read.
+pub struct Axis<'a> {
+    /// The left end of the x axis ("60 min ago").
+    pub from: &'a str,
+    /// The legend when there is no series ("no finished jobs in this window").
+    pub empty: &'a str,
+}
+
 /// A chart of `series` over `buckets` buckets, the last one being "now"; `unit` labels the y
 /// axis ticks ("/min", "ms").
-pub fn line_chart(title: &str, unit: &str, buckets: usize, series: &[Series]) -> Markup {
+pub fn line_chart(
+    title: &str,
+    unit: &str,
+    buckets: usize,
+    axis: &Axis,
+    series: &[Series],
+) -> Markup {
     let max = series
         .iter()
         .flat_map(|s| s.values.iter().flatten())
@@ -41,7 +55,7 @@ pub fn line_chart(title: &str, unit: &str, buckets: usize, series: &[Series]) ->
                         (fmt_tick(t)) (unit)
                     }
                 }
-                text x=(LEFT) y=(H - 6.0) font-size="10" fill="#6b6b80" { (buckets) " min ago" }
+                text x=(LEFT) y=(H - 6.0) font-size="10" fill="#6b6b80" { (axis.from) }
                 text x=(W - 4.0) y=(H - 6.0) text-anchor="end" font-size="10" fill="#6b6b80" { "now" }
                 @for (n, s) in series.iter().enumerate() {
                     @let colour = COLOURS[n % COLOURS.len()];
@@ -56,7 +70,7 @@ pub fn line_chart(title: &str, unit: &str, buckets: usize, series: &[Series]) ->
             }
             div.legend {
                 @if series.is_empty() {
-                    span.muted { "no finished jobs in this window" }
+                    span.muted { (axis.empty) }
                 }
                 @for (n, s) in series.iter().enumerate() {
                     span { i class=(format!("c{}", n % COLOURS.len())) {} (s.label) }
@@ -129,6 +143,10 @@ mod tests {
             "jobs",
             "/min",
             3,
+            &Axis {
+                from: "3 min ago",
+                empty: "none",
+            },
             &[Series {
                 label: "<script>q</script>".into(),
                 values: vec![Some(1.0), Some(4.0), None],

@@ -18,6 +18,12 @@ const WINDOW_MIN: usize = 60;
 /// Most finished jobs the charts read (a busier hour is sampled by its newest jobs).
 const CHART_JOBS: usize = 20_000;
 
+/// The overview charts' x axis.
+const LAST_HOUR: chart::Axis<'static> = chart::Axis {
+    from: "60 min ago",
+    empty: "no finished jobs in this window",
+};
+
 /// What every page needs to draw links and forms.
 pub(crate) struct Ctx<'a> {
     pub mount: &'a str,
@@ -242,8 +248,8 @@ pub(crate) async fn overview(client: &Client, ctx: &Ctx<'_>) -> Page {
         }
         h2 { "Last hour" }
         div.charts {
-            (chart::line_chart("Jobs finished per minute", "", WINDOW_MIN, &throughput))
-            (chart::line_chart("Enqueue → start latency (p50 per minute)", " ms", WINDOW_MIN, &latency))
+            (chart::line_chart("Jobs finished per minute", "", WINDOW_MIN, &LAST_HOUR, &throughput))
+            (chart::line_chart("Enqueue → start latency (p50 per minute)", " ms", WINDOW_MIN, &LAST_HOUR, &latency))
         }
         h2 { "Workers" }
         @if let Some(e) = machines_error { p.notice { "Machines API: " (e) } }
@@ -697,7 +703,12 @@ pub(crate) async fn cost(client: &Client, ctx: &Ctx<'_>) -> Page {
             }
         }
         h2 { "Last 24 hours" }
-        div.charts { (chart::line_chart("Cost per hour (cents)", "¢", 24, &series)) }
+        div.charts {
+            (chart::line_chart("Cost per hour (cents)", "¢", 24, &chart::Axis {
+                from: "24 h ago",
+                empty: "no machine time in this window",
+            }, &series))
+        }
         h2 { "Machines" }
         table {
             thead { tr {
