@@ -68,7 +68,12 @@ fn missing_table(e: &sqlx::Error) -> bool {
 }
 
 pub(crate) async fn sqlite_record(pool: &SqlitePool, f: BootFailure) -> Result<()> {
-    let mut tx = pool.begin().await.map_err(db_err("record boot failure"))?;
+    // The write lock up front: a deferred transaction that upgrades later fails with
+    // SQLITE_BUSY_SNAPSHOT when another connection wrote in between.
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(db_err("record boot failure"))?;
     sqlx::query(TABLE_SQLITE)
         .execute(&mut *tx)
         .await

@@ -65,7 +65,7 @@ fn hour_from_ms(ms: i64) -> DateTime<Utc> {
 
 /// One SQL text, instantiated per pool type.
 macro_rules! dialect {
-    ($module:ident, $pool:ty, $lock:expr) => {
+    ($module:ident, $pool:ty, $begin:expr, $lock:expr) => {
         pub(crate) mod $module {
             use sqlx::Row;
 
@@ -82,7 +82,13 @@ macro_rules! dialect {
                 read_through_ms: Option<i64>,
                 hours: &[HourUsage],
             ) -> Result<bool> {
-                let mut tx = pool.begin().await.map_err(db_err("record usage"))?;
+                // SQLite: take the write lock up front. A deferred transaction that reads first
+                // and writes later fails with SQLITE_BUSY_SNAPSHOT (no busy wait) when another
+                // connection wrote in between.
+                let mut tx = pool
+                    .begin_with($begin)
+                    .await
+                    .map_err(db_err("record usage"))?;
                 if let Some(lock) = $lock {
                     // Concurrent first writers must not race on CREATE TABLE.
                     sqlx::query(lock)
@@ -203,9 +209,15 @@ macro_rules! dialect {
     };
 }
 
-dialect!(sqlite, sqlx::sqlite::SqlitePool, None::<&str>);
+dialect!(
+    sqlite,
+    sqlx::sqlite::SqlitePool,
+    "BEGIN IMMEDIATE",
+    None::<&str>
+);
 dialect!(
     pg,
     sqlx::postgres::PgPool,
+    "BEGIN",
     Some("SELECT pg_advisory_xact_lock(7403316240586512)")
 );
