@@ -25,21 +25,27 @@ mod pages;
 pub mod security;
 pub mod server;
 
+/// Largest request body the dashboard accepts (its forms are a few hundred bytes). A mounting
+/// app reads at most one byte more and hands it over; anything longer is answered 413.
+pub const MAX_BODY: usize = 64 * 1024;
+
 /// A request as the mounting app hands it over.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Request {
     /// `GET`, `HEAD` or `POST` (anything else is refused).
     pub method: String,
-    /// The path inside the dashboard: `/`, `/jobs/42`, … (Rack's `PATH_INFO`).
+    /// The request's path, with or without the mount in front: `/flyjobs/jobs/42` or
+    /// `/jobs/42` (servers differ on which they hand over; pass the full path when the server
+    /// has it, so that a dashboard mounted at, say, `/jobs` is never ambiguous).
     pub path: String,
-    /// Where the app mounted the dashboard: `""` standalone, `/flyjobs` in a Rails app (Rack's
-    /// `SCRIPT_NAME`). Links and the CSRF cookie's path start with it.
+    /// Where the app mounted the dashboard: `""` (or `/`) standalone, `/flyjobs` in a Rails app
+    /// (Rack's `SCRIPT_NAME`). Links and the CSRF cookie's path start with it.
     pub mount: String,
     /// The raw query string, without `?`.
     pub query: String,
-    /// Headers, names in any case (only `cookie`, `content-type`, `origin`, `host` and
-    /// `sec-fetch-site` are read).
+    /// The request's headers as the server has them, names in any case (the dashboard reads
+    /// `cookie`, `content-type`, `origin`, `host`, `sec-fetch-site` and `authorization`).
     pub headers: BTreeMap<String, String>,
     /// The body (a form post is `application/x-www-form-urlencoded`).
     pub body: String,
@@ -55,6 +61,24 @@ impl Request {
             query: query.into(),
             ..Default::default()
         }
+    }
+
+    /// The same request with the mount in one spelling (no trailing slash, `""` for the root)
+    /// and the path inside it (`/` at least). Every way of serving the dashboard goes through
+    /// here, so no mounting app strips paths itself.
+    pub fn normalised(mut self) -> Request {
+        let mount = self.mount.trim_end_matches('/');
+        if let Some(rest) = self.path.strip_prefix(mount)
+            && !mount.is_empty()
+            && (rest.is_empty() || rest.starts_with('/'))
+        {
+            self.path = rest.to_owned();
+        }
+        self.mount = mount.to_owned();
+        if self.path.is_empty() {
+            self.path = "/".into();
+        }
+        self
     }
 
     /// A header's value, by case-insensitive name.
@@ -140,6 +164,14 @@ impl Dashboard {
 
     /// Answer one request. Never fails: errors become error pages with their status.
     pub async fn handle(&self, req: Request) -> Response {
+        let req = req.normalised();
+        if req.body.len() > MAX_BODY {
+            return Response::new(
+                413,
+                "text/plain; charset=utf-8",
+                format!("request body over the dashboard's limit of {MAX_BODY} bytes\n"),
+            );
+        }
         let csrf = security::CsrfToken::for_request(&req);
         let mut resp = match req.method.as_str() {
             "GET" | "HEAD" => self.get(&req, &csrf).await,
@@ -222,4 +254,39 @@ fn asset(content_type: &str, body: &str) -> Response {
     r.headers
         .push(("cache-control".into(), "public, max-age=3600".into()));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Request;
+
+    fn norm(mount: &str, path: &str) -> (String, String) {
+        let r = Request {
+            mount: mount.into(),
+            path: path.into(),
+            ..Default::default()
+        }
+        .normalised();
+        (r.mount, r.path)
+    }
+
+    #[test]
+    fn the_mount_is_taken_off_the_path_whichever_way_the_server_hands_it_over() {
+        let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        // Full path (Rack SCRIPT_NAME + PATH_INFO, Express originalUrl, current ASGI servers).
+        assert_eq!(
+            norm("/flyjobs", "/flyjobs/jobs/4"),
+            s("/flyjobs", "/jobs/4")
+        );
+        assert_eq!(norm("/flyjobs", "/flyjobs"), s("/flyjobs", "/"));
+        assert_eq!(norm("/flyjobs/", "/flyjobs/"), s("/flyjobs", "/"));
+        // Path already below the mount (older Starlette, Express req.url).
+        assert_eq!(norm("/flyjobs", "/dead"), s("/flyjobs", "/dead"));
+        assert_eq!(norm("/flyjobs", ""), s("/flyjobs", "/"));
+        // A mount that is only a prefix of a path segment is not the mount.
+        assert_eq!(norm("/fly", "/flyjobs/x"), s("/fly", "/flyjobs/x"));
+        // The root, spelled either way.
+        assert_eq!(norm("/", "/jobs"), s("", "/jobs"));
+        assert_eq!(norm("", "/"), s("", "/"));
+    }
 }

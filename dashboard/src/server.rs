@@ -13,10 +13,7 @@ use axum::http::{HeaderValue, StatusCode};
 use base64::Engine;
 use tokio::net::TcpListener;
 
-use crate::{Dashboard, Request, Response};
-
-/// Largest request body read (forms are tiny).
-const MAX_BODY: usize = 64 * 1024;
+use crate::{Dashboard, MAX_BODY, Request, Response};
 
 /// Who may use a standalone dashboard.
 #[derive(Clone)]

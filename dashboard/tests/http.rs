@@ -415,3 +415,34 @@ async fn the_cost_page_shows_recorded_machine_time_per_queue() {
     assert!(body.contains("1.000"), "machine-hours shown");
     assert!(body.contains(&format!("${:.5}", c.cost_usd)), "{body}");
 }
+
+/// A mounted dashboard gets whatever its app's server hands over: the full path or the path
+/// below the mount, every header, and a body the app read up to one byte past the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mounted_dashboard_takes_the_request_as_the_server_has_it() {
+    let f = start(Auth::None, false).await;
+    let dash = Dashboard::new(f.client.clone(), DashboardOptions::default());
+    let mounted = |path: &str| flyjobs_dashboard::Request {
+        mount: "/admin/flyjobs/".into(),
+        headers: [("X-Forwarded-For".to_owned(), "10.0.0.1".to_owned())].into(),
+        ..flyjobs_dashboard::Request::get(path)
+    };
+    for path in ["/admin/flyjobs/dead", "/dead"] {
+        let r = dash.handle(mounted(path)).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert!(
+            r.body.contains("href=\"/admin/flyjobs/jobs"),
+            "{path}: links keep the mount"
+        );
+        let cookie = r.header("set-cookie").unwrap();
+        assert!(cookie.contains("Path=/admin/flyjobs"), "{cookie}");
+    }
+    let big = flyjobs_dashboard::Request {
+        method: "POST".into(),
+        body: "x".repeat(flyjobs_dashboard::MAX_BODY + 1),
+        ..mounted("/admin/flyjobs/dead/retry_all")
+    };
+    let r = dash.handle(big).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.body.contains("limit"), "{}", r.body);
+}

@@ -271,14 +271,15 @@ export class Client {
 /** A request to the web dashboard, as plain data. */
 export interface DashboardRequest {
   method: string;
-  /** The path inside the dashboard (`/`, `/jobs/42`). */
+  /** The request's path, with or without the mount in front (the core takes the mount off). */
   path: string;
   /** Where the app mounted it (`/flyjobs`); links and the CSRF cookie start with it. */
   mount: string;
   /** The query string, without `?`. */
   query: string;
-  /** Request headers (lowercase names; only cookie, content-type, host, origin, sec-fetch-site are read). */
+  /** Every request header, names in any case. */
   headers: Record<string, string>;
+  /** The body as read: at most one byte past the limit (the core answers 413 past it). */
   body: string;
   /** Show no actions and refuse every change. */
   readOnly?: boolean;

@@ -10,11 +10,7 @@
 // cookie scoped to the mount path).
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Client, getClient } from "./client";
-
-/** The request headers the dashboard reads. */
-const HEADERS = ["cookie", "content-type", "host", "origin", "sec-fetch-site"];
-/** Largest body read (the dashboard's forms are a few hundred bytes). */
-const MAX_BODY = 64 * 1024;
+import { native } from "./native";
 
 export interface DashboardOptions {
   /** The client to show (default: the process-wide one, `getClient()`). */
@@ -43,33 +39,29 @@ export function dashboard(options: DashboardOptions = {}): (req: IncomingMessage
 }
 
 async function serve(req: Request, res: ServerResponse, options: DashboardOptions): Promise<void> {
+  // One byte past the limit at most, so that the core sees an oversized body and answers 413.
+  const limit = native.DASHBOARD_MAX_BODY + 1;
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > MAX_BODY) break;
     chunks.push(chunk as Buffer);
+    size += (chunk as Buffer).length;
+    if (size >= limit) break;
   }
-  const url = new URL(req.url ?? "/", "http://dashboard.invalid");
-  let mount = (options.mount ?? req.baseUrl ?? "").replace(/\/$/, "");
-  let path = url.pathname;
-  // Without a framework stripping it, the mount is still on the path.
-  if (mount && path.startsWith(mount + "/")) path = path.slice(mount.length);
-  else if (mount && path === mount) path = "/";
-  if (mount === "/") mount = "";
+  // The full path (Express keeps it in originalUrl): the core takes off the mount.
+  const url = new URL(req.originalUrl ?? req.url ?? "/", "http://dashboard.invalid");
   const headers: Record<string, string> = {};
-  for (const name of HEADERS) {
-    const v = req.headers[name];
-    if (typeof v === "string") headers[name] = v;
+  for (const [name, value] of Object.entries(req.headers)) {
+    if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(", ") : value;
   }
   const client = options.client ?? (await getClient());
   const answer = await client.dashboard({
     method: req.method ?? "GET",
-    path,
-    mount,
+    path: url.pathname,
+    mount: options.mount ?? req.baseUrl ?? "",
     query: url.search.replace(/^\?/, ""),
     headers,
-    body: Buffer.concat(chunks).toString("utf8"),
+    body: Buffer.concat(chunks).subarray(0, limit).toString("utf8"),
     readOnly: options.readOnly ?? false,
   });
   for (const [name, value] of answer.headers) res.appendHeader(name, value);

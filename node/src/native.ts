@@ -38,6 +38,8 @@ export interface NativeClient {
 }
 
 export interface NativeModule {
+  /** Largest request body the mounted dashboard accepts. */
+  readonly DASHBOARD_MAX_BODY: number;
   open(options: JsonObject, defaultWorkerCommand: string[], localApiCommand?: string[]): Promise<NativeClient>;
   serveLocalApi(stateDir: string): Promise<void>;
   optionSpecs(): {

@@ -91,4 +91,17 @@ describe(`the dashboard handler on ${storeName()}`, () => {
     assert.equal(res.status, 403);
     ro.close();
   });
+
+  test("an oversized body is refused by the core; a plain server passes the full path", async () => {
+    const res = await fetch(`${base}/dead/retry_all`, {
+      method: "POST",
+      redirect: "manual",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: "x".repeat(64 * 1024 + 10),
+    });
+    assert.equal(res.status, 413);
+    const page = await fetch(`${base}/dead`);
+    assert.equal(page.status, 200);
+    assert.ok((await page.text()).includes('href="/flyjobs/jobs'));
+  });
 });

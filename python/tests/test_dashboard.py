@@ -20,15 +20,18 @@ def url(tmp_path: Any) -> str:
     return database_url() or f"sqlite://{tmp_path}/q.db?mode=rwc"
 
 
-def call(app: Dashboard, method: str, path: str, body: bytes = b"", cookie: Optional[str] = None) -> Tuple[int, Dict[str, str], str]:
-    """One request through the ASGI interface, as uvicorn would make it for a mount at /flyjobs."""
+def call(
+    app: Dashboard, method: str, path: str, body: bytes = b"", cookie: Optional[str] = None, full_path: bool = True
+) -> Tuple[int, Dict[str, str], str]:
+    """One request through the ASGI interface, as uvicorn would make it for a mount at /flyjobs
+    (`full_path=False`: as older Starlette did, with the mount already taken off the path)."""
     headers: List[Tuple[bytes, bytes]] = [(b"host", b"app.test")]
     if body:
         headers.append((b"content-type", b"application/x-www-form-urlencoded"))
     if cookie:
         headers.append((b"cookie", cookie.encode()))
     scope = {
-        "type": "http", "method": method, "path": "/flyjobs" + path, "root_path": "/flyjobs",
+        "type": "http", "method": method, "path": ("/flyjobs" if full_path else "") + path, "root_path": "/flyjobs",
         "query_string": b"", "headers": headers,
     }
     sent: List[Dict[str, Any]] = []
@@ -93,3 +96,11 @@ def test_read_only_refuses_changes(url: str, dead_job: int) -> None:
     token = re.search(r"flyjobs_csrf=([0-9a-f]+)", headers["set-cookie"]).group(1)  # type: ignore[union-attr]
     status, _, _ = call(app, "POST", f"/jobs/{dead_job}/retry", f"_csrf={token}".encode(), f"flyjobs_csrf={token}")
     assert status == 403
+
+
+def test_the_path_may_come_without_the_mount_and_an_oversized_body_is_refused(url: str, dead_job: int) -> None:
+    app = Dashboard(flyjobs.AsyncClient(database_url=url))
+    status, _, html = call(app, "GET", "/dead", full_path=False)
+    assert status == 200 and 'href="/flyjobs/jobs' in html
+    status, _, text = call(app, "POST", "/dead/retry_all", b"x" * (flyjobs._native.DASHBOARD_MAX_BODY + 10))
+    assert status == 413, text

@@ -201,6 +201,10 @@ impl NativeClient {
     }
 }
 
+/// Largest request body the mounted dashboard accepts (a handler reads one byte more at most).
+#[napi]
+pub const DASHBOARD_MAX_BODY: u32 = surface::DASHBOARD_MAX_BODY as u32;
+
 /// A core worker shared by the slots of its JS loops.
 #[napi]
 pub struct NativeWorker {

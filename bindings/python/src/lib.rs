@@ -100,6 +100,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(error_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(serve_local_api, m)?)?;
+    m.add("DASHBOARD_MAX_BODY", surface::DASHBOARD_MAX_BODY)?;
     m.add_class::<client::Client>()?;
     m.add_class::<worker::Worker>()?;
     m.add_class::<worker::Slot>()?;

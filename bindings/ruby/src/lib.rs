@@ -89,6 +89,7 @@ mod entry {
         native.define_singleton_method("_logs_drain", function!(super::logs_drain, 1))?;
         native.define_singleton_method("_log_for_test", function!(super::log_for_test, 2))?;
         native.define_singleton_method("_serve_local_api", function!(super::serve_local_api, 1))?;
+        native.const_set("DASHBOARD_MAX_BODY", super::surface::DASHBOARD_MAX_BODY)?;
         client::define(ruby, native)?;
         worker::define(ruby, native)?;
         Ok(())

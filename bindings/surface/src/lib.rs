@@ -273,9 +273,15 @@ pub async fn workers(client: &Client) -> Result<Value> {
     to_value(&client.workers().await?)
 }
 
+/// Largest request body the mounted dashboard accepts: a binding reads at most one byte more
+/// from its server and hands that over, and the dashboard answers 413 past the limit.
+pub const DASHBOARD_MAX_BODY: usize = flyjobs_dashboard::MAX_BODY;
+
 /// Answer one request to the web dashboard, mounted in the app: `request` is a map with
-/// `method`, `path` (inside the mount), `mount` (where the app mounted it), `query`, `headers`
-/// (a map), `body`, and optionally `read_only`; the answer is `{status, headers: [[name,
+/// `method`, `path` (as the server has it, with or without the mount: the dashboard takes the
+/// mount off), `mount` (where the app mounted it), `query`, `headers` (every request header,
+/// names in any case), `body` (read up to [`DASHBOARD_MAX_BODY`] + 1 bytes), and optionally
+/// `read_only`; the answer is `{status, headers: [[name,
 /// value], …], body}` for the app's web server to send as is. The HTML is rendered here: no
 /// language renders pages.
 pub async fn dashboard(client: &Client, request: &Value) -> Result<Value> {

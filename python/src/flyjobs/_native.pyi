@@ -4,6 +4,7 @@ in flyjobs/*.py. Checked against the module by `python -m mypy.stubtest flyjobs.
 from typing import Any, Awaitable, List, Literal, Union, final
 
 __all__ = [
+    "DASHBOARD_MAX_BODY",
     "Client",
     "Lease",
     "Slot",
@@ -17,6 +18,8 @@ __all__ = [
     "resolve_config",
     "serve_local_api",
 ]
+
+DASHBOARD_MAX_BODY: int
 
 def option_specs() -> str: ...
 def resolve_config(options: str, env: str) -> str: ...

@@ -17,12 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
+from . import _native
 from .client import AsyncClient
-
-#: The request headers the dashboard reads (the rest stay here).
-HEADERS = ("cookie", "content-type", "host", "origin", "sec-fetch-site")
-#: Largest body read (the dashboard's forms are a few hundred bytes).
-MAX_BODY = 64 * 1024
 
 Scope = Dict[str, Any]
 Receive = Callable[[], Awaitable[Dict[str, Any]]]
@@ -38,14 +34,16 @@ def request_map(
     body: bytes,
     read_only: bool,
 ) -> Dict[str, Any]:
-    """The plain-data request the core's dashboard answers."""
+    """The plain-data request the core's dashboard answers: `path` with or without the mount
+    in front (the core takes it off), every header, and the body as read (up to one byte past
+    ``_native.DASHBOARD_MAX_BODY``, so that the core answers 413 to a longer one)."""
     return {
         "method": method,
-        "path": path or "/",
-        "mount": mount.rstrip("/"),
+        "path": path,
+        "mount": mount,
         "query": query,
-        "headers": {k: v for k, v in headers.items() if k in HEADERS},
-        "body": body[:MAX_BODY].decode("utf-8", "replace"),
+        "headers": headers,
+        "body": body[: _native.DASHBOARD_MAX_BODY + 1].decode("utf-8", "replace"),
         "read_only": read_only,
     }
 
@@ -69,16 +67,13 @@ class Dashboard:
         if scope["type"] != "http":
             raise ValueError(f"the flyjobs dashboard serves HTTP, not {scope['type']!r}")
         body = b""
-        while len(body) <= MAX_BODY:
+        while len(body) <= _native.DASHBOARD_MAX_BODY:
             message = await receive()
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
         root = scope.get("root_path", "") or ""
         path = scope.get("path", "/")
-        # Servers and frameworks differ on whether `path` includes the mount (root_path).
-        if root and path.startswith(root):
-            path = path[len(root) :]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         query = scope.get("query_string", b"").decode("latin-1")
         client = self._client

@@ -15,18 +15,6 @@ module FlyJobs
   # only hands the request over as plain data and the answer back to Rack. Changes are POSTs
   # with a CSRF token of the dashboard's own (a SameSite=Strict cookie scoped to the mount path).
   class Dashboard
-    # The headers the dashboard reads; the rest of the Rack env stays here.
-    HEADERS = {
-      "cookie" => "HTTP_COOKIE",
-      "content-type" => "CONTENT_TYPE",
-      "host" => "HTTP_HOST",
-      "origin" => "HTTP_ORIGIN",
-      "sec-fetch-site" => "HTTP_SEC_FETCH_SITE"
-    }.freeze
-
-    # Largest form body read (the dashboard's forms are a few hundred bytes).
-    MAX_BODY = 64 * 1024
-
     # `mount FlyJobs::Dashboard => "/flyjobs"`: the class itself is a Rack app using the
     # process-wide client ({FlyJobs.client}).
     def self.call(env)
@@ -65,18 +53,33 @@ module FlyJobs
 
     def request(env)
       input = env["rack.input"]
-      body = input ? input.read(MAX_BODY).to_s : ""
+      # One byte past the limit, so that the core sees an oversized body and answers 413.
+      body = input ? input.read(Native::DASHBOARD_MAX_BODY + 1).to_s : ""
       input&.rewind
-      path = env["PATH_INFO"].to_s
       {
         method: env["REQUEST_METHOD"],
-        path: path.empty? ? "/" : path,
+        # The full path, so that the core takes off the mount whatever it is called.
+        path: "#{env["SCRIPT_NAME"]}#{env["PATH_INFO"]}",
         mount: env["SCRIPT_NAME"].to_s,
         query: env["QUERY_STRING"].to_s,
-        headers: HEADERS.each_with_object({}) { |(name, key), h| h[name] = env[key] if env[key] },
+        headers: headers(env),
         body: body.dup.force_encoding(Encoding::UTF_8).scrub,
         read_only: @read_only
       }
+    end
+
+    # Rack keeps the request's headers in the env as HTTP_* entries, plus CONTENT_TYPE and
+    # CONTENT_LENGTH without the prefix.
+    def headers(env)
+      env.each_with_object({}) do |(key, value), h|
+        next unless value.is_a?(String)
+
+        if key.start_with?("HTTP_")
+          h[key.delete_prefix("HTTP_").downcase.tr("_", "-")] = value
+        elsif key == "CONTENT_TYPE" || key == "CONTENT_LENGTH"
+          h[key.downcase.tr("_", "-")] = value
+        end
+      end
     end
   end
 end

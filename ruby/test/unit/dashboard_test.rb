@@ -48,6 +48,18 @@ class DashboardTest < Minitest::Test
     assert_equal 404, status
   end
 
+  def test_an_oversized_body_is_refused_by_the_core_and_a_mount_named_like_a_page_works
+    app = FlyJobs::Dashboard.new(client: @client)
+    big = "x" * (FlyJobs::Native::DASHBOARD_MAX_BODY + 10)
+    status, _, body = app.call(env("POST", "/dead/retry_all", body: big))
+    assert_equal 413, status, body.join
+    # Mounted at /jobs, a job's page is /jobs/jobs/ID: the full path keeps it unambiguous.
+    id = dead_job
+    status, _, body = app.call(env("GET", "/jobs/#{id}").merge("SCRIPT_NAME" => "/jobs"))
+    assert_equal 200, status, body.join
+    assert_includes body.join, 'href="/jobs/dead"'
+  end
+
   def test_a_retry_needs_the_csrf_token_then_moves_the_job_to_ready
     id = dead_job
     _, headers, = @app.call(env("GET", "/dead"))

@@ -21,14 +21,13 @@ def dashboard(request: HttpRequest, subpath: str = "", read_only: bool = False) 
     from django.tasks import task_backends
 
     backend: Any = task_backends["default"]
-    path = "/" + subpath
     full = request.path
     mount = full[: len(full) - len(subpath)] if subpath and full.endswith(subpath) else full
     headers = {k.lower(): v for k, v in request.headers.items()}
     answer = backend.client().dashboard(
         request_map(
             request.method or "GET",
-            path,
+            full,
             mount,
             request.META.get("QUERY_STRING", ""),
             headers,
@@ -37,17 +36,11 @@ def dashboard(request: HttpRequest, subpath: str = "", read_only: bool = False) 
         )
     )
     response = HttpResponse(answer["body"], status=answer["status"])
-    cookies = []
     for name, value in answer["headers"]:
         if name.lower() == "set-cookie":
-            cookies.append(value)
+            # HttpResponse keeps one header per name; cookies go through its cookie jar, with
+            # the attributes the core gave them.
+            response.cookies.load(value)
         else:
             response[name] = value
-    for cookie in cookies:
-        # HttpResponse keeps one header per name; cookies go through its cookie jar as raw text.
-        key, _, rest = cookie.partition("=")
-        val, _, _attrs = rest.partition(";")
-        response.set_cookie(
-            key, val, path=mount.rstrip("/") or "/", httponly=True, samesite="Strict"
-        )
     return response
