@@ -4,171 +4,15 @@
 //! PostgreSQL tests need `FLYJOBS_TEST_DATABASE_URL` (scripts/with-postgres.sh sets it); they
 //! fail without it unless `FLYJOBS_SKIP_PG=1` says to skip them, loudly.
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flyjobs::job::{JobId, JobState, NewJob};
-use flyjobs::machines::Machines;
-use flyjobs::machines::types::{ListMachinesQuery, Machine};
-use flyjobs::scaler::{Scaler, ScalerOptions};
+use flyjobs::job::{JobState, NewJob};
+use flyjobs::machines::types::ListMachinesQuery;
+use flyjobs::scaler::ScalerOptions;
 use flyjobs::{Client, Config};
-use flyjobs_emulator::{EmulatorHandle, EmulatorSettings};
 
-const BIN: &str = env!("CARGO_BIN_EXE_flyjobs");
-
-#[derive(Clone, Copy, Debug)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-struct Env {
-    client: Client,
-    emulator: EmulatorHandle,
-    machines: Arc<dyn Machines>,
-    app: String,
-    dir: tempfile::TempDir,
-}
-
-async fn database_url(db: Db, dir: &std::path::Path) -> Option<String> {
-    match db {
-        Db::Sqlite => Some(format!("sqlite://{}/q.sqlite3?mode=rwc", dir.display())),
-        Db::Postgres => {
-            let Ok(base) = std::env::var("FLYJOBS_TEST_DATABASE_URL") else {
-                assert!(
-                    std::env::var("FLYJOBS_SKIP_PG").is_ok(),
-                    "FLYJOBS_TEST_DATABASE_URL is unset: run through scripts/with-postgres.sh (or set FLYJOBS_SKIP_PG=1 to skip)"
-                );
-                eprintln!("SKIPPED: PostgreSQL test (FLYJOBS_SKIP_PG=1)");
-                return None;
-            };
-            Some(
-                flyjobs::testing::fresh_postgres_database(&base)
-                    .await
-                    .expect("fresh database"),
-            )
-        }
-    }
-}
-
-async fn setup(db: Db, queues: &str, settings: EmulatorSettings) -> Option<Env> {
-    setup_with(db, queues, settings, |b| b).await
-}
-
-async fn setup_with(
-    db: Db,
-    queues: &str,
-    settings: EmulatorSettings,
-    tweak: impl FnOnce(flyjobs::ConfigBuilder) -> flyjobs::ConfigBuilder,
-) -> Option<Env> {
-    let dir = tempfile::tempdir().unwrap();
-    let url = database_url(db, dir.path()).await?;
-    let defaults = Config::builder()
-        .database_url(url)
-        .queues(queues)
-        .lease_duration(Duration::from_secs(2))
-        .boot_timeout(Duration::from_secs(30))
-        .lookup(|_| None);
-    let config = tweak(defaults).build().unwrap();
-    let mut settings = settings;
-    settings.images.insert(
-        flyjobs::fork::EMBEDDED_IMAGE.to_string(),
-        flyjobs_emulator::Image {
-            dir: dir.path().to_path_buf(),
-            cmd: Vec::new(),
-        },
-    );
-    let (emulator, machines) = flyjobs_embedded::start(settings).await.unwrap();
-    let app = flyjobs_embedded::EMBEDDED_APP.to_string();
-    let client = Client::builder(config)
-        .machines(machines.clone(), app.clone())
-        .default_worker_command(vec![BIN.to_string(), "worker".into()])
-        .open()
-        .await
-        .unwrap();
-    Some(Env {
-        client,
-        emulator,
-        machines,
-        app,
-        dir,
-    })
-}
-
-fn fast() -> EmulatorSettings {
-    EmulatorSettings::for_tests()
-}
-
-impl Env {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    async fn enqueue_sh(&self, queue: &str, script: &str) -> JobId {
-        let mut job = NewJob::new(queue, serde_json::json!({"argv": ["sh", "-c", script]}));
-        job.name = "command".into();
-        self.client.enqueue(job).await.unwrap().id
-    }
-
-    async fn scaler(&self) -> Arc<Scaler> {
-        Arc::new(
-            self.client
-                .build_scaler(ScalerOptions {
-                    interval: Duration::from_millis(200),
-                    ..ScalerOptions::default()
-                })
-                .await
-                .unwrap(),
-        )
-    }
-
-    async fn state(&self, id: JobId) -> JobState {
-        self.client
-            .store()
-            .get_job(id)
-            .await
-            .unwrap()
-            .unwrap()
-            .state
-    }
-
-    async fn wait_state(&self, id: JobId, want: JobState, within: Duration) {
-        let until = Instant::now() + within;
-        loop {
-            let s = self.state(id).await;
-            if s == want {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "job {id} is {s:?}, wanted {want:?} within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Worker machines that are active (created, starting, started), per the emulator.
-    fn active_machines(&self) -> Vec<flyjobs_emulator::MachineSnapshot> {
-        self.emulator
-            .machines(&self.app)
-            .into_iter()
-            .filter(|m| matches!(m.state.as_str(), "created" | "starting" | "started"))
-            .collect()
-    }
-
-    /// Active worker machines of `queue`, through the Machines API (config and metadata).
-    async fn active_of_queue(&self, queue: &str) -> Vec<Machine> {
-        self.machines
-            .list_machines(&self.app, &ListMachinesQuery::default())
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|m| matches!(m.state_str(), "created" | "starting" | "started"))
-            .filter(|m| m.metadata_value("flyjobs_queue") == Some(queue))
-            .collect()
-    }
-}
+mod common;
+use common::{BIN, Db, fast, setup, setup_with};
 
 async fn boots_a_machine_for_a_new_job(db: Db) {
     let Some(env) = setup(db, "default:max_machines=2,wait=1", fast()).await else {
@@ -462,7 +306,10 @@ async fn suspended_pool_machine_is_resumed_instead_of_created() {
 #[tokio::test(flavor = "multi_thread")]
 async fn create_request_carries_no_token() {
     let canary = "FlyV1 fm2_canary-token-5f2e";
-    let Some(env) = setup_with(Db::Sqlite, "secret:wait=1", fast(), |b| b.api_token(canary)).await
+    let Some(env) = setup_with(Db::Sqlite, "secret:wait=1", fast(), &[], |b| {
+        b.api_token(canary)
+    })
+    .await
     else {
         return;
     };
@@ -528,7 +375,7 @@ async fn only_one_scaler_acts_per_store() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_machine_that_never_registers_is_destroyed_after_boot_timeout() {
-    let Some(env) = setup_with(Db::Sqlite, "stuck:max_machines=1", fast(), |b| {
+    let Some(env) = setup_with(Db::Sqlite, "stuck:max_machines=1", fast(), &[], |b| {
         // A worker that hangs before registering (appended flags become $0, $1… of sh).
         b.worker_command(vec![
             "sh".to_string(),

@@ -6,169 +6,26 @@
 //! PostgreSQL tests need `FLYJOBS_TEST_DATABASE_URL` (scripts/with-postgres.sh sets it); they
 //! fail without it unless `FLYJOBS_SKIP_PG=1` says to skip them, loudly.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flyjobs::job::{Job, JobId, JobState, NewJob};
-use flyjobs::machines::Machines;
-use flyjobs::scaler::{Scaler, ScalerOptions};
-use flyjobs::{Client, Config};
-use flyjobs_emulator::{EmulatorHandle, EmulatorSettings, Image};
+use flyjobs::job::JobState;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flyjobs");
-
-#[derive(Clone, Copy, Debug)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-struct Env {
-    client: Client,
-    emulator: EmulatorHandle,
-    machines: Arc<dyn Machines>,
-    app: String,
-    dir: tempfile::TempDir,
-}
-
-async fn database_url(db: Db, dir: &Path) -> Option<String> {
-    match db {
-        Db::Sqlite => Some(format!("sqlite://{}/q.sqlite3?mode=rwc", dir.display())),
-        Db::Postgres => {
-            let Ok(base) = std::env::var("FLYJOBS_TEST_DATABASE_URL") else {
-                assert!(
-                    std::env::var("FLYJOBS_SKIP_PG").is_ok(),
-                    "FLYJOBS_TEST_DATABASE_URL is unset: run through scripts/with-postgres.sh (or set FLYJOBS_SKIP_PG=1 to skip)"
-                );
-                eprintln!("SKIPPED: PostgreSQL test (FLYJOBS_SKIP_PG=1)");
-                return None;
-            };
-            Some(
-                flyjobs::testing::fresh_postgres_database(&base)
-                    .await
-                    .expect("fresh database"),
-            )
-        }
-    }
-}
+mod common;
+use common::{Db, Env, report, sh_job};
 
 /// An emulator whose images are `images` (ref → subdirectory of the test's dir, created), and
-/// a client of release `image_ref` (None: the embedded default image).
+/// a client of release `image_ref` (None: the embedded default image), with 5 s leases.
 async fn setup(db: Db, queues: &str, image_ref: Option<&str>, images: &[&str]) -> Option<Env> {
-    let dir = tempfile::tempdir().unwrap();
-    let url = database_url(db, dir.path()).await?;
-    let mut builder = Config::builder()
-        .database_url(url)
-        .queues(queues)
-        .lease_duration(Duration::from_secs(5))
-        .boot_timeout(Duration::from_secs(60))
-        .lookup(|_| None);
-    if let Some(i) = image_ref {
-        builder = builder.image_ref(i);
-    }
-    let config = builder.build().unwrap();
-    let mut settings = EmulatorSettings::for_tests();
-    settings.images.insert(
-        flyjobs::fork::EMBEDDED_IMAGE.to_string(),
-        Image {
-            dir: dir.path().to_path_buf(),
-            cmd: Vec::new(),
-        },
-    );
-    for name in images {
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        settings.images.insert(
-            name.to_string(),
-            Image {
-                dir: d,
-                cmd: Vec::new(),
-            },
-        );
-    }
-    let (emulator, machines) = flyjobs_embedded::start(settings).await.unwrap();
-    let app = flyjobs_embedded::EMBEDDED_APP.to_string();
-    let client = Client::builder(config)
-        .machines(machines.clone(), app.clone())
-        .default_worker_command(vec![BIN.to_string(), "worker".into()])
-        .open()
-        .await
-        .unwrap();
-    Some(Env {
-        client,
-        emulator,
-        machines,
-        app,
-        dir,
-    })
-}
-
-fn sh_job(queue: &str, script: &str) -> NewJob {
-    let mut job = NewJob::new(queue, serde_json::json!({"argv": ["sh", "-c", script]}));
-    job.name = "command".into();
-    job
-}
-
-impl Env {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    async fn scaler(&self) -> Arc<Scaler> {
-        Arc::new(
-            self.client
-                .build_scaler(ScalerOptions {
-                    interval: Duration::from_millis(200),
-                    ..ScalerOptions::default()
-                })
-                .await
-                .unwrap(),
-        )
-    }
-
-    async fn job(&self, id: JobId) -> Job {
-        self.client.job(id).await.unwrap().unwrap()
-    }
-
-    async fn wait_state(&self, id: JobId, want: JobState, within: Duration) -> Job {
-        let until = Instant::now() + within;
-        loop {
-            let j = self.job(id).await;
-            if j.state == want {
-                return j;
-            }
-            assert!(
-                Instant::now() < until,
-                "job {id} is {:?} ({:?}), wanted {want:?} within {within:?}; machines: {:?}",
-                j.state,
-                j.last_error,
-                self.emulator.machines(&self.app)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    common::setup_with(db, queues, common::fast(), images, |b| {
+        let b = b
+            .lease_duration(Duration::from_secs(5))
+            .boot_timeout(Duration::from_secs(60));
+        match image_ref {
+            Some(i) => b.image_ref(i),
+            None => b,
         }
-    }
-
-    /// The guest (cpu_kind, cpus, memory_mb) of a machine, as the Machines API reports it.
-    async fn guest(&self, id: &str) -> (String, u32, u32) {
-        let m = self.machines.get_machine(&self.app, id).await.unwrap();
-        let g = m.config.and_then(|c| c.guest).expect("a guest");
-        (
-            g.cpu_kind.unwrap_or_default(),
-            g.cpus.unwrap_or(0),
-            g.memory_mb.unwrap_or(0),
-        )
-    }
-}
-
-/// Reads `key=value` lines a job wrote.
-fn report(path: &Path) -> std::collections::HashMap<String, String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    })
+    .await
 }
 
 const WHERE_AM_I: &str = "echo machine=$FLY_MACHINE_ID; echo memory=$FLY_VM_MEMORY_MB; echo image=$FLY_IMAGE_REF; echo dir=$(pwd)";
