@@ -131,6 +131,14 @@ async fn workers_leave_after_wait_and_forever_keeps_min_machines() {
         "min_machines=1 with wait=forever keeps one machine: {always:?}"
     );
     assert_eq!(always[0].state_str(), "started");
+    // The admin view says how long it has been up (the dashboard's machines page shows it).
+    let info = env.client.machines().await.unwrap();
+    let kept = info.iter().find(|m| m.id == always[0].id).unwrap();
+    let up = chrono::Utc::now() - kept.started_at.expect("a started machine has a start time");
+    assert!(
+        up >= chrono::Duration::seconds(3) && up < chrono::Duration::seconds(60),
+        "up for {up}"
+    );
     handle.stop().await;
     env.emulator.shutdown().await;
 }

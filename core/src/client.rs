@@ -87,6 +87,9 @@ pub struct MachineInfo {
     pub created_at: Option<String>,
     /// RFC 3339.
     pub updated_at: Option<String>,
+    /// When a started machine last started (its newest `started` event); None unless started.
+    #[serde(default)]
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl MachineInfo {
@@ -113,6 +116,16 @@ impl MachineInfo {
             memory_mb: guest.and_then(|g| g.memory_mb),
             created_at: m.created_at.clone(),
             updated_at: m.updated_at.clone(),
+            started_at: (m.state_str() == "started")
+                .then(|| {
+                    // Events are newest first (machines-api.md).
+                    m.events
+                        .iter()
+                        .flatten()
+                        .find(|e| e.status.as_deref() == Some("started"))
+                        .and_then(|e| chrono::DateTime::from_timestamp_millis(e.timestamp?))
+                })
+                .flatten(),
         }
     }
 }
@@ -612,5 +625,33 @@ impl Client {
             .await
             .as_ref()
             .map(|a| a.base_url())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MachineInfo;
+    use crate::machines::types::Machine;
+
+    fn machine(state: &str) -> Machine {
+        serde_json::from_value(serde_json::json!({
+            "id": "m1", "state": state,
+            "events": [
+                {"type": "start", "status": "started", "timestamp": 1_764_633_600_000i64},
+                {"type": "exit", "status": "stopped", "timestamp": 1_764_633_500_000i64},
+                {"type": "start", "status": "started", "timestamp": 1_764_633_000_000i64}
+            ]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_started_machine_is_up_since_its_newest_start() {
+        let m = MachineInfo::from_machine(&machine("started"));
+        assert_eq!(m.started_at.unwrap().timestamp_millis(), 1_764_633_600_000);
+        assert_eq!(
+            MachineInfo::from_machine(&machine("stopped")).started_at,
+            None
+        );
     }
 }

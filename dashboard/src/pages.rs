@@ -147,6 +147,18 @@ fn time(t: DateTime<Utc>) -> Markup {
     html! { time datetime=(t.to_rfc3339()) title=(t.format("%Y-%m-%d %H:%M:%S UTC")) { (rel) } }
 }
 
+/// How long since `since`, as "3m 12s" / "2h 5m" / "4d 1h".
+fn uptime(since: DateTime<Utc>) -> Markup {
+    let s = (Utc::now() - since).num_seconds().max(0);
+    let text = match s {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    };
+    html! { time datetime=(since.to_rfc3339()) title=(since.format("since %Y-%m-%d %H:%M:%S UTC")) { (text) } }
+}
+
 fn state_badge(s: JobState) -> Markup {
     html! { span class=(format!("state state-{s}")) { (s) } }
 }
@@ -557,10 +569,10 @@ pub(crate) async fn machines(client: &Client, ctx: &Ctx<'_>) -> Page {
         table {
             thead { tr {
                 th { "Machine" } th { "State" } th { "Queue" } th { "Region" } th { "Size" }
-                th { "Release" } th { "Created" } th.num { "Jobs running" } th.num { "Cost so far" }
+                th { "Release" } th { "Created" } th { "Up for" } th.num { "Jobs running" } th.num { "Cost so far" }
             } }
             tbody {
-                @if list.is_empty() { tr { td colspan="9" .muted { "No worker machines." } } }
+                @if list.is_empty() { tr { td colspan="10" .muted { "No worker machines." } } }
                 @for m in &list {
                     tr {
                         td { code { (m.id) } }
@@ -574,6 +586,7 @@ pub(crate) async fn machines(client: &Client, ctx: &Ctx<'_>) -> Page {
                         }
                         td { code { (m.release.as_deref().unwrap_or("")) } }
                         td { (m.created_at.as_deref().unwrap_or("")) }
+                        td { @if let Some(t) = m.started_at { (uptime(t)) } @else { span.muted { "—" } } }
                         td.num { @if let Some(n) = running.get(m.id.as_str()) { (n) } @else { span.muted { "—" } } }
                         td.num { @if let Some(c) = cost.get(m.id.as_str()) { (usd(*c)) } @else { span.muted { "—" } } }
                     }
