@@ -531,10 +531,13 @@ async fn a_pool_machine_of_an_older_release_is_not_reused() {
 /// recorder runs while machines boot, run jobs and are destroyed, as the scaler's tick does.
 #[tokio::test(flavor = "multi_thread")]
 async fn machine_usage_matches_the_emulator_ledger() {
-    let Some(env) = setup(
+    // Prices overridden so that a machine's cost is its started seconds × its one shared CPU.
+    let Some(env) = setup_with(
         Db::Sqlite,
         "a:max_machines=2,wait=1;b:max_machines=1,wait=1",
         fast(),
+        &[],
+        |b| b.prices("shared_cpu_per_s=1, memory_gb_per_s=0, rootfs_gb=0"),
     )
     .await
     else {
@@ -586,6 +589,12 @@ async fn machine_usage_matches_the_emulator_ledger() {
             .find(|c| c.machine_id == m.id)
             .unwrap_or_else(|| panic!("machine {} not accounted", m.id));
         assert_eq!(c.status, "destroyed");
+        assert!(
+            (c.cost_usd - c.seconds.started).abs() < 1e-9,
+            "priced by the prices setting: ${} for {}s",
+            c.cost_usd,
+            c.seconds.started
+        );
         let (ours, theirs) = (c.seconds.started, m.started_s);
         assert!(
             theirs > 0.5 && (ours - theirs).abs() <= 0.05 * theirs,

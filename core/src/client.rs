@@ -450,7 +450,7 @@ impl Client {
             api.as_ref(),
             &app,
             self.inner.store.as_ref(),
-            &crate::cost::Prices::default(),
+            self.inner.config.prices(),
             Utc::now(),
         )
         .await

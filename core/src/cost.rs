@@ -54,6 +54,27 @@ impl Default for Prices {
 }
 
 impl Prices {
+    /// The names of the prices, as the `prices` setting takes them.
+    pub const NAMES: &'static [&'static str] = &[
+        "shared_cpu_per_s",
+        "performance_cpu_per_s",
+        "memory_gb_per_s",
+        "rootfs_gb_per_s",
+        "rootfs_gb",
+    ];
+
+    /// The price called `name` (one of [`Prices::NAMES`]).
+    pub fn by_name(&mut self, name: &str) -> Option<&mut f64> {
+        Some(match name {
+            "shared_cpu_per_s" => &mut self.shared_cpu_per_s,
+            "performance_cpu_per_s" => &mut self.performance_cpu_per_s,
+            "memory_gb_per_s" => &mut self.memory_gb_per_s,
+            "rootfs_gb_per_s" => &mut self.rootfs_gb_per_s,
+            "rootfs_gb" => &mut self.rootfs_gb,
+            _ => return None,
+        })
+    }
+
     /// Dollars per second while started, for a guest.
     pub fn started_per_s(&self, cpu_kind: &str, cpus: u32, memory_mb: u32) -> f64 {
         let cpu = if cpu_kind == "performance" {

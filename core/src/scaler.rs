@@ -964,7 +964,7 @@ impl Scaler {
                 self.machines.as_ref(),
                 &self.app,
                 self.store.as_ref(),
-                &crate::cost::Prices::default(),
+                self.config.prices(),
                 Utc::now(),
             )
             .await;

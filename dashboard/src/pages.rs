@@ -509,7 +509,7 @@ pub(crate) async fn job(client: &Client, ctx: &Ctx<'_>, id: i64) -> Page {
             .find(|c| &c.machine_id == machine)
             .and_then(|c| {
                 let concurrency = client.config().queue(&j.queue).concurrency;
-                flyjobs::cost::job_cost(&j, c, concurrency, &flyjobs::cost::Prices::default())
+                flyjobs::cost::job_cost(&j, c, concurrency, client.config().prices())
             }),
         _ => None,
     };

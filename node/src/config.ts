@@ -44,6 +44,9 @@ export interface CoreOptions {
   leaseDuration?: number | string;
   bootTimeout?: number | string;
   shutdownTimeout?: number | string;
+  pinFor?: number | string;
+  /** Per-second prices overriding Fly's for cost and budgets, e.g. `{ memory_gb_per_s: 0.0000021 }`. */
+  prices?: Partial<Record<"shared_cpu_per_s" | "performance_cpu_per_s" | "memory_gb_per_s" | "rootfs_gb_per_s" | "rootfs_gb", number>> | string;
 }
 
 /** What {@link configure} and `Client.open` take: the core's options plus the package's own. */

@@ -78,6 +78,7 @@ pub struct Config {
     lease_duration: Duration,
     shutdown_timeout: Duration,
     pin_for: Duration,
+    prices: crate::cost::Prices,
 }
 
 impl Config {
@@ -186,6 +187,11 @@ impl Config {
     /// How long a job stays pinned to the release that enqueued it (default 1 h).
     pub fn pin_for(&self) -> Duration {
         self.pin_for
+    }
+    /// `FLYJOBS_PRICES`: the per-second prices of cost accounting and budgets (Fly's, unless
+    /// overridden).
+    pub fn prices(&self) -> &crate::cost::Prices {
+        &self.prices
     }
 }
 
@@ -608,6 +614,8 @@ impl ConfigBuilder {
         shutdown_timeout: Duration => secs,
         /// Explicit `pin_for` (`FLYJOBS_PIN_FOR`).
         pin_for: Duration => secs,
+        /// Explicit `prices` in the `FLYJOBS_PRICES` string form (`"name=value,…"`).
+        prices: String => Value::String,
     }
 
     /// Set one option by its key (a key of [`OPTIONS`]). A null value means "not given" (the
@@ -754,6 +762,10 @@ impl ConfigBuilder {
         }
         let shutdown_timeout = self.duration("shutdown_timeout", Duration::from_secs(4))?;
         let pin_for = self.duration("pin_for", Duration::from_secs(3600))?;
+        let prices = match self.value("prices")? {
+            Some((origin, v)) => options::prices(&origin, &v)?,
+            None => crate::cost::Prices::default(),
+        };
 
         Ok(Config {
             default_queue: queues.default,
@@ -765,6 +777,7 @@ impl ConfigBuilder {
             lease_duration,
             shutdown_timeout,
             pin_for,
+            prices,
             api_token: self.text("api_token")?.map(Secret),
             api_hostname: api_hostname.trim_end_matches('/').to_string(),
             app_name: self.text("app_name")?,
@@ -875,6 +888,39 @@ mod tests {
         let e = build(&[("FLYJOBS_DATABASE_URL", "mysql://u:pw@h/db")]).unwrap_err();
         assert!(e.to_string().contains("FLYJOBS_DATABASE_URL"), "{e}");
         assert!(!e.to_string().contains("pw@"), "{e}");
+    }
+
+    #[test]
+    fn prices_override_fly_s_one_by_one_and_bad_ones_are_named() {
+        let fly = crate::cost::Prices::default();
+        assert_eq!(build(&[]).unwrap().prices(), &fly);
+        let c = build(&[("FLYJOBS_PRICES", "memory_gb_per_s=0.000002, rootfs_gb=$3")]).unwrap();
+        assert_eq!(c.prices().memory_gb_per_s, 0.000002);
+        assert_eq!(c.prices().rootfs_gb, 3.0);
+        assert_eq!(c.prices().shared_cpu_per_s, fly.shared_cpu_per_s);
+        let map = serde_json::json!({"prices": {"performance_cpu_per_s": 0.00001}});
+        let c = Config::from_options(map.as_object().unwrap()).unwrap();
+        assert_eq!(c.prices().performance_cpu_per_s, 0.00001);
+        let e = build(&[("FLYJOBS_PRICES", "gpu_per_s=1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FLYJOBS_PRICES") && e.contains("unknown price \"gpu_per_s\""),
+            "{e}"
+        );
+        assert!(e.contains("memory_gb_per_s"), "lists the known ones: {e}");
+        let map = serde_json::json!({"prices": {"memory_gb_per_s": -1}});
+        let e = Config::from_options(map.as_object().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("prices.memory_gb_per_s must be a number of dollars >= 0"),
+            "{e}"
+        );
+        let e = build(&[("FLYJOBS_PRICES", "cheap")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FLYJOBS_PRICES must be a map of prices"), "{e}");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum Kind {
     Regions,
     /// One of fixed names.
     OneOf(&'static [&'static str]),
+    /// Prices overriding Fly's: a map of price names to dollars, or `"name=value,…"`.
+    Prices,
     /// Per-queue settings: a map `{queue => {setting => value}}` (`"*"` sets the defaults), or
     /// the `FLYJOBS_QUEUES` string `name:key=value,key=value;name2:…`.
     Queues,
@@ -54,6 +56,10 @@ impl Kind {
             Kind::Words => "a list of strings, or one string of words".into(),
             Kind::Regions => "a list of region codes, or \"ord|iad\"".into(),
             Kind::OneOf(names) => format!("one of {}", names.join(", ")),
+            Kind::Prices => format!(
+                "a map of prices in dollars (any of {}), or \"name=value,…\"",
+                crate::cost::Prices::NAMES.join(", ")
+            ),
             Kind::Queues => "a map of queue name to settings, or \
                 \"name:key=value,…;name2:…\""
                 .into(),
@@ -179,6 +185,14 @@ pub const OPTIONS: &[OptionSpec] = &[
         kind: Kind::Duration,
         default: "30s",
         doc: "Timeout of one Machines API request.",
+    },
+    OptionSpec {
+        name: "prices",
+        env: "FLYJOBS_PRICES",
+        kind: Kind::Prices,
+        default: "Fly's published prices",
+        doc: "Override the per-second prices used for cost and budgets, e.g. \
+              `memory_gb_per_s=0.0000021` (a negotiated rate, another currency's figures).",
     },
     OptionSpec {
         name: "lease_duration",
@@ -477,6 +491,42 @@ pub fn words(origin: &Origin, v: &Value) -> Result<Vec<String>> {
             .collect(),
         other => Err(bad(origin, Kind::Words, other)),
     }
+}
+
+/// Prices: Fly's, with the ones given replaced (a map of dollars, or `"name=value,…"`). Each
+/// must be a finite number >= 0; an unknown name is an error listing the known ones.
+pub fn prices(origin: &Origin, v: &Value) -> Result<crate::cost::Prices> {
+    let given: Vec<(String, Value)> = match v {
+        Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Value::String(s) => s
+            .split([',', ';', ' '])
+            .filter(|kv| !kv.trim().is_empty())
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => Ok((k.trim().to_string(), Value::String(v.trim().to_string()))),
+                None => Err(bad(origin, Kind::Prices, v)),
+            })
+            .collect::<Result<_>>()?,
+        other => return Err(bad(origin, Kind::Prices, other)),
+    };
+    let mut prices = crate::cost::Prices::default();
+    for (name, value) in given {
+        let here = origin.child(&name);
+        let dollars = match &value {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().trim_start_matches('$').parse::<f64>().ok(),
+            _ => None,
+        }
+        .filter(|d| d.is_finite() && *d >= 0.0)
+        .ok_or_else(|| bad_with(&here, "a number of dollars >= 0", &value))?;
+        let slot = prices.by_name(&name).ok_or_else(|| {
+            Error::config(format!(
+                "{origin}: unknown price {name:?} (known: {})",
+                crate::cost::Prices::NAMES.join(", ")
+            ))
+        })?;
+        *slot = dollars;
+    }
+    Ok(prices)
 }
 
 /// One of fixed names.
