@@ -698,3 +698,62 @@ async fn a_queue_past_its_budget_boots_nothing_and_says_so() {
     );
     env.emulator.shutdown().await;
 }
+
+/// A run past its queue's `max_cost_per_job` is discarded with FlyJobs::CostLimitExceeded and
+/// not retried; a cheaper run of the same queue completes. The worker prices its own machine
+/// (from the Machines API) with the `prices` setting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_past_max_cost_per_job_is_discarded_and_a_cheap_one_completes() {
+    // $0.001 per second on a shared-cpu-1x; the limit is 2 s of it.
+    let Some(env) = setup_with(
+        Db::Sqlite,
+        "capped:max_machines=2,wait=1,max_cost_per_job=$0.002",
+        fast(),
+        &[],
+        |b| b.prices("shared_cpu_per_s=0.001,memory_gb_per_s=0"),
+    )
+    .await
+    else {
+        return;
+    };
+    let done = env.path("done");
+    let runaway = env
+        .enqueue_sh("capped", &format!("sleep 8; touch '{}'", done.display()))
+        .await;
+    let cheap = env.enqueue_sh("capped", "sleep 0.2").await;
+    let handle = env.scaler().await.spawn();
+    env.wait_state(cheap, JobState::Completed, Duration::from_secs(30))
+        .await;
+    let job = env
+        .wait_state(runaway, JobState::Discarded, Duration::from_secs(30))
+        .await;
+    let error = job.last_error.expect("the reason is recorded");
+    assert_eq!(error.class, "FlyJobs::CostLimitExceeded");
+    assert!(
+        error.message.contains("over max_cost_per_job $0.002"),
+        "{}",
+        error.message
+    );
+    let ran = (job.finished_at.unwrap() - job.started_at.unwrap()).as_seconds_f64();
+    assert!((1.9..6.0).contains(&ran), "discarded after {ran} s");
+    assert_eq!(job.attempts, 1, "not retried");
+    // Concurrency 1: its machine ran nothing else, so it was stopped, and the job's code with it.
+    let machine = job.lease_owner.expect("the machine it ran on");
+    let until = Instant::now() + Duration::from_secs(20);
+    while env
+        .emulator
+        .machines(&env.app)
+        .iter()
+        .any(|m| m.id == machine && m.state == "started")
+    {
+        assert!(Instant::now() < until, "machine {machine} still started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let since_start = (chrono::Utc::now() - job.started_at.unwrap())
+        .to_std()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(since_start)).await;
+    assert!(!done.exists(), "the runaway job's code ran to its end");
+    handle.stop().await;
+    env.emulator.shutdown().await;
+}

@@ -607,3 +607,101 @@ mod tests {
         assert_eq!(c.status, "suspended");
     }
 }
+
+/// What [`enforce_max_cost`] did to one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverCost {
+    /// The job discarded.
+    pub job: crate::job::JobId,
+    /// Its queue.
+    pub queue: String,
+    /// What its run had cost.
+    pub cost_usd: f64,
+    /// Whether its machine was stopped (it ran nothing else: concurrency 1).
+    pub machine_stopped: bool,
+}
+
+/// `max_cost_per_job`: every running job whose run has cost more than its queue's limit (its
+/// run time × its machine's price per second ÷ the queue's concurrency, as [`job_cost`] counts
+/// it) is discarded with `FlyJobs::CostLimitExceeded` (a retry would cost as much again). No
+/// language can interrupt a running job safely, so when the machine runs only that job
+/// (concurrency 1) it is stopped: that ends the job's code and the machine's billing. With
+/// more jobs per machine the code runs on and its result is refused. The scaler's leader calls
+/// this every tick with the running jobs and the machines it listed.
+pub async fn enforce_max_cost(
+    config: &crate::config::Config,
+    store: &dyn Store,
+    machines: &dyn Machines,
+    app: &str,
+    running: &[crate::job::Job],
+    by_id: &HashMap<&str, &crate::machines::types::Machine>,
+    now: DateTime<Utc>,
+) -> Vec<OverCost> {
+    let mut over = Vec::new();
+    for job in running {
+        let settings = config.queue(&job.queue);
+        let (Some(max), Some(started), Some(owner)) = (
+            settings.max_cost_per_job,
+            job.started_at,
+            job.lease_owner.as_deref(),
+        ) else {
+            continue;
+        };
+        let Some(guest) = by_id
+            .get(owner)
+            .and_then(|m| m.config.as_ref())
+            .and_then(|c| c.guest.as_ref())
+        else {
+            continue;
+        };
+        let concurrency = settings.concurrency.max(1);
+        let per_s = config.prices().started_per_s(
+            guest.cpu_kind.as_deref().unwrap_or("shared"),
+            guest.cpus.unwrap_or(1),
+            guest.memory_mb.unwrap_or(256),
+        ) / f64::from(concurrency);
+        let ran = (now - started).num_milliseconds().max(0) as f64 / 1000.0;
+        let cost = ran * per_s;
+        if cost <= max {
+            continue;
+        }
+        let failure = crate::job::Failure::new(
+            crate::job::Failure::COST_LIMIT_EXCEEDED,
+            format!(
+                "ran {ran:.1} s on machine {owner} at ${per_s:.7}/s: ${cost:.6}, over \
+                 max_cost_per_job ${max}"
+            ),
+        );
+        match store
+            .discard(job.id, Some(job.lease_token), Some(failure))
+            .await
+        {
+            Ok(_) => {}
+            // Finished or reaped since the listing: nothing to stop.
+            Err(e) if e.kind() == crate::ErrorKind::Conflict => continue,
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "could not discard a job over max_cost_per_job");
+                continue;
+            }
+        }
+        let machine_stopped = concurrency == 1
+            && match machines
+                .stop_machine(app, owner, &Default::default(), None)
+                .await
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(machine = owner, error = %e, "could not stop the machine of a job over max_cost_per_job");
+                    false
+                }
+            };
+        tracing::warn!(job = %job.id, queue = %job.queue, cost, max, machine_stopped, "over max_cost_per_job: discarded");
+        over.push(OverCost {
+            job: job.id,
+            queue: job.queue.clone(),
+            cost_usd: cost,
+            machine_stopped,
+        });
+    }
+    over
+}

@@ -132,6 +132,8 @@ pub struct Failure {
 impl Failure {
     /// The class recorded when a worker lost its lease (it died or stopped extending it).
     pub const LEASE_LOST: &'static str = "FlyJobs::LeaseLost";
+    /// The class recorded when a run passed its queue's `max_cost_per_job`.
+    pub const COST_LIMIT_EXCEEDED: &'static str = "FlyJobs::CostLimitExceeded";
 
     /// A failure without a backtrace.
     pub fn new(class: impl Into<String>, message: impl Into<String>) -> Self {

@@ -477,6 +477,16 @@ impl Scaler {
             })
             .await?;
         self.escalate_ooms(&running, &by_id, report).await;
+        crate::cost::enforce_max_cost(
+            &self.config,
+            self.store.as_ref(),
+            self.machines.as_ref(),
+            &self.app,
+            &running,
+            &by_id,
+            now,
+        )
+        .await;
 
         let gates = self.boot_gates().await;
         let demand = self.demand(&running, now).await?;

@@ -311,7 +311,7 @@ impl Default for MachineSize {
 }
 
 /// Per-queue scaling settings (keys: [`QUEUE_SETTINGS`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct QueueSettings {
     /// Most worker machines of this queue at once (default 5).
     pub max_machines: u32,
@@ -333,6 +333,8 @@ pub struct QueueSettings {
     pub max_memory_mb: u32,
     /// Daily spending limit (default none): past it the scaler boots no machine for the queue.
     pub budget: Option<crate::cost::Budget>,
+    /// Most one run of a job may cost in dollars (default none); see [`crate::worker`].
+    pub max_cost_per_job: Option<f64>,
 }
 
 impl Default for QueueSettings {
@@ -348,6 +350,7 @@ impl Default for QueueSettings {
             max_attempts: 25,
             max_memory_mb: 2048,
             budget: None,
+            max_cost_per_job: None,
         }
     }
 }
@@ -387,6 +390,15 @@ impl QueueSettings {
                             crate::cost::Budget::parse(t)
                                 .map_err(|e| Error::config(format!("{at}: {e}")))?,
                         ),
+                    };
+                }
+                "max_cost_per_job" => {
+                    self.max_cost_per_job = match v {
+                        Value::String(t) if matches!(t.trim(), "" | "none") => None,
+                        _ => match options::dollars(&at, v)? {
+                            0.0 => return Err(options::bad_with(&at, "dollars > 0", v)),
+                            d => Some(d),
+                        },
                     };
                 }
                 other => {
@@ -464,7 +476,7 @@ fn regions(origin: &Origin, v: &Value) -> Result<Vec<String>> {
 }
 
 /// Per-queue settings: the defaults (`*`) and each named queue.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Queues {
     /// Settings of every queue not listed.
     pub default: QueueSettings,
@@ -921,6 +933,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("FLYJOBS_PRICES must be a map of prices"), "{e}");
+    }
+
+    #[test]
+    fn max_cost_per_job_takes_dollars_and_names_a_bad_value() {
+        let c = build(&[(
+            "FLYJOBS_QUEUES",
+            "a:max_cost_per_job=$0.05;b:max_cost_per_job=1",
+        )])
+        .unwrap();
+        assert_eq!(c.queue("a").max_cost_per_job, Some(0.05));
+        assert_eq!(c.queue("b").max_cost_per_job, Some(1.0));
+        assert_eq!(c.queue("other").max_cost_per_job, None);
+        for bad in ["0", "-1", "cheap", "$"] {
+            let e = build(&[("FLYJOBS_QUEUES", &format!("a:max_cost_per_job={bad}"))])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("max_cost_per_job") && e.contains("dollars"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -314,6 +314,15 @@ pub const QUEUE_SETTINGS: &[OptionSpec] = &[
         doc: "Daily limit, \"$5/day\" or \"2h/day\" (machine-hours): past it the scaler boots no \
               machine for the queue until the next day (UTC); its jobs wait.",
     },
+    OptionSpec {
+        name: "max_cost_per_job",
+        env: "",
+        kind: Kind::Text,
+        default: "none",
+        doc: "Most one run of a job may cost, in dollars (\"$0.05\"): its machine's price per \
+              second ÷ concurrency × run time. Past it the job is discarded with \
+              FlyJobs::CostLimitExceeded and not retried.",
+    },
 ];
 
 /// Options of a worker (`flyjobs worker`, `bin/fly-machine-worker`, `python -m flyjobs worker`,
@@ -511,13 +520,7 @@ pub fn prices(origin: &Origin, v: &Value) -> Result<crate::cost::Prices> {
     let mut prices = crate::cost::Prices::default();
     for (name, value) in given {
         let here = origin.child(&name);
-        let dollars = match &value {
-            Value::Number(n) => n.as_f64(),
-            Value::String(s) => s.trim().trim_start_matches('$').parse::<f64>().ok(),
-            _ => None,
-        }
-        .filter(|d| d.is_finite() && *d >= 0.0)
-        .ok_or_else(|| bad_with(&here, "a number of dollars >= 0", &value))?;
+        let dollars = dollars(&here, &value)?;
         let slot = prices.by_name(&name).ok_or_else(|| {
             Error::config(format!(
                 "{origin}: unknown price {name:?} (known: {})",
@@ -527,6 +530,17 @@ pub fn prices(origin: &Origin, v: &Value) -> Result<crate::cost::Prices> {
         *slot = dollars;
     }
     Ok(prices)
+}
+
+/// An amount of dollars >= 0: a number, or a string with or without `$` (`"$0.05"`).
+pub fn dollars(origin: &Origin, v: &Value) -> Result<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().trim_start_matches('$').parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|d| d.is_finite() && *d >= 0.0)
+    .ok_or_else(|| bad_with(origin, "a number of dollars >= 0", v))
 }
 
 /// One of fixed names.
