@@ -226,6 +226,13 @@ struct EnqueueArgs {
     /// Attempts before the job goes dead.
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// The machine size this job runs on (`performance-2x`, `shared-cpu-1x:1024`); default:
+    /// the queue's.
+    #[arg(long)]
+    machine: Option<String>,
+    /// Region code(s) for its machine (`ams` or `ams,fra`); default: the queue's.
+    #[arg(long)]
+    region: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     argv: Vec<String>,
@@ -334,12 +341,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(d)) => Some(run_after(&d)?),
                 (None, None) => None,
             };
+            let string = |s: Option<String>| s.map(serde_json::Value::String);
+            let shape = flyjobs::placement::Shape::from_job(
+                string(args.machine).as_ref(),
+                string(args.region).as_ref(),
+            )?;
             let client = open().await?;
             let mut job = NewJob::new(args.queue, command::payload(&args.argv));
             job.name = "command".into();
             job.priority = args.priority;
             job.max_attempts = args.max_attempts;
             job.run_at = run_at;
+            job.shape = shape.key();
             let job = client.enqueue(job).await.context("enqueue")?;
             println!("{}", job.id);
             Ok(())

@@ -150,6 +150,54 @@ fn bad_settings_fail_before_anything_starts() {
 }
 
 #[test]
+fn enqueue_takes_the_machine_size_and_regions_and_refuses_an_unknown_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let id = stdout(&flyjobs(
+        d,
+        &[
+            "enqueue",
+            "--queue",
+            "big",
+            "--machine",
+            "performance-2x",
+            "--region",
+            "ams,fra",
+            "--",
+            "true",
+        ],
+        &[],
+    ));
+    let listed = stdout(&flyjobs(d, &["jobs", "--state", "ready"], &[]));
+    let row = listed
+        .lines()
+        .find(|l| l.trim_start().starts_with(id.trim()))
+        .unwrap_or_else(|| panic!("job {id} not listed: {listed}"));
+    assert!(row.contains("performance-2x@ams,fra"), "{row}");
+    let o = flyjobs(
+        d,
+        &[
+            "enqueue",
+            "--queue",
+            "big",
+            "--machine",
+            "huge-9x",
+            "--",
+            "true",
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("huge-9x") && err.contains("performance-2x"),
+        "{err}"
+    );
+    let listed = stdout(&flyjobs(d, &["jobs", "--state", "ready"], &[]));
+    assert_eq!(listed.lines().count(), 2, "nothing else written: {listed}");
+}
+
+#[test]
 fn on_fly_without_a_database_url_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(BIN);

@@ -11,6 +11,10 @@ export interface JobOptions {
   priority?: number;
   /** Runs before the job goes dead (default: the queue's `maxAttempts`). */
   maxAttempts?: number;
+  /** The machine size its runs get (`"performance-2x"`, `"shared-cpu-1x:1024"`); default: the queue's. */
+  machine?: NewJob["machine"];
+  /** Region code(s) for its machine (`"ams"`, `["ams", "fra"]`); default: the queue's. */
+  region?: NewJob["region"];
 }
 
 /** An enqueued job. */
@@ -61,6 +65,8 @@ export interface JobDefinition<A> {
  *   export const sendWelcome = defineJob("sendWelcome", async ({ userId }: { userId: number }) => {
  *     await mailer.welcome(userId);
  *   }, { queue: "mail", maxAttempts: 5 });
+ *   // a bigger machine for every run of this one:
+ *   export const render = defineJob("render", renderVideo, { machine: "performance-2x" });
  *   await sendWelcome.enqueue({ userId: 42 });
  */
 export function defineJob<A = unknown>(name: string, handler: Handler<A>, options: JobOptions = {}): JobDefinition<A> {
@@ -75,6 +81,8 @@ export function defineJob<A = unknown>(name: string, handler: Handler<A>, option
     queue,
     priority: options.priority ?? 0,
     maxAttempts: options.maxAttempts,
+    machine: options.machine,
+    region: options.region,
     runAt,
   });
   const one = async (args: A, runAt?: Date): Promise<JobHandle> => {

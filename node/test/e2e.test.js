@@ -60,6 +60,15 @@ describe(`end to end on ${storeName()}`, { concurrency: true }, () => {
     assert.equal(await handle.status(), "completed");
   });
 
+  test("defineJob's machine size is the machine its runs get; an unknown size writes nothing", async () => {
+    const tag = "sized";
+    const handle = await jobs.sized.enqueue({ out, tag });
+    assert.equal(handle.record.shape, "shared-cpu-1x:512");
+    const [line] = await waitFor("the sized job to run", () => lines(out, tag)[0] && lines(out, tag));
+    assert.equal(line.memoryMb, "512");
+    await assert.rejects(jobs.missized.enqueue({}), (e) => e.code === "config" && /huge-9x/.test(e.message) && /performance-2x/.test(e.message));
+  });
+
   test("a job that throws is retried, then succeeds", async () => {
     const tag = "flaky";
     const handle = await jobs.flaky.enqueue({ out, tag, succeedOn: 2 });

@@ -49,6 +49,19 @@ def test_a_job_runs_in_a_worker_machine(app: Any) -> None:
     assert job["queue"] == os.environ["FLYJOBS_TEST_QUEUE"]
 
 
+def test_the_decorator_s_machine_size_is_the_machine_its_runs_get(app: Any) -> None:
+    t = tag()
+    handle = app.sized.enqueue(t)
+    assert handle.job["shape"] == "shared-cpu-1x:512"
+    (line,) = wait_for_lines(t)
+    assert line["memory_mb"] == "512", line
+    queue = os.environ["FLYJOBS_TEST_QUEUE"]
+    before = flyjobs.client().jobs(queue=queue, limit=10000)
+    with pytest.raises(flyjobs.ConfigError, match="huge-9x.*performance-2x"):
+        app.missized.enqueue(t)
+    assert flyjobs.client().jobs(queue=queue, limit=10000) == before
+
+
 def test_a_nested_qualname_and_an_async_job(app: Any) -> None:
     t1, t2 = tag(), tag()
     app.Steps.nested.enqueue(t1)

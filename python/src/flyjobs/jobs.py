@@ -21,7 +21,9 @@ from typing import (
     Dict,
     Generic,
     List,
+    Mapping,
     Optional,
+    Sequence,
     TypeVar,
     Union,
     cast,
@@ -105,6 +107,8 @@ class JobFunction(Generic[R]):
         queue: str = "default",
         priority: int = 0,
         max_attempts: Optional[int] = None,
+        machine: Optional[Union[str, Mapping[str, Any]]] = None,
+        region: Optional[Union[str, Sequence[str]]] = None,
     ) -> None:
         if not callable(func):
             raise TypeError(f"@flyjobs.job decorates a function, got {func!r}")
@@ -118,6 +122,8 @@ class JobFunction(Generic[R]):
         self.queue = queue
         self.priority = priority
         self.max_attempts = max_attempts
+        self.machine = machine
+        self.region = region
         self.is_async = inspect.iscoroutinefunction(func)
         functools.update_wrapper(self, func)
         _REGISTRY[self.name] = self
@@ -141,6 +147,8 @@ class JobFunction(Generic[R]):
             run_at=run_at,
             max_attempts=self.max_attempts,
             name=self.name,
+            machine=self.machine,
+            region=self.region,
         )
 
     def _enqueue(self, run_at: Optional[_json.Time], args: Any, kwargs: Dict[str, Any]) -> JobHandle:
@@ -193,7 +201,12 @@ def _in(delay: Union[_dt.timedelta, float]) -> float:
 def job(func: Callable[..., R], /) -> JobFunction[R]: ...
 @overload
 def job(
-    *, queue: str = "default", priority: int = 0, max_attempts: Optional[int] = None
+    *,
+    queue: str = "default",
+    priority: int = 0,
+    max_attempts: Optional[int] = None,
+    machine: Optional[Union[str, Mapping[str, Any]]] = None,
+    region: Optional[Union[str, Sequence[str]]] = None,
 ) -> Callable[[Callable[..., R]], JobFunction[R]]: ...
 def job(
     func: Optional[Callable[..., R]] = None,
@@ -202,6 +215,8 @@ def job(
     queue: str = "default",
     priority: int = 0,
     max_attempts: Optional[int] = None,
+    machine: Optional[Union[str, Mapping[str, Any]]] = None,
+    region: Optional[Union[str, Sequence[str]]] = None,
 ) -> Union[JobFunction[R], Callable[[Callable[..., R]], JobFunction[R]]]:
     """Makes a module-level function (sync or `async def`) a job:
 
@@ -213,10 +228,15 @@ def job(
     :param queue: the queue its jobs go to
     :param priority: lower runs first (the core's order)
     :param max_attempts: runs allowed in total; None = the queue's setting
+    :param machine: the machine size its runs get (``"performance-2x"``, ``"shared-cpu-1x:1024"``
+        or ``{"cpus": 2, "memory_mb": 4096}``); None = the queue's
+    :param region: region code(s) for its machine (``"ams"``, ``["ams", "fra"]``); None = the queue's
     """
 
     def wrap(f: Callable[..., R]) -> JobFunction[R]:
-        return JobFunction(f, queue=queue, priority=priority, max_attempts=max_attempts)
+        return JobFunction(
+            f, queue=queue, priority=priority, max_attempts=max_attempts, machine=machine, region=region
+        )
 
     return wrap(func) if func is not None else wrap
 

@@ -25,6 +25,16 @@ def echo(tag: str, *args: Any, **kwargs: Any) -> None:
     record(tag, args=list(args), kwargs=kwargs, machine=os.environ.get("FLY_MACHINE_ID"))
 
 
+@flyjobs.job(queue=QUEUE, machine="shared-cpu-1x:512")
+def sized(tag: str) -> None:
+    record(tag, memory_mb=os.environ.get("FLY_VM_MEMORY_MB"))
+
+
+@flyjobs.job(queue=QUEUE, machine="huge-9x")
+def missized(tag: str) -> None:
+    record(tag)
+
+
 @flyjobs.job(queue=QUEUE)
 async def async_echo(tag: str, value: Any) -> None:
     await asyncio.sleep(0.05)
