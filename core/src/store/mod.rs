@@ -1,5 +1,9 @@
 //! The durable queue: one [`Store`] trait, PostgreSQL (production) and SQLite (embedded default).
 //!
+//! Both are one implementation, [`sql::SqlStore`]: the state rules, the statements, binding and
+//! row decoding exist once; [`postgres`] and [`sqlite`] hold only what differs (the claim and
+//! enqueue mechanisms, wake-ups across processes, a few SQL texts, how values are bound).
+//!
 //! ```no_run
 //! # async fn demo() -> flyjobs::Result<()> {
 //! use std::time::Duration;
@@ -52,8 +56,8 @@ use crate::job::{Failure, Job, JobId, JobState, NewJob};
 use crate::retry::{Outcome, RetryPolicy};
 
 pub mod boot_failures;
-mod placement;
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 pub mod usage;
 
