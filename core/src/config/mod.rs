@@ -78,6 +78,8 @@ pub struct Config {
     lease_duration: Duration,
     shutdown_timeout: Duration,
     pin_for: Duration,
+    retain_completed: Duration,
+    retain_dead: Duration,
 }
 
 impl Config {
@@ -186,6 +188,18 @@ impl Config {
     /// How long a job stays pinned to the release that enqueued it (default 1 h).
     pub fn pin_for(&self) -> Duration {
         self.pin_for
+    }
+
+    /// `FLYJOBS_RETAIN_COMPLETED`: how long a completed job is kept before it is pruned
+    /// (default 24 h).
+    pub fn retain_completed(&self) -> Duration {
+        self.retain_completed
+    }
+
+    /// `FLYJOBS_RETAIN_DEAD`: how long dead and discarded jobs are kept before they are pruned
+    /// (default 183 days, about six months, like Sidekiq's dead set).
+    pub fn retain_dead(&self) -> Duration {
+        self.retain_dead
     }
 }
 
@@ -608,6 +622,10 @@ impl ConfigBuilder {
         shutdown_timeout: Duration => secs,
         /// Explicit `pin_for` (`FLYJOBS_PIN_FOR`).
         pin_for: Duration => secs,
+        /// Explicit `retain_completed` (`FLYJOBS_RETAIN_COMPLETED`).
+        retain_completed: Duration => secs,
+        /// Explicit `retain_dead` (`FLYJOBS_RETAIN_DEAD`).
+        retain_dead: Duration => secs,
     }
 
     /// Set one option by its key (a key of [`OPTIONS`]). A null value means "not given" (the
@@ -754,6 +772,9 @@ impl ConfigBuilder {
         }
         let shutdown_timeout = self.duration("shutdown_timeout", Duration::from_secs(4))?;
         let pin_for = self.duration("pin_for", Duration::from_secs(3600))?;
+        let retain_completed =
+            self.duration("retain_completed", crate::store::DEFAULT_RETAIN_COMPLETED)?;
+        let retain_dead = self.duration("retain_dead", crate::store::DEFAULT_RETAIN_DEAD)?;
 
         Ok(Config {
             default_queue: queues.default,
@@ -765,6 +786,8 @@ impl ConfigBuilder {
             lease_duration,
             shutdown_timeout,
             pin_for,
+            retain_completed,
+            retain_dead,
             api_token: self.text("api_token")?.map(Secret),
             api_hostname: api_hostname.trim_end_matches('/').to_string(),
             app_name: self.text("app_name")?,
@@ -837,6 +860,36 @@ mod tests {
         Config::builder()
             .lookup(move |k| env.get(k).cloned())
             .build()
+    }
+
+    #[test]
+    fn retention_is_a_setting_the_store_takes() {
+        let day = Duration::from_secs(24 * 3600);
+        let c = build(&[]).unwrap();
+        assert_eq!(c.retain_completed(), day);
+        assert_eq!(c.retain_dead(), 183 * day);
+        let c = build(&[
+            ("FLYJOBS_RETAIN_COMPLETED", "90m"),
+            ("FLYJOBS_RETAIN_DEAD", "30d"),
+        ])
+        .unwrap();
+        let opts = crate::store::StoreOptions::from_config(&c);
+        assert_eq!(opts.retain_completed, Duration::from_secs(90 * 60));
+        assert_eq!(opts.retain_dead, 30 * day);
+        let mut options = serde_json::Map::new();
+        options.insert("retain_completed".into(), serde_json::json!("2h"));
+        options.insert("retain_dead".into(), serde_json::json!(3600));
+        let c = Config::builder()
+            .lookup(|_| None)
+            .options(&options)
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(c.retain_completed(), Duration::from_secs(7200));
+        assert_eq!(c.retain_dead(), Duration::from_secs(3600));
+        let e = build(&[("FLYJOBS_RETAIN_DEAD", "half a year")]).unwrap_err();
+        assert!(e.to_string().contains("FLYJOBS_RETAIN_DEAD"), "{e}");
+        assert!(e.to_string().contains("half a year"), "{e}");
     }
 
     #[test]

@@ -38,7 +38,8 @@
 //!   file, a watcher task that polls `PRAGMA data_version` every 5 ms while anyone waits.
 //! - Retention: finished jobs are kept for inspection, then deleted by
 //!   [`Store::prune_finished`]: completed jobs after [`StoreOptions::retain_completed`] (default
-//!   24 h), dead and discarded jobs after [`StoreOptions::retain_dead`] (default 183 days).
+//!   24 h, setting `retain_completed`), dead and discarded jobs after
+//!   [`StoreOptions::retain_dead`] (default 183 days, setting `retain_dead`).
 //! - Times are taken from the caller's clock (`Utc::now()` in the store methods, or the `now`
 //!   argument); machines sharing a Postgres are expected to run NTP, as Fly machines do.
 
@@ -359,10 +360,12 @@ pub struct StoreOptions {
     /// How long to wait for a connection before failing (default 10 s).
     pub connect_timeout: Duration,
     /// How long a completed job is kept before [`Store::prune_finished`] deletes it
-    /// (default 24 hours, as Sidekiq keeps its history short).
+    /// (default 24 hours, as Sidekiq keeps its history short; setting `retain_completed`,
+    /// `FLYJOBS_RETAIN_COMPLETED`).
     pub retain_completed: Duration,
     /// How long dead and discarded jobs are kept (default 183 days, about six months, like
-    /// Sidekiq's dead set), for inspection and manual retry.
+    /// Sidekiq's dead set), for inspection and manual retry (setting `retain_dead`,
+    /// `FLYJOBS_RETAIN_DEAD`).
     pub retain_dead: Duration,
 }
 
@@ -390,10 +393,12 @@ impl Default for StoreOptions {
 }
 
 impl StoreOptions {
-    /// Options that take the payload limit from `config`.
+    /// Options that take the payload limit and the retention times from `config`.
     pub fn from_config(config: &Config) -> Self {
         StoreOptions {
             max_payload_bytes: config.max_payload_bytes(),
+            retain_completed: config.retain_completed(),
+            retain_dead: config.retain_dead(),
             ..Default::default()
         }
     }
