@@ -476,6 +476,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         result: Option<&serde_json::Value>,
     ) -> Result<Job>;
 
+    /// Complete many running jobs at once, each `(id, token, result)` as
+    /// [`Store::complete_with`] would (a worker's group commit: one statement for all of them).
+    /// The outcome of each, in input order: `Ok`, or the `Conflict`/`NotFound` its own
+    /// `complete` would give (a stale token changes nothing for that job; the others still
+    /// complete). `Err`: the statement failed and nothing was written.
+    async fn complete_many(
+        &self,
+        done: &[(JobId, i64, Option<serde_json::Value>)],
+    ) -> Result<Vec<Result<()>>> {
+        // One call per job, for stores without a batch statement.
+        let mut out = Vec::with_capacity(done.len());
+        for (id, token, result) in done {
+            out.push(
+                self.complete_with(*id, *token, result.as_ref())
+                    .await
+                    .map(drop),
+            );
+        }
+        Ok(out)
+    }
+
     /// Record a failed run and apply `policy` (retry at a later time, or dead). A stale token →
     /// `Conflict`, nothing changes.
     async fn fail(

@@ -321,6 +321,8 @@ fn bind(sql: &'static str, args: Vec<Arg>) -> sqlx::query::Query<'static, Postgr
             Arg::Text(v) => q.bind(v),
             Arg::Time(v) => q.bind(v),
             Arg::Json(v) => q.bind(v.map(sqlx::types::Json)),
+            Arg::IntList(v) => q.bind(v),
+            Arg::TextList(v) => q.bind(v),
         };
     }
     q
@@ -371,6 +373,12 @@ impl Backend for PgBackend {
            lease_expires_at = NULL \
          WHERE state = 'running' AND lease_expires_at < $1 \
          RETURNING state, queue";
+
+    const COMPLETE_MANY: &'static str = "UPDATE flyjobs_jobs AS j SET state = 'completed', \
+         finished_at = $4, lease_expires_at = NULL, result = d.jresult::jsonb \
+         FROM unnest($1::int8[], $2::int8[], $3::text[]) AS d(jid, jtoken, jresult) \
+         WHERE j.id = d.jid AND j.state = 'running' AND j.lease_token = d.jtoken \
+         RETURNING j.id";
 
     const BOOT_FAILURES_TABLE: &'static str = "CREATE TABLE IF NOT EXISTS flyjobs_boot_failures (\
         id BIGSERIAL PRIMARY KEY, queue TEXT NOT NULL, release TEXT NOT NULL, \

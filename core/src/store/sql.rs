@@ -41,6 +41,11 @@ pub(crate) enum Arg {
     Text(Option<String>),
     Time(Option<DateTime<Utc>>),
     Json(Option<serde_json::Value>),
+    /// A list, for statements over many rows (Postgres: an array; SQLite: a JSON array read
+    /// with `json_each`).
+    IntList(Vec<i64>),
+    /// A list of texts or NULLs, as [`Arg::IntList`].
+    TextList(Vec<Option<String>>),
 }
 
 impl Arg {
@@ -215,6 +220,10 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// The reaper's UPDATE (`$1` now, `$2` max lost leases, `$3` default max attempts, `$4`
     /// the message; returns `state, queue`): the JSON builder differs.
     const REAP: &'static str;
+    /// Complete many jobs in one statement (`$1` ids, `$2` tokens, `$3` results as JSON texts,
+    /// lists in step; `$4` now), returning the `id` of each job it completed: the lists are
+    /// unnested differently.
+    const COMPLETE_MANY: &'static str;
     /// `CREATE TABLE IF NOT EXISTS flyjobs_boot_failures …` (the id column differs).
     const BOOT_FAILURES_TABLE: &'static str;
     /// Taken before a `CREATE TABLE IF NOT EXISTS` on first write, where concurrent creators
@@ -477,6 +486,48 @@ impl<B: Backend> Store for SqlStore<B> {
         a.push(Arg::Json(result.cloned()));
         let row = self.db.fetch_optional(COMPLETE, a).await;
         job_or_mismatch(&self.db, "complete", id, row).await
+    }
+
+    async fn complete_many(
+        &self,
+        done: &[(JobId, i64, Option<serde_json::Value>)],
+    ) -> Result<Vec<Result<()>>> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .db
+            .fetch_all(
+                B::COMPLETE_MANY,
+                vec![
+                    Arg::IntList(done.iter().map(|d| d.0.0).collect()),
+                    Arg::IntList(done.iter().map(|d| d.1).collect()),
+                    Arg::TextList(
+                        done.iter()
+                            .map(|d| d.2.as_ref().map(|v| v.to_string()))
+                            .collect(),
+                    ),
+                    Arg::from(now()),
+                ],
+            )
+            .await
+            .map_err(db_err("complete"))?;
+        let completed = rows
+            .iter()
+            .map(|r| Get(r).int("id"))
+            .collect::<Result<std::collections::HashSet<i64>>>()?;
+        let mut out = Vec::with_capacity(done.len());
+        for (id, _, _) in done {
+            out.push(if completed.contains(&id.0) {
+                Ok(())
+            } else {
+                // Why this one was refused; the others are completed whatever this says.
+                current(&self.db, *id)
+                    .await
+                    .and_then(|c| Err(lease_mismatch("complete", *id, c)))
+            });
+        }
+        Ok(out)
     }
 
     async fn fail(

@@ -262,6 +262,8 @@ fn bind(sql: &'static str, args: Vec<Arg>) -> sqlx::query::Query<'static, Sqlite
             Arg::Text(v) => q.bind(v),
             Arg::Time(v) => q.bind(v.map(us)),
             Arg::Json(v) => q.bind(v.map(|v| v.to_string())),
+            Arg::IntList(v) => q.bind(serde_json::Value::from(v).to_string()),
+            Arg::TextList(v) => q.bind(serde_json::Value::from(v).to_string()),
         };
     }
     q
@@ -311,6 +313,17 @@ impl Backend for SqliteBackend {
            lease_expires_at = NULL \
          WHERE state = 'running' AND lease_expires_at < $1 \
          RETURNING state, queue";
+
+    /// The lists arrive as JSON arrays, joined on their index (`key`); a result is a JSON
+    /// text, which `json_each` yields as plain TEXT (what the column stores).
+    const COMPLETE_MANY: &'static str = "UPDATE flyjobs_jobs SET state = 'completed', \
+         finished_at = $4, lease_expires_at = NULL, result = d.jresult \
+         FROM (SELECT i.value AS jid, t.value AS jtoken, r.value AS jresult \
+               FROM json_each($1) AS i JOIN json_each($2) AS t ON t.key = i.key \
+               JOIN json_each($3) AS r ON r.key = i.key) AS d \
+         WHERE flyjobs_jobs.id = d.jid AND flyjobs_jobs.state = 'running' \
+           AND flyjobs_jobs.lease_token = d.jtoken \
+         RETURNING id";
 
     const BOOT_FAILURES_TABLE: &'static str = "CREATE TABLE IF NOT EXISTS flyjobs_boot_failures (\
         id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, release TEXT NOT NULL, \
