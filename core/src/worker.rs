@@ -198,6 +198,53 @@ struct Running {
 /// How long a worker keeps retrying claims through a store outage before it gives up.
 const STORE_OUTAGE_LIMIT: Duration = Duration::from_secs(300);
 
+/// Most completions one group-commit statement records.
+const GROUP_COMMIT_MAX: usize = 256;
+
+/// A completion waiting for the worker's next group commit.
+struct PendingComplete {
+    id: JobId,
+    token: i64,
+    result: Option<serde_json::Value>,
+    /// Answered once the statement holding it committed (or failed).
+    done: tokio::sync::oneshot::Sender<Result<()>>,
+}
+
+/// The worker's group commit: completions that arrive while a statement is in flight go
+/// together in the next one ([`Store::complete_many`]), so a busy worker writes one statement
+/// for many jobs and a quiet one pays only a channel hop. Every caller hears its own outcome
+/// after the statement that recorded it committed. Ends when the worker is dropped.
+async fn group_commit(
+    store: Arc<dyn Store>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<PendingComplete>,
+) {
+    let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
+    while rx.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
+        let items: Vec<_> = batch
+            .iter_mut()
+            .map(|p| (p.id, p.token, p.result.take()))
+            .collect();
+        match store.complete_many(&items).await {
+            Ok(outcomes) => {
+                for (p, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = p.done.send(outcome);
+                }
+            }
+            Err(e) => {
+                for p in batch.drain(..) {
+                    let copy = Error::new(e.kind(), e.message())
+                        .with_retryable(e.is_retryable())
+                        .with_job_id(p.id);
+                    let _ = p.done.send(Err(copy));
+                }
+            }
+        }
+        // A store answering fewer outcomes than asked drops the rest: their callers see
+        // the group commit end and retry on their own.
+        batch.clear();
+    }
+}
+
 struct Inner {
     id: String,
     opts: WorkerOptions,
@@ -216,6 +263,8 @@ struct Inner {
     waiting: AtomicUsize,
     /// Held by the one caller that claims; the others wait for its spare leases.
     claiming: tokio::sync::Mutex<()>,
+    /// Completions for the group commit task.
+    completions: tokio::sync::mpsc::UnboundedSender<PendingComplete>,
     last_activity: Mutex<Instant>,
     quiet: CancellationToken,
     closed: CancellationToken,
@@ -276,6 +325,8 @@ impl Worker {
             .clone()
             .or_else(|| config.machine_id().map(str::to_string))
             .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+        let (completions, pending) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(group_commit(store.clone(), pending));
         let inner = Arc::new(Inner {
             id: id.clone(),
             store: store.clone(),
@@ -288,6 +339,7 @@ impl Worker {
             spare: Mutex::new(VecDeque::new()),
             waiting: AtomicUsize::new(0),
             claiming: tokio::sync::Mutex::new(()),
+            completions,
             last_activity: Mutex::new(Instant::now()),
             quiet: CancellationToken::new(),
             closed: CancellationToken::new(),
@@ -715,21 +767,36 @@ impl WorkerLease {
     /// meanwhile): giving up earlier would run the job again elsewhere once the store is back.
     pub async fn complete_with(mut self, result: Option<serde_json::Value>) -> Result<()> {
         let lease = self.take();
-        let (store, id, token) = (self.worker.store.clone(), lease.job.id, lease.token);
-        let result = std::sync::Arc::new(result);
+        let (id, token) = (lease.job.id, lease.token);
+        let completions = self.worker.completions.clone();
         let r = self
             .worker
             .until_lease_ends(id, "complete", || {
-                let (store, result) = (store.clone(), result.clone());
+                let (completions, result) = (completions.clone(), result.clone());
                 async move {
-                    store
-                        .complete_with(id, token, result.as_ref().as_ref())
-                        .await
+                    // Through the group commit: answered after the statement that recorded
+                    // it committed, as a lone `complete_with` would be.
+                    let ended = || {
+                        Error::store(format!(
+                            "complete: job {id}: the worker's group commit ended"
+                        ))
+                        .with_job_id(id)
+                    };
+                    let (done, answer) = tokio::sync::oneshot::channel();
+                    completions
+                        .send(PendingComplete {
+                            id,
+                            token,
+                            result,
+                            done,
+                        })
+                        .map_err(|_| ended())?;
+                    answer.await.map_err(|_| ended())?
                 }
             })
             .await;
         self.worker.finish(lease.job.id);
-        r.map(drop)
+        r
     }
 
     /// The job raised: record `failure`; the retry policy decides between another attempt
@@ -959,5 +1026,60 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         let job = store.get_job(job.id).await.unwrap().unwrap();
         assert_eq!((job.state, job.attempts), (crate::job::JobState::Ready, 0));
+    }
+
+    /// Concurrent completes go through the group commit: each returns once its job is
+    /// completed in the store, with its own result; a lease that another worker took over
+    /// meanwhile gets its Conflict while the others complete.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_completes_each_get_their_own_outcome() {
+        let (worker, store, _dir) = sqlite_worker(4).await;
+        store
+            .enqueue_many(
+                (0..4)
+                    .map(|i| NewJob::new("q", serde_json::json!(i)))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let mut leases = Vec::new();
+        while leases.len() < 4 {
+            leases.push(worker.next().await.unwrap().expect("a job"));
+        }
+        // The last lease goes stale: its job is given back and claimed by another worker
+        // (as after a reap).
+        let stale = leases.pop().unwrap();
+        let stale_id = stale.job().id;
+        let token = store.get_job(stale_id).await.unwrap().unwrap().lease_token;
+        store.release(stale_id, token).await.unwrap();
+        let other = store
+            .claim(ClaimRequest::new(["q"], 4, "w2", Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_eq!(other.len(), 1);
+        let ids: Vec<JobId> = leases.iter().map(|l| l.job().id).collect();
+        let completes = leases.into_iter().map(|l| {
+            let id = l.job().id;
+            tokio::spawn(l.complete_with(Some(serde_json::json!({ "id": id.0 }))))
+        });
+        let completes: Vec<_> = completes.collect();
+        let e = stale.complete().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        for c in completes {
+            c.await.unwrap().unwrap();
+        }
+        for id in ids {
+            let job = store.get_job(id).await.unwrap().unwrap();
+            assert_eq!(job.state, crate::job::JobState::Completed);
+            assert_eq!(job.result, Some(serde_json::json!({ "id": id.0 })));
+        }
+        let job = store.get_job(stale_id).await.unwrap().unwrap();
+        assert_eq!(
+            job.state,
+            crate::job::JobState::Running,
+            "the other worker's now"
+        );
+        assert_eq!(job.lease_owner.as_deref(), Some("w2"));
+        worker.stop(Duration::from_secs(5)).await;
     }
 }

@@ -72,6 +72,7 @@ both!(
     claim_orders_by_priority_run_at_id,
     claim_respects_queues_and_limit,
     stale_token_is_refused,
+    complete_many_completes_each_and_refuses_stale_tokens,
     complete_records_the_result,
     fail_retries_then_dies,
     release_gives_job_back_untouched,
@@ -240,6 +241,67 @@ mod cases {
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Conflict);
+    }
+
+    /// One call for many leases: each job gets its own outcome; a stale token, an unknown id
+    /// or an already completed job is refused (and unchanged) while the others complete, with
+    /// their results (a JSON string and a JSON null included).
+    pub async fn complete_many_completes_each_and_refuses_stale_tokens(s: Arc<dyn Store>) {
+        assert!(s.complete_many(&[]).await.unwrap().is_empty());
+        for i in 0..4 {
+            s.enqueue(NewJob::new("q", json!(i))).await.unwrap();
+        }
+        let leases = s.claim(claim(&["q"], 4, "w")).await.unwrap();
+        assert_eq!(leases.len(), 4);
+        let (a, b, c, d) = (&leases[0], &leases[1], &leases[2], &leases[3]);
+        let text = json!("a string, not JSON text");
+        let obj = json!({"rows": [1, 2.5, null], "note": "é"});
+        let missing = flyjobs::job::JobId(999_999);
+        let out = s
+            .complete_many(&[
+                (a.job.id, a.token, Some(obj.clone())),
+                (b.job.id, b.token + 1, Some(json!(1))),
+                (c.job.id, c.token, Some(text.clone())),
+                (missing, 1, None),
+                (d.job.id, d.token, Some(serde_json::Value::Null)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 5);
+        assert!(
+            out[0].is_ok() && out[2].is_ok() && out[4].is_ok(),
+            "{out:?}"
+        );
+        let e = out[1].as_ref().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        assert_eq!(e.job_id(), Some(b.job.id.0));
+        assert_eq!(out[3].as_ref().unwrap_err().kind(), ErrorKind::NotFound);
+
+        let got = |id| {
+            let s = s.clone();
+            async move { s.get_job(id).await.unwrap().unwrap() }
+        };
+        let ja = got(a.job.id).await;
+        assert_eq!(ja.state, JobState::Completed);
+        assert!(ja.finished_at.is_some());
+        assert_eq!(ja.lease_expires_at, None);
+        assert_eq!(ja.result, Some(obj));
+        assert_eq!(got(c.job.id).await.result, Some(text));
+        let jd = got(d.job.id).await;
+        assert_eq!(jd.state, JobState::Completed);
+        assert_eq!(got(b.job.id).await, b.job, "the stale one is unchanged");
+
+        // Completing the same jobs again: all refused, nothing changes.
+        let again = s
+            .complete_many(&[(a.job.id, a.token, None), (b.job.id, b.token, None)])
+            .await
+            .unwrap();
+        assert_eq!(again[0].as_ref().unwrap_err().kind(), ErrorKind::Conflict);
+        assert!(
+            again[1].is_ok(),
+            "b's own token still completes it: {again:?}"
+        );
+        assert_eq!(got(a.job.id).await, ja);
     }
 
     pub async fn complete_records_the_result(s: Arc<dyn Store>) {

@@ -79,6 +79,8 @@ pub struct Config {
     shutdown_timeout: Duration,
     pin_for: Duration,
     prices: crate::cost::Prices,
+    retain_completed: Duration,
+    retain_dead: Duration,
 }
 
 impl Config {
@@ -192,6 +194,18 @@ impl Config {
     /// overridden).
     pub fn prices(&self) -> &crate::cost::Prices {
         &self.prices
+    }
+
+    /// `FLYJOBS_RETAIN_COMPLETED`: how long a completed job is kept before it is pruned
+    /// (default 24 h).
+    pub fn retain_completed(&self) -> Duration {
+        self.retain_completed
+    }
+
+    /// `FLYJOBS_RETAIN_DEAD`: how long dead and discarded jobs are kept before they are pruned
+    /// (default 183 days, about six months, like Sidekiq's dead set).
+    pub fn retain_dead(&self) -> Duration {
+        self.retain_dead
     }
 }
 
@@ -628,6 +642,10 @@ impl ConfigBuilder {
         pin_for: Duration => secs,
         /// Explicit `prices` in the `FLYJOBS_PRICES` string form (`"name=value,…"`).
         prices: String => Value::String,
+        /// Explicit `retain_completed` (`FLYJOBS_RETAIN_COMPLETED`).
+        retain_completed: Duration => secs,
+        /// Explicit `retain_dead` (`FLYJOBS_RETAIN_DEAD`).
+        retain_dead: Duration => secs,
     }
 
     /// Set one option by its key (a key of [`OPTIONS`]). A null value means "not given" (the
@@ -778,6 +796,9 @@ impl ConfigBuilder {
             Some((origin, v)) => options::prices(&origin, &v)?,
             None => crate::cost::Prices::default(),
         };
+        let retain_completed =
+            self.duration("retain_completed", crate::store::DEFAULT_RETAIN_COMPLETED)?;
+        let retain_dead = self.duration("retain_dead", crate::store::DEFAULT_RETAIN_DEAD)?;
 
         Ok(Config {
             default_queue: queues.default,
@@ -790,6 +811,8 @@ impl ConfigBuilder {
             shutdown_timeout,
             pin_for,
             prices,
+            retain_completed,
+            retain_dead,
             api_token: self.text("api_token")?.map(Secret),
             api_hostname: api_hostname.trim_end_matches('/').to_string(),
             app_name: self.text("app_name")?,
@@ -862,6 +885,36 @@ mod tests {
         Config::builder()
             .lookup(move |k| env.get(k).cloned())
             .build()
+    }
+
+    #[test]
+    fn retention_is_a_setting_the_store_takes() {
+        let day = Duration::from_secs(24 * 3600);
+        let c = build(&[]).unwrap();
+        assert_eq!(c.retain_completed(), day);
+        assert_eq!(c.retain_dead(), 183 * day);
+        let c = build(&[
+            ("FLYJOBS_RETAIN_COMPLETED", "90m"),
+            ("FLYJOBS_RETAIN_DEAD", "30d"),
+        ])
+        .unwrap();
+        let opts = crate::store::StoreOptions::from_config(&c);
+        assert_eq!(opts.retain_completed, Duration::from_secs(90 * 60));
+        assert_eq!(opts.retain_dead, 30 * day);
+        let mut options = serde_json::Map::new();
+        options.insert("retain_completed".into(), serde_json::json!("2h"));
+        options.insert("retain_dead".into(), serde_json::json!(3600));
+        let c = Config::builder()
+            .lookup(|_| None)
+            .options(&options)
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(c.retain_completed(), Duration::from_secs(7200));
+        assert_eq!(c.retain_dead(), Duration::from_secs(3600));
+        let e = build(&[("FLYJOBS_RETAIN_DEAD", "half a year")]).unwrap_err();
+        assert!(e.to_string().contains("FLYJOBS_RETAIN_DEAD"), "{e}");
+        assert!(e.to_string().contains("half a year"), "{e}");
     }
 
     #[test]

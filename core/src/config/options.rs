@@ -216,6 +216,21 @@ pub const OPTIONS: &[OptionSpec] = &[
         doc: "Grace for running jobs when a worker is told to stop (SIGTERM).",
     },
     OptionSpec {
+        name: "retain_completed",
+        env: "FLYJOBS_RETAIN_COMPLETED",
+        kind: Kind::Duration,
+        default: "24h",
+        doc: "How long a completed job is kept (for inspection) before the scaler's leader deletes it.",
+    },
+    OptionSpec {
+        name: "retain_dead",
+        env: "FLYJOBS_RETAIN_DEAD",
+        kind: Kind::Duration,
+        default: "183d",
+        doc: "How long dead and discarded jobs are kept (for inspection and manual retry) before \
+              the scaler's leader deletes them.",
+    },
+    OptionSpec {
         name: "pin_for",
         env: "FLYJOBS_PIN_FOR",
         kind: Kind::Duration,

@@ -1,5 +1,9 @@
 //! The durable queue: one [`Store`] trait, PostgreSQL (production) and SQLite (embedded default).
 //!
+//! Both are one implementation, [`sql::SqlStore`]: the state rules, the statements, binding and
+//! row decoding exist once; [`postgres`] and [`sqlite`] hold only what differs (the claim and
+//! enqueue mechanisms, wake-ups across processes, a few SQL texts, how values are bound).
+//!
 //! ```no_run
 //! # async fn demo() -> flyjobs::Result<()> {
 //! use std::time::Duration;
@@ -34,7 +38,8 @@
 //!   file, a watcher task that polls `PRAGMA data_version` every 5 ms while anyone waits.
 //! - Retention: finished jobs are kept for inspection, then deleted by
 //!   [`Store::prune_finished`]: completed jobs after [`StoreOptions::retain_completed`] (default
-//!   24 h), dead and discarded jobs after [`StoreOptions::retain_dead`] (default 183 days).
+//!   24 h, setting `retain_completed`), dead and discarded jobs after
+//!   [`StoreOptions::retain_dead`] (default 183 days, setting `retain_dead`).
 //! - Times are taken from the caller's clock (`Utc::now()` in the store methods, or the `now`
 //!   argument); machines sharing a Postgres are expected to run NTP, as Fly machines do.
 
@@ -52,8 +57,8 @@ use crate::job::{Failure, Job, JobId, JobState, NewJob};
 use crate::retry::{Outcome, RetryPolicy};
 
 pub mod boot_failures;
-mod placement;
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 pub mod usage;
 
@@ -355,10 +360,12 @@ pub struct StoreOptions {
     /// How long to wait for a connection before failing (default 10 s).
     pub connect_timeout: Duration,
     /// How long a completed job is kept before [`Store::prune_finished`] deletes it
-    /// (default 24 hours, as Sidekiq keeps its history short).
+    /// (default 24 hours, as Sidekiq keeps its history short; setting `retain_completed`,
+    /// `FLYJOBS_RETAIN_COMPLETED`).
     pub retain_completed: Duration,
     /// How long dead and discarded jobs are kept (default 183 days, about six months, like
-    /// Sidekiq's dead set), for inspection and manual retry.
+    /// Sidekiq's dead set), for inspection and manual retry (setting `retain_dead`,
+    /// `FLYJOBS_RETAIN_DEAD`).
     pub retain_dead: Duration,
 }
 
@@ -386,10 +393,12 @@ impl Default for StoreOptions {
 }
 
 impl StoreOptions {
-    /// Options that take the payload limit from `config`.
+    /// Options that take the payload limit and the retention times from `config`.
     pub fn from_config(config: &Config) -> Self {
         StoreOptions {
             max_payload_bytes: config.max_payload_bytes(),
+            retain_completed: config.retain_completed(),
+            retain_dead: config.retain_dead(),
             ..Default::default()
         }
     }
@@ -466,6 +475,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         token: i64,
         result: Option<&serde_json::Value>,
     ) -> Result<Job>;
+
+    /// Complete many running jobs at once, each `(id, token, result)` as
+    /// [`Store::complete_with`] would (a worker's group commit: one statement for all of them).
+    /// The outcome of each, in input order: `Ok`, or the `Conflict`/`NotFound` its own
+    /// `complete` would give (a stale token changes nothing for that job; the others still
+    /// complete). `Err`: the statement failed and nothing was written.
+    async fn complete_many(
+        &self,
+        done: &[(JobId, i64, Option<serde_json::Value>)],
+    ) -> Result<Vec<Result<()>>> {
+        // One call per job, for stores without a batch statement.
+        let mut out = Vec::with_capacity(done.len());
+        for (id, token, result) in done {
+            out.push(
+                self.complete_with(*id, *token, result.as_ref())
+                    .await
+                    .map(drop),
+            );
+        }
+        Ok(out)
+    }
 
     /// Record a failed run and apply `policy` (retry at a later time, or dead). A stale token →
     /// `Conflict`, nothing changes.

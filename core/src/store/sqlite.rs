@@ -1,4 +1,5 @@
-//! The SQLite store (embedded default: one host, e.g. a laptop with the emulator).
+//! The SQLite store (embedded default: one host, e.g. a laptop with the emulator): what is
+//! SQLite-only under [`SqlStore`].
 //!
 //! WAL journal (readers do not block the writer), a busy timeout, and every write in a
 //! `BEGIN IMMEDIATE` transaction: SQLite has one writer at a time, and taking the write lock up
@@ -14,20 +15,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::{
-    ClaimRequest, JobFilter, JobNotifier, Lease, QueueStats, ReapCounts, ShapeDemand, Signal,
-    Store, StoreOptions, WorkerInfo, WorkerState, add, db_err, lease_lost_message, lease_mismatch,
-    page_limit, parse_worker_state, validate_new,
-};
+use super::sql::{Arg, Backend, Cols, SqlStore, Stmt, job_from_row};
+use super::{ClaimRequest, JobNotifier, Signal, StoreOptions, db_err, page_limit};
 use crate::config::redact_url;
-use crate::error::{Error, ErrorKind, Result};
-use crate::job::{Failure, Job, JobId, JobState, NewJob, validate_queue};
-use crate::retry::{Outcome, RetryPolicy};
+use crate::error::{Error, Result};
+use crate::job::{Job, NewJob};
 
 /// Numbered migrations, applied in order once per database file.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -47,18 +44,20 @@ const BUMP_WAKE: &str = "UPDATE flyjobs_wake SET n = n + 1 WHERE id = 1";
 /// How often the watcher looks at `PRAGMA data_version` for writes by other connections.
 const WATCH_EVERY: Duration = Duration::from_millis(5);
 
-/// The SQLite implementation of [`Store`].
+/// The SQLite implementation of [`Store`](super::Store).
+pub type SqliteStore = SqlStore<SqliteBackend>;
+
+/// What is SQLite-only: the pool and the `data_version` watcher.
 #[derive(Debug)]
-pub struct SqliteStore {
+pub struct SqliteBackend {
     pool: SqlitePool,
-    opts: StoreOptions,
     signal: Signal,
     /// Turns commits by other connections (other processes) into wake-ups; `None` for an
     /// in-memory database, which no other connection can see.
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Drop for SqliteStore {
+impl Drop for SqliteBackend {
     fn drop(&mut self) {
         if let Some(w) = &self.watcher {
             w.abort();
@@ -138,7 +137,7 @@ fn from_us(v: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(v).unwrap_or_default()
 }
 
-impl SqliteStore {
+impl SqlStore<SqliteBackend> {
     /// Open (creating if missing) the database at `url` and run migrations.
     pub async fn open(url: &str, opts: StoreOptions) -> Result<Self> {
         let redacted = redact_url(url);
@@ -182,46 +181,28 @@ impl SqliteStore {
         let signal = Signal::new();
         let watcher =
             (!memory).then(|| tokio::spawn(watch_data_version(co.clone(), signal.clone())));
-        Ok(SqliteStore {
-            pool,
+        Ok(SqlStore {
+            db: SqliteBackend {
+                pool,
+                signal,
+                watcher,
+            },
             opts,
-            signal,
-            watcher,
         })
     }
 
     /// The underlying pool (for tests and tools).
     pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        &self.db.pool
     }
+}
 
-    /// Wake this process's subscribers and, through the wake counter, other processes'.
-    /// Best effort: the change it announces is already committed.
-    async fn wake(&self) {
-        if let Err(e) = sqlx::query(BUMP_WAKE).execute(&self.pool).await {
-            tracing::debug!("flyjobs sqlite: wake counter not bumped: {e}");
-        }
-        self.signal.wake();
-    }
-
+impl SqliteBackend {
     async fn begin(&self, what: &str) -> Result<Transaction<'static, Sqlite>> {
         self.pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err(what))
-    }
-
-    async fn current(&self, id: JobId) -> Result<Option<(JobState, i64)>> {
-        let row = sqlx::query("SELECT state, lease_token FROM flyjobs_jobs WHERE id = ?1")
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err("look up job"))?;
-        row.map(|r| -> Result<_> {
-            let st: String = get(&r, "state")?;
-            Ok((st.parse()?, get(&r, "lease_token")?))
-        })
-        .transpose()
     }
 
     async fn insert(
@@ -231,11 +212,7 @@ impl SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Job> {
         let run_at = job.run_at.map_or(now, super::trunc);
-        let state = if run_at > now {
-            JobState::Scheduled
-        } else {
-            JobState::Ready
-        };
+        let state = super::initial_state(job, now);
         // Inside BEGIN IMMEDIATE nobody else writes, so "insert or return the pending holder of
         // the unique key" needs no retry loop.
         let row = sqlx::query(
@@ -271,6 +248,205 @@ impl SqliteStore {
         .await
         .map_err(db_err("enqueue"))?;
         job_from_row(&row)
+    }
+}
+
+/// The statement with `args` bound: times as INTEGER microseconds, JSON as TEXT.
+fn bind(sql: &'static str, args: Vec<Arg>) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
+    let mut q = sqlx::query(sql);
+    for a in args {
+        q = match a {
+            Arg::Int(v) => q.bind(v),
+            Arg::Float(v) => q.bind(v),
+            Arg::Bool(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::Time(v) => q.bind(v.map(us)),
+            Arg::Json(v) => q.bind(v.map(|v| v.to_string())),
+            Arg::IntList(v) => q.bind(serde_json::Value::from(v).to_string()),
+            Arg::TextList(v) => q.bind(serde_json::Value::from(v).to_string()),
+        };
+    }
+    q
+}
+
+impl Cols for SqliteRow {
+    fn int(&self, col: &str) -> sqlx::Result<Option<i64>> {
+        self.try_get(col)
+    }
+    fn float(&self, col: &str) -> sqlx::Result<Option<f64>> {
+        self.try_get(col)
+    }
+    fn flag(&self, col: &str) -> sqlx::Result<Option<bool>> {
+        self.try_get(col)
+    }
+    fn text(&self, col: &str) -> sqlx::Result<Option<String>> {
+        self.try_get(col)
+    }
+    fn time(&self, col: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
+        Ok(self.try_get::<Option<i64>, _>(col)?.map(from_us))
+    }
+    fn json(&self, col: &str) -> sqlx::Result<Option<serde_json::Value>> {
+        self.try_get::<Option<String>, _>(col)?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| sqlx::Error::ColumnDecode {
+                index: col.to_owned(),
+                source: Box::new(e),
+            })
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    type Row = SqliteRow;
+
+    const REAP: &'static str = "UPDATE flyjobs_jobs SET \
+           lost_leases = lost_leases + 1, \
+           state = CASE WHEN lost_leases + 1 >= $2 OR attempts >= COALESCE(max_attempts, $3) \
+                   THEN 'dead' ELSE 'ready' END, \
+           finished_at = CASE WHEN lost_leases + 1 >= $2 OR attempts >= COALESCE(max_attempts, $3) \
+                   THEN $1 ELSE NULL END, \
+           last_error = json_object('class', 'FlyJobs::LeaseLost', 'message', \
+               $4 || ': worker ' || COALESCE(lease_owner, '?') || ', attempt ' || attempts \
+               || ', lost lease ' || (lost_leases + 1) || ' of at most ' || $2, \
+               'backtrace', json('[]')), \
+           lease_expires_at = NULL \
+         WHERE state = 'running' AND lease_expires_at < $1 \
+         RETURNING state, queue";
+
+    /// The lists arrive as JSON arrays, joined on their index (`key`); a result is a JSON
+    /// text, which `json_each` yields as plain TEXT (what the column stores).
+    const COMPLETE_MANY: &'static str = "UPDATE flyjobs_jobs SET state = 'completed', \
+         finished_at = $4, lease_expires_at = NULL, result = d.jresult \
+         FROM (SELECT i.value AS jid, t.value AS jtoken, r.value AS jresult \
+               FROM json_each($1) AS i JOIN json_each($2) AS t ON t.key = i.key \
+               JOIN json_each($3) AS r ON r.key = i.key) AS d \
+         WHERE flyjobs_jobs.id = d.jid AND flyjobs_jobs.state = 'running' \
+           AND flyjobs_jobs.lease_token = d.jtoken \
+         RETURNING id";
+
+    const BOOT_FAILURES_TABLE: &'static str = "CREATE TABLE IF NOT EXISTS flyjobs_boot_failures (\
+        id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, release TEXT NOT NULL, \
+        machine_id TEXT NOT NULL, exit_code INTEGER, reason TEXT NOT NULL, log_tail TEXT NOT NULL, \
+        at_us INTEGER NOT NULL, cleared INTEGER NOT NULL DEFAULT 0)";
+
+    /// `BEGIN IMMEDIATE` already holds the write lock.
+    const DDL_LOCK: Option<&'static str> = None;
+
+    async fn fetch_all(&self, sql: &'static str, args: Vec<Arg>) -> sqlx::Result<Vec<SqliteRow>> {
+        bind(sql, args).fetch_all(&self.pool).await
+    }
+
+    async fn fetch_optional(
+        &self,
+        sql: &'static str,
+        args: Vec<Arg>,
+    ) -> sqlx::Result<Option<SqliteRow>> {
+        bind(sql, args).fetch_optional(&self.pool).await
+    }
+
+    async fn execute(&self, sql: &'static str, args: Vec<Arg>) -> sqlx::Result<u64> {
+        Ok(bind(sql, args).execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn transaction(&self, stmts: Vec<Stmt>) -> sqlx::Result<bool> {
+        // The write lock up front: a deferred transaction that reads first and writes later
+        // fails with SQLITE_BUSY_SNAPSHOT (no busy wait) when another connection wrote in
+        // between.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for s in stmts {
+            let n = bind(s.sql, s.args).execute(&mut *tx).await?.rows_affected();
+            if s.must_change && n == 0 {
+                return Ok(false); // dropping `tx` rolls back
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn claim(
+        &self,
+        req: &ClaimRequest,
+        now: DateTime<Utc>,
+        expires: DateTime<Utc>,
+    ) -> Result<Vec<Job>> {
+        let mut tx = self.begin("claim").await?;
+        let rows = sqlx::query(
+            "UPDATE flyjobs_jobs SET state = 'running', attempts = attempts + 1, \
+               lease_owner = ?4, lease_expires_at = ?5, lease_token = lease_token + 1, \
+               started_at = ?2 \
+             WHERE id IN (SELECT id FROM flyjobs_jobs \
+               WHERE state IN ('scheduled','ready') \
+               AND queue IN (SELECT value FROM json_each(?1)) AND run_at <= ?2 \
+               AND (?6 IS NULL OR shape = ?6) \
+               AND (?7 IS NULL OR image_ref = ?7 OR (?8 IS NOT NULL \
+                    AND (image_ref IS NULL OR created_at < ?8))) \
+               ORDER BY priority, run_at, id LIMIT ?3) \
+             RETURNING *",
+        )
+        .bind(serde_json::to_string(&req.queues)?)
+        .bind(us(now))
+        .bind(page_limit(req.limit))
+        .bind(&req.owner)
+        .bind(us(expires))
+        .bind(req.shape.as_deref())
+        .bind(req.image.as_ref().map(|f| f.image_ref.as_str()))
+        .bind(
+            req.image
+                .as_ref()
+                .and_then(|f| f.or_enqueued_before)
+                .map(us),
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err("claim"))?;
+        tx.commit().await.map_err(db_err("claim: commit"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn enqueue_many(
+        &self,
+        jobs: &[NewJob],
+        payloads: Vec<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Job>> {
+        let mut tx = self.begin("enqueue").await?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for (job, payload) in jobs.iter().zip(&payloads) {
+            out.push(Self::insert(&mut tx, job, payload, now).await?);
+        }
+        sqlx::query(BUMP_WAKE)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("enqueue"))?;
+        tx.commit().await.map_err(db_err("enqueue: commit"))?;
+        self.signal.wake();
+        Ok(out)
+    }
+
+    /// This process's subscribers, and other processes' through the wake counter. Best
+    /// effort: the change it announces is already committed.
+    async fn wake(&self, _queue: &str) -> Result<()> {
+        if let Err(e) = sqlx::query(BUMP_WAKE).execute(&self.pool).await {
+            tracing::debug!("flyjobs sqlite: wake counter not bumped: {e}");
+        }
+        self.signal.wake();
+        Ok(())
+    }
+
+    fn subscribe(&self) -> JobNotifier {
+        self.signal.subscribe()
+    }
+
+    fn wakes_other_processes(&self) -> bool {
+        self.watcher.is_some()
+    }
+
+    async fn close(&self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+        self.pool.close().await;
     }
 }
 
@@ -311,695 +487,4 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
     }
     tx.commit().await.map_err(db_err("migrate: commit"))?;
     Ok(())
-}
-
-fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
-    row: &'r SqliteRow,
-    col: &str,
-) -> Result<T> {
-    row.try_get(col).map_err(db_err("decode row"))
-}
-
-fn opt_time(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
-    Ok(get::<Option<i64>>(row, col)?.map(from_us))
-}
-
-fn job_from_row(row: &SqliteRow) -> Result<Job> {
-    let state: String = get(row, "state")?;
-    let payload: String = get(row, "payload")?;
-    let last_error: Option<String> = get(row, "last_error")?;
-    let result: Option<String> = get(row, "result")?;
-    Ok(Job {
-        id: JobId(get(row, "id")?),
-        queue: get(row, "queue")?,
-        name: get(row, "name")?,
-        payload: serde_json::from_str(&payload)?,
-        state: state.parse()?,
-        priority: get(row, "priority")?,
-        run_at: from_us(get(row, "run_at")?),
-        attempts: get::<i64>(row, "attempts")?.max(0) as u32,
-        max_attempts: get::<Option<i64>>(row, "max_attempts")?.map(|m| m.max(0) as u32),
-        lost_leases: get::<i64>(row, "lost_leases")?.max(0) as u32,
-        last_error: last_error.map(|s| serde_json::from_str(&s)).transpose()?,
-        result: result.map(|s| serde_json::from_str(&s)).transpose()?,
-        image_ref: get(row, "image_ref")?,
-        unique_key: get(row, "unique_key")?,
-        shape: get(row, "shape")?,
-        created_at: from_us(get(row, "created_at")?),
-        started_at: opt_time(row, "started_at")?,
-        finished_at: opt_time(row, "finished_at")?,
-        lease_owner: get(row, "lease_owner")?,
-        lease_expires_at: opt_time(row, "lease_expires_at")?,
-        lease_token: get(row, "lease_token")?,
-    })
-}
-
-fn worker_from_row(row: &SqliteRow) -> Result<WorkerInfo> {
-    let queues: String = get(row, "queues")?;
-    let state: String = get(row, "state")?;
-    Ok(WorkerInfo {
-        id: get(row, "id")?,
-        queues: serde_json::from_str(&queues)?,
-        concurrency: get::<i64>(row, "concurrency")?.max(0) as u32,
-        image_ref: get(row, "image_ref")?,
-        state: parse_worker_state(&state)?,
-        running: get::<i64>(row, "running")?.max(0) as u32,
-        started_at: from_us(get(row, "started_at")?),
-        last_heartbeat_at: from_us(get(row, "last_heartbeat_at")?),
-    })
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    async fn enqueue(&self, job: NewJob) -> Result<Job> {
-        Ok(self.enqueue_many(vec![job]).await?.remove(0))
-    }
-
-    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Job>> {
-        let payloads = jobs
-            .iter()
-            .map(|j| validate_new(j, self.opts.max_payload_bytes))
-            .collect::<Result<Vec<_>>>()?;
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = super::now();
-        let mut tx = self.begin("enqueue").await?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for (job, payload) in jobs.iter().zip(&payloads) {
-            out.push(Self::insert(&mut tx, job, payload, now).await?);
-        }
-        sqlx::query(BUMP_WAKE)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("enqueue"))?;
-        tx.commit().await.map_err(db_err("enqueue: commit"))?;
-        self.signal.wake();
-        Ok(out)
-    }
-
-    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Lease>> {
-        if !super::rules::claim_wanted(&req)? {
-            return Ok(Vec::new());
-        }
-        let now = super::now();
-        let expires = add(now, req.lease);
-        let mut tx = self.begin("claim").await?;
-        let rows = sqlx::query(
-            "UPDATE flyjobs_jobs SET state = 'running', attempts = attempts + 1, \
-               lease_owner = ?4, lease_expires_at = ?5, lease_token = lease_token + 1, \
-               started_at = ?2 \
-             WHERE id IN (SELECT id FROM flyjobs_jobs \
-               WHERE state IN ('scheduled','ready') \
-               AND queue IN (SELECT value FROM json_each(?1)) AND run_at <= ?2 \
-               AND (?6 IS NULL OR shape = ?6) \
-               AND (?7 IS NULL OR image_ref = ?7 OR (?8 IS NOT NULL \
-                    AND (image_ref IS NULL OR created_at < ?8))) \
-               ORDER BY priority, run_at, id LIMIT ?3) \
-             RETURNING *",
-        )
-        .bind(serde_json::to_string(&req.queues)?)
-        .bind(us(now))
-        .bind(page_limit(req.limit))
-        .bind(&req.owner)
-        .bind(us(expires))
-        .bind(req.shape.as_deref())
-        .bind(req.image.as_ref().map(|f| f.image_ref.as_str()))
-        .bind(
-            req.image
-                .as_ref()
-                .and_then(|f| f.or_enqueued_before)
-                .map(us),
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err("claim"))?;
-        tx.commit().await.map_err(db_err("claim: commit"))?;
-        let expires = from_us(us(expires));
-        let jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
-        Ok(super::rules::leases(jobs, &req, expires))
-    }
-
-    async fn extend(&self, id: JobId, token: i64, lease: Duration) -> Result<DateTime<Utc>> {
-        let expires = add(super::now(), lease);
-        let n = sqlx::query(
-            "UPDATE flyjobs_jobs SET lease_expires_at = ?3 \
-             WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
-        )
-        .bind(id.0)
-        .bind(token)
-        .bind(us(expires))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("extend"))?
-        .rows_affected();
-        if n == 0 {
-            return Err(lease_mismatch("extend", id, self.current(id).await?));
-        }
-        Ok(from_us(us(expires)))
-    }
-
-    async fn complete_with(
-        &self,
-        id: JobId,
-        token: i64,
-        result: Option<&serde_json::Value>,
-    ) -> Result<Job> {
-        let result = result.map(serde_json::to_string).transpose()?;
-        let row = sqlx::query(
-            "UPDATE flyjobs_jobs SET state = 'completed', finished_at = ?3, lease_expires_at = NULL, \
-             result = ?4 WHERE id = ?1 AND state = 'running' AND lease_token = ?2 RETURNING *",
-        )
-        .bind(id.0)
-        .bind(token)
-        .bind(us(super::now()))
-        .bind(result)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err("complete"))?;
-        match row {
-            Some(r) => job_from_row(&r),
-            None => Err(lease_mismatch("complete", id, self.current(id).await?)),
-        }
-    }
-
-    async fn fail(
-        &self,
-        id: JobId,
-        token: i64,
-        failure: Failure,
-        policy: &RetryPolicy,
-    ) -> Result<Outcome> {
-        let now = super::now();
-        let mut tx = self.begin("fail").await?;
-        let row = sqlx::query(
-            "SELECT attempts, max_attempts FROM flyjobs_jobs \
-             WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
-        )
-        .bind(id.0)
-        .bind(token)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err("fail"))?;
-        let Some(row) = row else {
-            drop(tx);
-            return Err(lease_mismatch("fail", id, self.current(id).await?));
-        };
-        let outcome = super::rules::fail_outcome(
-            get::<i64>(&row, "attempts")?,
-            get::<Option<i64>>(&row, "max_attempts")?,
-            policy,
-            now,
-        );
-        let err = serde_json::to_string(&failure)?;
-        let q = match outcome {
-            Outcome::Retry { at } => sqlx::query(
-                "UPDATE flyjobs_jobs SET state = 'scheduled', run_at = ?2, last_error = ?3, \
-                 lease_expires_at = NULL WHERE id = ?1",
-            )
-            .bind(id.0)
-            .bind(us(at))
-            .bind(err),
-            _ => sqlx::query(
-                "UPDATE flyjobs_jobs SET state = 'dead', finished_at = ?2, last_error = ?3, \
-                 lease_expires_at = NULL WHERE id = ?1",
-            )
-            .bind(id.0)
-            .bind(us(now))
-            .bind(err),
-        };
-        q.execute(&mut *tx).await.map_err(db_err("fail"))?;
-        tx.commit().await.map_err(db_err("fail: commit"))?;
-        Ok(outcome)
-    }
-
-    async fn discard(
-        &self,
-        id: JobId,
-        token: Option<i64>,
-        failure: Option<Failure>,
-    ) -> Result<Job> {
-        let mut tx = self.begin("discard").await?;
-        let cur = sqlx::query("SELECT state, lease_token FROM flyjobs_jobs WHERE id = ?1")
-            .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err("discard"))?;
-        let Some(cur) = cur else {
-            return Err(super::rules::discard_not_found(id));
-        };
-        let state: JobState = get::<String>(&cur, "state")?.parse()?;
-        let cur_token: i64 = get(&cur, "lease_token")?;
-        let allowed = super::rules::may_discard(state, cur_token, token);
-        if !allowed {
-            return Err(lease_mismatch("discard", id, Some((state, cur_token))));
-        }
-        let err = failure.as_ref().map(serde_json::to_string).transpose()?;
-        let row = sqlx::query(
-            "UPDATE flyjobs_jobs SET state = 'discarded', finished_at = ?2, \
-             last_error = COALESCE(?3, last_error), lease_expires_at = NULL \
-             WHERE id = ?1 RETURNING *",
-        )
-        .bind(id.0)
-        .bind(us(super::now()))
-        .bind(err)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err("discard"))?;
-        tx.commit().await.map_err(db_err("discard: commit"))?;
-        job_from_row(&row)
-    }
-
-    async fn retry_dead(&self, id: JobId) -> Result<Job> {
-        let row = sqlx::query(
-            "UPDATE flyjobs_jobs SET state = 'ready', attempts = 0, lost_leases = 0, run_at = ?2, \
-             finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id = ?1 AND state IN ('dead','discarded') RETURNING *",
-        )
-        .bind(id.0)
-        .bind(us(super::now()))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err("retry"))?;
-        match row {
-            Some(r) => {
-                self.wake().await;
-                job_from_row(&r)
-            }
-            None => Err(lease_mismatch("retry", id, self.current(id).await?)),
-        }
-    }
-
-    async fn release(&self, id: JobId, token: i64) -> Result<Job> {
-        let row = sqlx::query(
-            "UPDATE flyjobs_jobs SET state = 'ready', attempts = MAX(attempts - 1, 0), \
-             lease_owner = NULL, lease_expires_at = NULL, started_at = NULL \
-             WHERE id = ?1 AND state = 'running' AND lease_token = ?2 RETURNING *",
-        )
-        .bind(id.0)
-        .bind(token)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err("release"))?;
-        match row {
-            Some(r) => {
-                self.wake().await;
-                job_from_row(&r)
-            }
-            None => Err(lease_mismatch("release", id, self.current(id).await?)),
-        }
-    }
-
-    async fn reap_expired(&self, now: DateTime<Utc>) -> Result<ReapCounts> {
-        let rows = sqlx::query(
-            "UPDATE flyjobs_jobs SET \
-               lost_leases = lost_leases + 1, \
-               state = CASE WHEN lost_leases + 1 >= ?2 OR attempts >= COALESCE(max_attempts, ?3) \
-                       THEN 'dead' ELSE 'ready' END, \
-               finished_at = CASE WHEN lost_leases + 1 >= ?2 OR attempts >= COALESCE(max_attempts, ?3) \
-                       THEN ?1 ELSE NULL END, \
-               last_error = json_object('class', 'FlyJobs::LeaseLost', 'message', \
-                   ?4 || ': worker ' || COALESCE(lease_owner, '?') || ', attempt ' || attempts \
-                   || ', lost lease ' || (lost_leases + 1) || ' of at most ' || ?2, \
-                   'backtrace', json('[]')), \
-               lease_expires_at = NULL \
-             WHERE state = 'running' AND lease_expires_at < ?1 \
-             RETURNING state",
-        )
-        .bind(us(now))
-        .bind(i64::from(self.opts.max_lost_leases.max(1)))
-        .bind(i64::from(self.opts.default_max_attempts.max(1)))
-        .bind(lease_lost_message())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err("reap"))?;
-        let mut counts = ReapCounts::default();
-        for r in &rows {
-            if get::<String>(r, "state")? == "dead" {
-                counts.dead += 1;
-            } else {
-                counts.retried += 1;
-            }
-        }
-        if counts.retried > 0 {
-            self.wake().await;
-        }
-        Ok(counts)
-    }
-
-    async fn promote_scheduled(&self, now: DateTime<Utc>) -> Result<u64> {
-        let n = sqlx::query(
-            "UPDATE flyjobs_jobs SET state = 'ready' WHERE state = 'scheduled' AND run_at <= ?1",
-        )
-        .bind(us(now))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("promote"))?
-        .rows_affected();
-        if n > 0 {
-            self.wake().await;
-        }
-        Ok(n)
-    }
-
-    async fn register_worker(&self, w: WorkerInfo) -> Result<()> {
-        for q in &w.queues {
-            validate_queue(q)?;
-        }
-        let now = us(super::now());
-        sqlx::query(
-            "INSERT INTO flyjobs_workers (id, queues, concurrency, image_ref, state, running, \
-             started_at, last_heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
-             ON CONFLICT (id) DO UPDATE SET queues = excluded.queues, \
-             concurrency = excluded.concurrency, image_ref = excluded.image_ref, \
-             state = excluded.state, running = excluded.running, \
-             started_at = excluded.started_at, last_heartbeat_at = excluded.last_heartbeat_at",
-        )
-        .bind(&w.id)
-        .bind(serde_json::to_string(&w.queues)?)
-        .bind(i64::from(w.concurrency))
-        .bind(&w.image_ref)
-        .bind(w.state.as_str())
-        .bind(i64::from(w.running))
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("register worker"))?;
-        Ok(())
-    }
-
-    async fn heartbeat_worker(&self, id: &str, running: u32) -> Result<()> {
-        let n = sqlx::query(
-            "UPDATE flyjobs_workers SET running = ?2, last_heartbeat_at = ?3, \
-             state = CASE WHEN state = 'stopping' THEN state WHEN ?2 > 0 THEN 'live' ELSE 'idle' END \
-             WHERE id = ?1",
-        )
-        .bind(id)
-        .bind(i64::from(running))
-        .bind(us(super::now()))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("heartbeat"))?
-        .rows_affected();
-        if n == 0 {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("heartbeat: worker {id:?} is not registered"),
-            ));
-        }
-        Ok(())
-    }
-
-    async fn set_worker_state(&self, id: &str, state: WorkerState) -> Result<()> {
-        let n = sqlx::query("UPDATE flyjobs_workers SET state = ?2 WHERE id = ?1")
-            .bind(id)
-            .bind(state.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("set worker state"))?
-            .rows_affected();
-        if n == 0 {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("worker {id:?} is not registered"),
-            ));
-        }
-        Ok(())
-    }
-
-    async fn deregister_worker(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM flyjobs_workers WHERE id = ?1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("deregister worker"))?;
-        Ok(())
-    }
-
-    async fn prune_workers(&self, before: DateTime<Utc>) -> Result<u64> {
-        Ok(
-            sqlx::query("DELETE FROM flyjobs_workers WHERE last_heartbeat_at < ?1")
-                .bind(us(before))
-                .execute(&self.pool)
-                .await
-                .map_err(db_err("prune workers"))?
-                .rows_affected(),
-        )
-    }
-
-    async fn workers(&self) -> Result<Vec<WorkerInfo>> {
-        let rows = sqlx::query("SELECT * FROM flyjobs_workers ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("list workers"))?;
-        rows.iter().map(worker_from_row).collect()
-    }
-
-    async fn stats(&self) -> Result<Vec<QueueStats>> {
-        let now = super::now();
-        let rows = sqlx::query(
-            "SELECT queue, \
-               count(*) FILTER (WHERE state IN ('scheduled','ready') AND run_at <= ?1) AS ready, \
-               count(*) FILTER (WHERE state IN ('scheduled','ready') AND run_at > ?1) AS scheduled, \
-               count(*) FILTER (WHERE state = 'running') AS running, \
-               count(*) FILTER (WHERE state = 'dead') AS dead, \
-               count(*) FILTER (WHERE state = 'completed') AS completed, \
-               count(*) FILTER (WHERE state = 'discarded') AS discarded, \
-               min(run_at) FILTER (WHERE state IN ('scheduled','ready') AND run_at <= ?1) AS oldest, \
-               min(run_at) FILTER (WHERE state IN ('scheduled','ready') AND run_at > ?1) AS next \
-             FROM flyjobs_jobs GROUP BY queue ORDER BY queue",
-        )
-        .bind(us(now))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err("stats"))?;
-        rows.iter()
-            .map(|r| {
-                let oldest = opt_time(r, "oldest")?;
-                Ok(QueueStats {
-                    queue: get(r, "queue")?,
-                    ready: get::<i64>(r, "ready")? as u64,
-                    scheduled: get::<i64>(r, "scheduled")? as u64,
-                    running: get::<i64>(r, "running")? as u64,
-                    dead: get::<i64>(r, "dead")? as u64,
-                    completed: get::<i64>(r, "completed")? as u64,
-                    discarded: get::<i64>(r, "discarded")? as u64,
-                    oldest_ready_age: oldest.map(|o| (now - o).to_std().unwrap_or_default()),
-                    next_scheduled_at: opt_time(r, "next")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn ready_shapes(&self) -> Result<Vec<ShapeDemand>> {
-        // SQLite sorts NULL first in ascending order, as the Postgres query asks explicitly.
-        let rows = sqlx::query(
-            "SELECT queue, shape, image_ref, count(*) AS ready, min(created_at) AS oldest \
-             FROM flyjobs_jobs WHERE state IN ('scheduled','ready') AND run_at <= ?1 \
-             GROUP BY queue, shape, image_ref ORDER BY queue, shape, image_ref",
-        )
-        .bind(us(super::now()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err("ready shapes"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(ShapeDemand {
-                    queue: get(r, "queue")?,
-                    shape: get(r, "shape")?,
-                    image_ref: get(r, "image_ref")?,
-                    ready: get::<i64>(r, "ready")?.max(0) as u64,
-                    oldest_created_at: from_us(get(r, "oldest")?),
-                })
-            })
-            .collect()
-    }
-
-    async fn list_jobs(&self, f: JobFilter) -> Result<Vec<Job>> {
-        let rows = sqlx::query(
-            "SELECT * FROM flyjobs_jobs WHERE (?1 IS NULL OR state = ?1) \
-             AND (?2 IS NULL OR queue = ?2) AND (?5 IS NULL OR name = ?5) AND id > ?3 \
-             ORDER BY id LIMIT ?4",
-        )
-        .bind(f.state.map(|s| s.as_str()))
-        .bind(f.queue)
-        .bind(f.after_id.map_or(0, |i| i.0))
-        .bind(page_limit(f.limit))
-        .bind(f.name)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err("list jobs"))?;
-        rows.iter().map(job_from_row).collect()
-    }
-
-    async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
-        sqlx::query("SELECT * FROM flyjobs_jobs WHERE id = ?1")
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err("get job"))?
-            .as_ref()
-            .map(job_from_row)
-            .transpose()
-    }
-
-    async fn clear_queue(&self, queue: &str) -> Result<u64> {
-        let n = sqlx::query(
-            "DELETE FROM flyjobs_jobs WHERE queue = ?1 AND state IN ('ready','scheduled')",
-        )
-        .bind(queue)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("clear queue"))?
-        .rows_affected();
-        Ok(n)
-    }
-
-    async fn prune_finished(&self, now: DateTime<Utc>) -> Result<u64> {
-        let completed_before = super::sub(now, self.opts.retain_completed);
-        let dead_before = super::sub(now, self.opts.retain_dead);
-        // Off the flyjobs_jobs_finished index, a bounded batch per statement.
-        Ok(sqlx::query(
-            "DELETE FROM flyjobs_jobs WHERE id IN (SELECT id FROM flyjobs_jobs \
-             WHERE state IN ('completed','dead','discarded') \
-             AND finished_at < (CASE WHEN state = 'completed' THEN ?1 ELSE ?2 END) \
-             LIMIT ?3)",
-        )
-        .bind(us(completed_before))
-        .bind(us(dead_before))
-        .bind(super::PRUNE_BATCH)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("prune"))?
-        .rows_affected())
-    }
-
-    async fn try_acquire_leader(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool> {
-        let now = super::now();
-        let row = sqlx::query(
-            "INSERT INTO flyjobs_locks (name, owner, expires_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
-             WHERE flyjobs_locks.owner = excluded.owner OR flyjobs_locks.expires_at < ?4 \
-             RETURNING owner",
-        )
-        .bind(name)
-        .bind(owner)
-        .bind(us(add(now, ttl)))
-        .bind(us(now))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err("leader lock"))?;
-        Ok(row.is_some())
-    }
-
-    async fn release_leader(&self, name: &str, owner: &str) -> Result<()> {
-        sqlx::query("DELETE FROM flyjobs_locks WHERE name = ?1 AND owner = ?2")
-            .bind(name)
-            .bind(owner)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("leader unlock"))?;
-        Ok(())
-    }
-
-    fn wakes_other_processes(&self) -> bool {
-        self.watcher.is_some()
-    }
-
-    fn subscribe(&self) -> JobNotifier {
-        self.signal.subscribe()
-    }
-
-    async fn close(&self) {
-        if let Some(w) = &self.watcher {
-            w.abort();
-        }
-        self.pool.close().await;
-    }
-
-    async fn record_boot_failure(&self, failure: super::boot_failures::BootFailure) -> Result<()> {
-        super::boot_failures::sqlite_record(&self.pool, failure).await
-    }
-
-    async fn boot_failures(&self, limit: usize) -> Result<Vec<super::boot_failures::BootFailure>> {
-        super::boot_failures::sqlite_list(&self.pool, limit).await
-    }
-
-    async fn clear_boot_failures(&self, queue: Option<&str>) -> Result<u64> {
-        super::boot_failures::sqlite_clear(&self.pool, queue).await
-    }
-
-    async fn run_now(&self, id: JobId) -> Result<Job> {
-        let row = sqlx::query(
-            "UPDATE flyjobs_jobs SET state = 'ready', run_at = ?2 \
-             WHERE id = ?1 AND state IN ('scheduled','ready') RETURNING *",
-        )
-        .bind(id.0)
-        .bind(us(super::now()))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err("run now"))?;
-        match row {
-            Some(r) => {
-                // Other processes' workers too (the wake counter), as retry does.
-                self.wake().await;
-                job_from_row(&r)
-            }
-            None => Err(lease_mismatch("run now", id, self.current(id).await?)),
-        }
-    }
-
-    async fn finished_since(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<Job>> {
-        let rows = sqlx::query(
-            "SELECT * FROM flyjobs_jobs WHERE state IN ('completed','dead','discarded') \
-             AND finished_at >= ?1 ORDER BY finished_at DESC LIMIT ?2",
-        )
-        .bind(us(since))
-        .bind(page_limit(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err("finished jobs"))?;
-        rows.iter().map(job_from_row).collect()
-    }
-
-    async fn record_usage(
-        &self,
-        cursor: &crate::cost::UsageCursor,
-        read_through_ms: Option<i64>,
-        hours: &[crate::cost::HourUsage],
-    ) -> Result<bool> {
-        super::usage::sqlite::record(&self.pool, cursor, read_through_ms, hours).await
-    }
-
-    async fn usage_cursors(&self) -> Result<Vec<crate::cost::UsageCursor>> {
-        super::usage::sqlite::cursors(&self.pool).await
-    }
-
-    async fn usage_hours(&self, since: DateTime<Utc>) -> Result<Vec<crate::cost::HourUsage>> {
-        super::usage::sqlite::hours(&self.pool, since).await
-    }
-
-    async fn requeue_on_shape(
-        &self,
-        id: JobId,
-        token: i64,
-        shape: &str,
-        failure: &Failure,
-    ) -> Result<bool> {
-        let queue = super::placement::sqlite_requeue_on_shape(
-            &self.pool,
-            id,
-            token,
-            shape,
-            failure,
-            super::now(),
-        )
-        .await?;
-        if queue.is_none() {
-            return Ok(false);
-        }
-        // Runnable again: other processes' workers hear it through the wake counter.
-        self.wake().await;
-        Ok(true)
-    }
 }
