@@ -696,6 +696,14 @@ impl Store for Flaky {
         self.check()?;
         self.inner.requeue_on_shape(id, token, shape, failure).await
     }
+
+    async fn attempts(
+        &self,
+        id: flyjobs::job::JobId,
+    ) -> flyjobs::Result<Vec<flyjobs::store::Attempt>> {
+        self.check()?;
+        self.inner.attempts(id).await
+    }
 }
 
 async fn flaky_client(lease: Duration) -> (Client, Arc<Flaky>, tempfile::TempDir) {

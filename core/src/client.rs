@@ -330,6 +330,12 @@ impl Client {
         self.inner.store.get_job(id).await
     }
 
+    /// The failed runs of a job, oldest first (error, machine, when), as the dashboard's job
+    /// page shows them.
+    pub async fn attempts(&self, id: JobId) -> Result<Vec<crate::store::Attempt>> {
+        self.inner.store.attempts(id).await
+    }
+
     /// A page of jobs (by queue, state and class), in id order; pass the last id as
     /// `after_id` for the next page.
     pub async fn jobs(&self, filter: JobFilter) -> Result<Vec<Job>> {

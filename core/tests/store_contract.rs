@@ -95,10 +95,108 @@ both!(
     claim_filters_by_shape,
     claim_filters_by_image,
     ready_shapes_groups_runnable_jobs,
+    every_failed_run_is_in_the_attempt_history,
 );
 
 mod cases {
     use super::*;
+
+    /// Each way a run ends in a failure adds one entry (error, retry with the same error, a
+    /// lost lease, an OOM requeue, dead); a graceful release, a success and a discard without
+    /// a reason add none; deleting the job deletes its history.
+    pub async fn every_failed_run_is_in_the_attempt_history(s: Arc<dyn Store>) {
+        let j = s.enqueue(NewJob::new("h", json!(1))).await.unwrap();
+        let p = immediate_retry(25);
+        let same = Failure::new("E", "same").with_backtrace(vec!["job.rb:3".into()]);
+        for worker in ["w1", "w2"] {
+            let l = s.claim(claim(&["h"], 1, worker)).await.unwrap().remove(0);
+            s.fail(j.id, l.token, same.clone(), &p).await.unwrap();
+        }
+        // Given back untouched: not a failed run.
+        let l = s.claim(claim(&["h"], 1, "w3")).await.unwrap().remove(0);
+        s.release(j.id, l.token).await.unwrap();
+        // Lost: the reaper records it.
+        s.claim(ClaimRequest::new(["h"], 1, "w4", Duration::from_millis(50)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(s.reap_expired(Utc::now()).await.unwrap().retried, 1);
+        // OOM-killed: back on a bigger machine.
+        let l = s.claim(claim(&["h"], 1, "w5")).await.unwrap().remove(0);
+        let oom = Failure::new("FlyJobs::OutOfMemory", "oom_killed at 256 MB");
+        assert!(
+            s.requeue_on_shape(j.id, l.token, "shared-cpu-1x:512", &oom)
+                .await
+                .unwrap()
+        );
+        // The last run fails for good.
+        let l = s.claim(claim(&["h"], 1, "w6")).await.unwrap().remove(0);
+        let last = Failure::new("E", "last");
+        assert_eq!(
+            s.fail(j.id, l.token, last.clone(), &immediate_retry(5))
+                .await
+                .unwrap(),
+            Outcome::Dead
+        );
+        let history = s.attempts(j.id).await.unwrap();
+        let seen: Vec<(u32, Option<&str>, JobState, &str)> = history
+            .iter()
+            .map(|a| {
+                (
+                    a.attempt,
+                    a.machine.as_deref(),
+                    a.outcome,
+                    a.error.message.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(seen.len(), 5, "{history:#?}");
+        assert_eq!(seen[0], (1, Some("w1"), JobState::Scheduled, "same"));
+        assert_eq!(seen[1], (2, Some("w2"), JobState::Scheduled, "same"));
+        assert_eq!(
+            (seen[2].0, seen[2].1, seen[2].2),
+            (3, Some("w4"), JobState::Ready)
+        );
+        assert_eq!(history[2].error.class, Failure::LEASE_LOST);
+        assert_eq!(
+            seen[3],
+            (4, Some("w5"), JobState::Ready, "oom_killed at 256 MB")
+        );
+        assert_eq!(seen[4], (5, Some("w6"), JobState::Dead, "last"));
+        assert_eq!(history[0].error, same, "class, message and backtrace");
+        for a in &history {
+            let started = a.started_at.expect("a run has a start");
+            assert!(
+                started <= a.ended_at + chrono::Duration::seconds(1),
+                "{a:?}"
+            );
+        }
+
+        // A success and a discard without a reason add nothing.
+        let ok = s.enqueue(NewJob::new("h2", json!(2))).await.unwrap();
+        let l = s.claim(claim(&["h2"], 1, "w")).await.unwrap().remove(0);
+        s.fail(ok.id, l.token, Failure::new("E", "once"), &p)
+            .await
+            .unwrap();
+        let l = s.claim(claim(&["h2"], 1, "w")).await.unwrap().remove(0);
+        s.complete(ok.id, l.token).await.unwrap();
+        assert_eq!(s.attempts(ok.id).await.unwrap().len(), 1);
+        let d = s.enqueue(NewJob::new("h2", json!(3))).await.unwrap();
+        let l = s.claim(claim(&["h2"], 1, "w")).await.unwrap().remove(0);
+        s.fail(d.id, l.token, Failure::new("E", "first"), &p)
+            .await
+            .unwrap();
+        let l = s.claim(claim(&["h2"], 1, "w")).await.unwrap().remove(0);
+        s.discard(d.id, Some(l.token), None).await.unwrap();
+        assert_eq!(s.attempts(d.id).await.unwrap().len(), 1);
+
+        // Pruning the jobs deletes their history.
+        let later = Utc::now() + chrono::Duration::days(365);
+        assert!(s.prune_finished(later).await.unwrap() >= 3);
+        for id in [j.id, ok.id, d.id] {
+            assert_eq!(s.attempts(id).await.unwrap(), vec![], "job {id}");
+        }
+    }
 
     pub async fn enqueue_round_trips(s: Arc<dyn Store>) {
         let job = s

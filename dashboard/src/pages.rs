@@ -513,6 +513,7 @@ pub(crate) async fn job(client: &Client, ctx: &Ctx<'_>, id: i64) -> Page {
             }),
         _ => None,
     };
+    let attempts = client.attempts(JobId(id)).await?;
     let body = html! {
         h1 { "Job " (id) " " (state_badge(j.state)) }
         p { (row_actions(ctx, &j, &here)) }
@@ -538,6 +539,33 @@ pub(crate) async fn job(client: &Client, ctx: &Ctx<'_>, id: i64) -> Page {
             h2 { "Last error" }
             p { code { (e.class) } ": " (e.message) }
             @if !e.backtrace.is_empty() { pre { (e.backtrace.join("\n")) } }
+        }
+        @if !attempts.is_empty() {
+            h2 { "Failed attempts" }
+            table.attempts {
+                thead { tr { th.num { "#" } th { "Machine" } th { "Started" } th.num { "Ran" } th { "Then" } th { "Error" } } }
+                tbody {
+                    @for a in &attempts {
+                        tr {
+                            td.num { (a.attempt) }
+                            td { @if let Some(m) = &a.machine { code { (m) } } }
+                            td { @if let Some(t) = a.started_at { (time(t)) } }
+                            td.num {
+                                @if let Some(t) = a.started_at {
+                                    (format!("{:.1} s", (a.ended_at - t).as_seconds_f64().max(0.0)))
+                                }
+                            }
+                            td { (state_badge(a.outcome)) }
+                            td {
+                                code { (a.error.class) } ": " (a.error.message)
+                                @if !a.error.backtrace.is_empty() {
+                                    details { summary { "backtrace" } pre { (a.error.backtrace.join("\n")) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
         h2 { "Arguments" }
         pre { (pretty(&j.payload)) }

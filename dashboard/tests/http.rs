@@ -187,6 +187,19 @@ async fn every_page_loads_and_markup_in_jobs_is_escaped() {
         body.contains("Boom&lt;script&gt;"),
         "error class shown escaped"
     );
+    // Its one failed attempt, in the history table: number, machine, outcome, error.
+    let history = &body[body.find("Failed attempts").expect("the attempt history")..];
+    let row = &history[history.find("<tbody>").unwrap()..history.find("</tbody>").unwrap()];
+    assert!(row.contains("<td class=\"num\">1</td>"), "{row}");
+    assert!(
+        row.contains("<code>w</code>"),
+        "the machine that ran it: {row}"
+    );
+    assert!(row.contains("state-dead"), "{row}");
+    assert!(
+        row.contains("bad &lt;/pre&gt;&lt;script&gt;alert(3)"),
+        "{row}"
+    );
     let (status, _, _) = fx.get("/jobs/999999").await;
     assert_eq!(status, 404);
     let (status, body, _) = fx.get("/jobs?state=bogus").await;

@@ -638,6 +638,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         shape: &str,
         failure: &Failure,
     ) -> Result<bool>;
+
+    /// The failed runs of job `id`, oldest first: each run that ended in a failure (an error,
+    /// a lost lease, an OOM kill, a discard with a reason) as its failure was recorded.
+    async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>>;
+}
+
+/// One failed run of a job (see [`Store::attempts`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Which attempt it was (1 = the first run).
+    pub attempt: u32,
+    /// The worker (machine) that ran it.
+    pub machine: Option<String>,
+    /// When the run began.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When its failure was recorded (the database's clock).
+    pub ended_at: DateTime<Utc>,
+    /// The state the job went to: `scheduled` (retry), `ready`, `dead` or `discarded`.
+    pub outcome: JobState,
+    /// What went wrong.
+    pub error: Failure,
 }
 
 /// Open the store at `url`: `postgres://…`/`postgresql://…` or `sqlite:…` (e.g.

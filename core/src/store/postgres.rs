@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/postgres/0003_shape.sql"),
     ),
     (4, "wake", include_str!("migrations/postgres/0004_wake.sql")),
+    (
+        5,
+        "attempts",
+        include_str!("migrations/postgres/0005_attempts.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serializes migrations across processes.

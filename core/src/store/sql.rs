@@ -312,6 +312,10 @@ const RELEASE: &str = "UPDATE flyjobs_jobs SET state = 'ready', \
      lease_owner = NULL, lease_expires_at = NULL, started_at = NULL \
      WHERE id = $1 AND state = 'running' AND lease_token = $2 RETURNING *";
 
+/// Written by the `flyjobs_jobs_attempt` trigger (migration 0005).
+const ATTEMPTS: &str = "SELECT attempt, machine, started_at, ended_at, outcome, error \
+     FROM flyjobs_attempts WHERE job_id = $1 ORDER BY ended_at, attempt";
+
 const PROMOTE: &str =
     "UPDATE flyjobs_jobs SET state = 'ready' WHERE state = 'scheduled' AND run_at <= $1";
 
@@ -1040,6 +1044,28 @@ impl<B: Backend> Store for SqlStore<B> {
         // Runnable again: wake its workers, in other processes too.
         self.db.wake(&Get(&row).text("queue")?).await?;
         Ok(true)
+    }
+
+    async fn attempts(&self, id: JobId) -> Result<Vec<super::Attempt>> {
+        let rows = self
+            .db
+            .fetch_all(ATTEMPTS, args![id.0])
+            .await
+            .map_err(db_err("attempts"))?;
+        rows.iter()
+            .map(|r| {
+                let g = Get(r);
+                Ok(super::Attempt {
+                    attempt: g.count("attempt")?,
+                    machine: g.opt_text("machine")?,
+                    started_at: g.opt_time("started_at")?,
+                    ended_at: g.time("ended_at")?,
+                    outcome: g.text("outcome")?.parse()?,
+                    error: need(r.json("error"), "error")
+                        .and_then(|v| Ok(serde_json::from_value(v)?))?,
+                })
+            })
+            .collect()
     }
 }
 

@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (3, "shape", include_str!("migrations/sqlite/0003_shape.sql")),
     (4, "wake", include_str!("migrations/sqlite/0004_wake.sql")),
+    (
+        5,
+        "attempts",
+        include_str!("migrations/sqlite/0005_attempts.sql"),
+    ),
 ];
 
 /// Bumps the counter other processes' watchers read (migration 0004).
