@@ -8,7 +8,7 @@ use magnus::{Error, Ruby, function, method, prelude::*};
 use serde_json::Value;
 
 use crate::error::{guard, json_arg, to_ruby};
-use crate::gvl::without_gvl;
+use crate::gvl::always;
 use crate::worker::RbWorker;
 
 /// A core client (a cheap-to-clone handle); `None` once closed.
@@ -17,12 +17,13 @@ pub struct RbClient {
     inner: Mutex<Option<surface::Client>>,
 }
 
-/// Runs a core future on the process-wide runtime with the GVL released.
+/// Runs a core future on the process-wide runtime with the GVL released (held if an interrupt
+/// is already pending: the call still happens once, and Ruby raises the interrupt after it).
 pub fn block<T, F>(ruby: &Ruby, fut: F) -> Result<T, Error>
 where
     F: std::future::Future<Output = surface::Result<T>>,
 {
-    match without_gvl(move || surface::runtime::block_on(fut)) {
+    match always(move |_| surface::runtime::block_on(fut)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(to_ruby(ruby, &e)),
         Err(panic) => Err(crate::error::internal(ruby, &panic)),

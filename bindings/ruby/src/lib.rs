@@ -13,6 +13,7 @@
 mod client;
 mod error;
 mod gvl;
+mod value;
 mod worker;
 
 use flyjobs_binding as surface;
@@ -45,8 +46,12 @@ fn logs_install(filter: String) -> bool {
 fn logs_drain(seconds: f64) -> Result<String, Error> {
     error::guard(|ruby| {
         let wait = surface::wait_slice(seconds, std::time::Duration::from_secs(2));
-        let (records, dropped) = gvl::without_gvl(move || surface::logs::drain(wait))
-            .map_err(|p| error::internal(ruby, &p))?;
+        let (records, dropped) = match gvl::without_gvl(move |_| surface::logs::drain(wait)) {
+            gvl::Ran::Done(r) => r,
+            gvl::Ran::Panicked(p) => return Err(error::internal(ruby, &p)),
+            // Ruby raises the pending interrupt once this returns.
+            gvl::Ran::Interrupted => (Vec::new(), 0),
+        };
         Ok(serde_json::json!({ "records": records, "dropped": dropped }).to_string())
     })
 }
@@ -56,10 +61,15 @@ fn logs_drain(seconds: f64) -> Result<String, Error> {
 /// process of the app is left and its machines are stopped.
 fn serve_local_api(state_dir: String) -> Result<(), Error> {
     error::guard(|ruby| {
-        client::block(
-            ruby,
-            async move { surface::serve_local_api(&state_dir).await },
-        )
+        // Not `client::block`: this runs for the daemon's whole life, so it must never run with
+        // the GVL held. An interrupt already pending: return, and Ruby raises it.
+        match gvl::without_gvl(move |_| {
+            surface::runtime::block_on(surface::serve_local_api(&state_dir))
+        }) {
+            gvl::Ran::Done(r) => r.map_err(|e| error::to_ruby(ruby, &e)),
+            gvl::Ran::Panicked(p) => Err(error::internal(ruby, &p)),
+            gvl::Ran::Interrupted => Ok(()),
+        }
     })
 }
 

@@ -1,17 +1,23 @@
 //! `FlyJobs::Native::{Worker, Slot, Lease}`: the core's worker, its slots and leases.
 //!
-//! Each Ruby thread of `FlyJobs::Worker#run` owns a `Slot`. `Slot#_next(seconds)` is the
-//! surface's `poll_next` with the GVL released: a `Lease`, `nil` (the worker is done) or
-//! `false` (nothing yet; call again: the claim in flight is kept by the core).
+//! Each Ruby thread of `FlyJobs::Worker#run` owns a `Slot`. `Slot#_next(seconds)` waits for
+//! the next job on the calling thread with the GVL released (the surface's [`BlockingSlot`]: no
+//! task spawned per job): a `Lease`, `nil` (the worker is done) or `false` (nothing yet; call
+//! again: the claim in flight is kept). `Slot#_complete_next(lease, seconds)` records a job's
+//! success and waits for the next one in the same call. A `Lease`'s `payload` is built as Ruby
+//! objects straight from the core's parsed JSON, so the payload is never printed and re-parsed.
+//!
+//! [`BlockingSlot`]: surface::BlockingSlot
 
 use flyjobs_binding as surface;
-use magnus::{Error, IntoValue, Ruby, Value, method, prelude::*};
+use magnus::{Error, IntoValue, Ruby, TypedData, Value, method, prelude::*};
 
 use crate::client::block;
 use crate::error::{guard, json_arg, to_ruby};
+use crate::gvl::{Ran, without_gvl};
 
-/// Longest time one `_next` keeps a Ruby thread in native code: Ruby's interrupts (signals,
-/// `Thread#kill`) are served between calls.
+/// Longest time one `_next` keeps a Ruby thread in native code. Interrupts (Thread#raise,
+/// signals) end a wait early through the unblocking function; this bounds the rest.
 const MAX_SLICE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A core worker shared by the slots of its Ruby threads.
@@ -31,7 +37,7 @@ impl RbWorker {
 
     fn slot(&self) -> RbSlot {
         RbSlot {
-            inner: self.inner.slot(),
+            inner: surface::BlockingSlot::new(self.inner.clone()),
         }
     }
 
@@ -67,7 +73,7 @@ impl RbWorker {
 /// One Ruby thread's handle on the worker.
 #[magnus::wrap(class = "FlyJobs::Native::Slot", free_immediately, size)]
 pub struct RbSlot {
-    inner: surface::Slot,
+    inner: surface::BlockingSlot,
 }
 
 impl RbSlot {
@@ -76,12 +82,51 @@ impl RbSlot {
         guard(|ruby| {
             let slice = surface::wait_slice(seconds, MAX_SLICE);
             let slot = &self.inner;
-            match block(ruby, slot.poll_next(slice))? {
-                surface::Poll::Pending => Ok(ruby.qfalse().as_value()),
-                surface::Poll::Done => Ok(ruby.qnil().as_value()),
-                surface::Poll::Job(lease) => Ok(RbLease::new(ruby, *lease)?.into_value_with(ruby)),
+            let poll = without_gvl(|interrupt| slot.next_blocking(slice, interrupt.requested()));
+            poll_value(ruby, poll)
+        })
+    }
+
+    /// `#_complete_next(lease, seconds) -> Lease | nil | false`: `lease._complete`, then
+    /// `_next(seconds)`, with one release of the GVL. An error completing is raised before any
+    /// next job is claimed.
+    fn complete_next(&self, lease: &RbLease, seconds: f64) -> Result<Value, Error> {
+        guard(|ruby| {
+            let done = lease.take(ruby)?;
+            let slice = surface::wait_slice(seconds, MAX_SLICE);
+            let slot = &self.inner;
+            let mut done = Some(done);
+            let poll = without_gvl(|interrupt| {
+                let lease = done.take().expect("runs once");
+                slot.complete_then_next(lease, slice, interrupt.requested())
+            });
+            match (poll, done) {
+                // An interrupt was pending: nothing ran. Record the outcome all the same (the
+                // job did run), with the GVL held; Ruby raises the interrupt after this returns.
+                (Ran::Interrupted, Some(lease)) => {
+                    surface::runtime::block_on(surface::complete(lease))
+                        .map_err(|e| to_ruby(ruby, &e))?;
+                    Ok(ruby.qfalse().as_value())
+                }
+                (poll, _) => poll_value(ruby, poll),
             }
         })
+    }
+
+    /// `#_close`: gives up a claim in flight (a job it finds goes back to the queue).
+    fn close(&self) {
+        self.inner.close();
+    }
+}
+
+fn poll_value(ruby: &Ruby, poll: Ran<surface::Result<surface::Poll>>) -> Result<Value, Error> {
+    match poll {
+        Ran::Done(Ok(surface::Poll::Job(lease))) => Ok(RbLease::new(*lease).into_value_with(ruby)),
+        Ran::Done(Ok(surface::Poll::Done)) => Ok(ruby.qnil().as_value()),
+        // Interrupted: Ruby raises the pending interrupt as soon as this returns.
+        Ran::Done(Ok(surface::Poll::Pending)) | Ran::Interrupted => Ok(ruby.qfalse().as_value()),
+        Ran::Done(Err(e)) => Err(to_ruby(ruby, &e)),
+        Ran::Panicked(p) => Err(crate::error::internal(ruby, &p)),
     }
 }
 
@@ -89,45 +134,43 @@ impl RbSlot {
 #[magnus::wrap(class = "FlyJobs::Native::Lease", free_immediately, size)]
 pub struct RbLease {
     lease: surface::HeldLease,
-    job_id: i64,
-    queue: String,
-    name: String,
-    attempts: i64,
-    payload: String,
 }
 
 impl RbLease {
-    fn new(ruby: &Ruby, lease: surface::WorkerLease) -> Result<Self, Error> {
-        let job = lease.job();
-        let payload = serde_json::to_string(&job.payload).map_err(|e| to_ruby(ruby, &e.into()))?;
-        Ok(RbLease {
-            job_id: job.id.0,
-            queue: job.queue.clone(),
-            name: job.name.clone(),
-            attempts: i64::from(job.attempts),
-            payload,
+    fn new(lease: surface::WorkerLease) -> Self {
+        RbLease {
             lease: surface::HeldLease::new(lease),
-        })
+        }
     }
 
     fn take(&self, ruby: &Ruby) -> Result<surface::WorkerLease, Error> {
         self.lease.take().map_err(|e| to_ruby(ruby, &e))
     }
 
+    fn job<R>(&self, f: impl FnOnce(&surface::Job) -> R) -> Result<R, Error> {
+        guard(|ruby| self.lease.with_job(f).map_err(|e| to_ruby(ruby, &e)))
+    }
+
     fn job_id(&self) -> i64 {
-        self.job_id
+        self.lease.job_id()
     }
-    fn queue(&self) -> String {
-        self.queue.clone()
+    fn queue(&self) -> Result<String, Error> {
+        self.job(|j| j.queue.clone())
     }
-    fn name(&self) -> String {
-        self.name.clone()
+    fn name(&self) -> Result<String, Error> {
+        self.job(|j| j.name.clone())
     }
-    fn attempts(&self) -> i64 {
-        self.attempts
+    fn attempts(&self) -> Result<i64, Error> {
+        self.job(|j| i64::from(j.attempts))
     }
-    fn payload(&self) -> String {
-        self.payload.clone()
+    /// The payload as Ruby objects (Hash, Array, String, Integer, Float, true/false/nil), as
+    /// `JSON.parse` would give them, built from the core's parsed value.
+    fn payload(&self) -> Result<Value, Error> {
+        guard(|ruby| {
+            self.lease
+                .with_job(|j| crate::value::to_ruby(ruby, &j.payload))
+                .map_err(|e| to_ruby(ruby, &e))?
+        })
     }
 
     fn complete(&self) -> Result<(), Error> {
@@ -166,6 +209,8 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> Result<(), Error> {
 
     let slot = native.define_class("Slot", ruby.class_object())?;
     slot.define_method("_next", method!(RbSlot::next, 1))?;
+    slot.define_method("_complete_next", method!(RbSlot::complete_next, 2))?;
+    slot.define_method("_close", method!(RbSlot::close, 0))?;
 
     let lease = native.define_class("Lease", ruby.class_object())?;
     lease.define_method("job_id", method!(RbLease::job_id, 0))?;
@@ -176,5 +221,12 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> Result<(), Error> {
     lease.define_method("_complete", method!(RbLease::complete, 0))?;
     lease.define_method("_fail", method!(RbLease::fail, 1))?;
     lease.define_method("_release", method!(RbLease::release, 0))?;
+    // Look the classes up now, while the extension loads. magnus otherwise does it the first
+    // time it wraps an object, through a Ruby call whose failure it unwraps: a pending
+    // Interrupt then panicked inside `_slot` (seen under GC.stress).
+    RbWorker::class(ruby);
+    RbSlot::class(ruby);
+    RbLease::class(ruby);
+    crate::client::RbClient::class(ruby);
     Ok(())
 }

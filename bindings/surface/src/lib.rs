@@ -31,6 +31,7 @@
 //! | [`start_scaler`], [`shutdown`] | — | — |
 //! | [`worker`] | worker options map (`queues`, `concurrency`, `wait`, `pool`) | [`Worker`] |
 //! | [`Worker::slot`] → [`Slot::poll_next`] | max wait | [`Poll`]: job lease, pending, done |
+//! | [`BlockingSlot::next_blocking`], [`BlockingSlot::complete_then_next`] | (lease,) max wait, give-up signal | [`Poll`], on the calling thread |
 //! | [`lease_job`] | lease | the job |
 //! | [`complete`], [`fail`], [`release`] | lease (+ failure map `class`, `message`, `backtrace`) | — / outcome |
 //! | [`complete_with`] | lease, result (any value) | — |
@@ -42,10 +43,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub use flyjobs::error::ErrorView;
+pub use flyjobs::job::Job;
 pub use flyjobs::worker::{Poll, Slot, Worker, WorkerLease};
 pub use flyjobs::{Client, Config, Error, ErrorKind, Result};
 
+pub mod blocking_slot;
 pub mod logs;
+
+pub use blocking_slot::BlockingSlot;
 
 /// The process-wide tokio runtime (rebuilt after `fork()`), for bindings that block.
 pub use flyjobs::runtime;
@@ -433,22 +438,36 @@ impl HeldLease {
         self.job_id
     }
 
+    /// `f` of the job, while the lease is held (before its outcome); `Conflict` after.
+    pub fn with_job<R>(&self, f: impl FnOnce(&flyjobs::job::Job) -> R) -> Result<R> {
+        let guard = self
+            .lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(lease) => Ok(f(lease.job())),
+            None => Err(self.gone()),
+        }
+    }
+
+    fn gone(&self) -> Error {
+        Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "job {} was already completed, failed or released",
+                self.job_id
+            ),
+        )
+        .with_job_id(self.job_id)
+    }
+
     /// Take the lease for its outcome; `Conflict` if it already had one.
     pub fn take(&self) -> Result<WorkerLease> {
         self.lease
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "job {} was already completed, failed or released",
-                        self.job_id
-                    ),
-                )
-                .with_job_id(self.job_id)
-            })
+            .ok_or_else(|| self.gone())
     }
 }
 

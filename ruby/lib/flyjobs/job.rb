@@ -9,7 +9,8 @@ module FlyJobs
   # @!attribute [r] queue    @return [String]
   # @!attribute [r] name     @return [String, nil] display name (the job class)
   # @!attribute [r] attempts @return [Integer] attempts so far, this one included
-  # @!attribute [r] payload  @return [Object] the payload, parsed from JSON
+  # @!attribute [r] payload  @return [Object] the payload as JSON.parse gives it (built by the
+  #   extension from the stored JSON, not re-parsed in Ruby)
   class Job
     attr_reader :id, :queue, :name, :attempts, :payload
 
@@ -19,7 +20,7 @@ module FlyJobs
       @queue = lease.queue
       @name = lease.name.to_s.empty? ? nil : lease.name
       @attempts = lease.attempts
-      @payload = JSON.parse(lease.payload)
+      @payload = lease.payload
     end
 
     def inspect

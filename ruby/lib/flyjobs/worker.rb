@@ -43,6 +43,10 @@ module FlyJobs
         Thread.new(@native._slot) do |slot|
           Thread.current.name = "flyjobs-worker-#{i}"
           work(slot, on_failure, &block)
+        ensure
+          # A runner interrupted while waiting leaves a claim in flight: a job it finds goes
+          # straight back to the queue.
+          slot._close
         end
       end
       runners.each(&:join)
@@ -83,21 +87,26 @@ module FlyJobs
 
     private
 
+    # One native call per job after the first: `_complete_next` records the success and waits
+    # for the next job with the GVL released once.
     def work(slot, on_failure)
-      while (lease = next_lease(slot))
+      lease = next_lease(slot)
+      while lease
+        job = nil
         begin
           job = Job.new(lease)
-          result = yield job
+          yield job
         rescue StandardError => e
           failure = { "class" => e.class.name.to_s, "message" => e.message.to_s, "backtrace" => e.backtrace || [] }
           outcome = JSON.parse(lease._fail(FlyJobs.to_json(failure)))
           on_failure&.call(job, e, outcome)
+          lease = next_lease(slot)
         rescue Exception # rubocop:disable Lint/RescueException -- give the job back, then propagate
           lease._release
           raise
         else
-          lease._complete
-          result
+          lease = slot._complete_next(lease, POLL_SECONDS)
+          lease = next_lease(slot) if lease == false
         end
       end
     end

@@ -1,6 +1,8 @@
 # frozen_string_literal: true
 
 require "time" # Time.iso8601, when this file runs without the rest of the suite
+require "open3"
+require "rbconfig"
 require_relative "../test_helper"
 
 class ClientTest < Minitest::Test
@@ -67,6 +69,49 @@ class ClientTest < Minitest::Test
     assert_equal "dead", job["state"]
     assert_includes JSON.generate(job), "ArgumentError"
     assert_includes JSON.generate(job), "bad thing"
+  end
+
+  # The extension builds the payload as Ruby objects itself: it must be what JSON.parse gives.
+  def test_a_job_payload_is_what_json_parse_gives
+    payload = { "s" => "h\u00e9llo \u{1F600}", "i" => -7, "big" => 2**62, "u" => 2**63 + 1, "f" => 1.5,
+                "list" => [nil, true, false, [], {}], "nested" => { "k" => ["v", 2] }, "" => "empty key" }
+    payloads = [payload, [1, "two"], "text", 42, false]
+    payloads.each { |p| @client.enqueue(queue: q("p"), payload: p) }
+    seen = []
+    @client.worker(queues: [q("p")], wait: 1, concurrency: 1).run { |job| seen << job.payload }
+    expected = JSON.parse(JSON.generate(payloads))
+    assert_equal expected, seen
+    assert_equal Encoding::UTF_8, seen.first["s"].encoding
+    assert seen.first.keys.all?(&:frozen?), "Hash keys are frozen copies, as JSON.parse's are"
+  end
+
+  # Ten jobs through one thread: each after the first comes from `_complete_next`, and each is
+  # completed exactly once.
+  def test_consecutive_jobs_on_one_thread_are_each_completed
+    ids = 10.times.map { |i| @client.enqueue(queue: q("c"), payload: i) }
+    seen = []
+    @client.worker(queues: [q("c")], concurrency: 1, wait: 1).run { |job| seen << job.payload }
+    assert_equal (0...10).to_a, seen.sort
+    ids.each { |id| assert_equal "completed", @client.job(id)["state"] }
+  end
+
+  # magnus looked a wrapped class up the first time it wrapped an object, through a Ruby call
+  # whose failure it unwrapped: an Interrupt pending right then panicked inside `_slot` (seen
+  # under GC.stress). The classes are now looked up when the extension loads; here any const_get
+  # during `_slot` raises, in a fresh process where nothing was wrapped yet.
+  def test_wrapping_a_native_object_calls_no_ruby_method
+    script = <<~RUBY
+      require "flyjobs"
+      client = FlyJobs::Client.open(database_url: ARGV[0])
+      native = client.worker(queues: ["wrap"], wait: 1).instance_variable_get(:@native)
+      trace = TracePoint.new(:c_call) { |tp| raise Interrupt, "const_get called" if tp.method_id == :const_get }
+      slot = trace.enable { native._slot }
+      print slot.class.name
+      client.close
+    RUBY
+    out, status = Open3.capture2e(RbConfig.ruby, "-I#{File.expand_path("../../lib", __dir__)}", "-e", script, test_database_url)
+    assert status.success?, out
+    assert_equal "FlyJobs::Native::Slot", out.lines.last
   end
 
   def test_quiet_from_another_thread_ends_run_and_the_gvl_is_released_while_waiting
