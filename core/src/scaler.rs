@@ -81,7 +81,7 @@ impl Default for ScalerOptions {
             boot_backoff: Duration::from_secs(2),
             boot_backoff_max: Duration::from_secs(300),
             list_every: Duration::from_secs(1),
-            idle_interval: Duration::from_secs(30),
+            idle_interval: Duration::from_secs(60),
         }
     }
 }
