@@ -9,8 +9,9 @@
 //!    ([`crate::placement::grown`], up to the queue's `max_memory_mb`);
 //! 5. per group of jobs (queue, machine shape, release: a job's own image while it is pinned,
 //!    see `pin_for`, else the current one): `wanted = ceil((ready + running) / concurrency)`
-//!    (at least `min_machines` for the queue's default machines); when fewer machines of the
-//!    group are active (created, starting or started), gets more, cheapest first: resume a
+//!    when fewer machines of the group are active (created, starting or started), gets more
+//!    (and keeps `min_machines` of the queue's default machines in existence: a suspended or
+//!    stopped pool machine counts toward that floor, not toward jobs), cheapest first: resume a
 //!    suspended pool machine, else start a stopped one, else create one of that size, image
 //!    and region — never above the queue's `max_machines` (all its groups together) or the
 //!    global `FLYJOBS_MAX_MACHINES`, and creates go through a token bucket that respects the
@@ -34,7 +35,7 @@ use crate::fork::Template;
 use crate::job::{Failure, Job, JobState};
 use crate::machines::Machines;
 use crate::machines::types::{
-    CreateMachineRequest, ExitEvent, Guest, ListMachinesQuery, Machine, MachineEvent,
+    CreateMachineRequest, ExitEvent, Guest, ListMachinesQuery, Machine, MachineEvent, MachineState,
 };
 use crate::placement::Shape;
 use crate::retry::RetryPolicy;
@@ -59,6 +60,15 @@ pub struct ScalerOptions {
     pub boot_backoff: Duration,
     /// Longest pause between boots of a queue whose machines keep failing at boot.
     pub boot_backoff_max: Duration,
+    /// Shortest time between two listings of the app's machines: ticks in between (wake-ups
+    /// on enqueue) work on the scaler's cached view. The API allows 1 listing/s per app
+    /// (burst 3), shared with every other caller (usage counting, dashboards, `flyjobs`).
+    pub list_every: Duration,
+    /// Longest time between two ticks while idle (no runnable or running job, nothing
+    /// booting): the pause doubles from `interval` up to this. Enqueues wake the scaler at
+    /// once and a scheduled job's run_at shortens the pause, so idling costs no latency; it
+    /// keeps an idle web process from touching the database every `interval`.
+    pub idle_interval: Duration,
 }
 
 impl Default for ScalerOptions {
@@ -70,6 +80,8 @@ impl Default for ScalerOptions {
             boot_failure_limit: 5,
             boot_backoff: Duration::from_secs(2),
             boot_backoff_max: Duration::from_secs(300),
+            list_every: Duration::from_secs(1),
+            idle_interval: Duration::from_secs(60),
         }
     }
 }
@@ -151,6 +163,14 @@ pub struct TickReport {
     pub lost_leadership: bool,
     /// Running jobs found on an OOM-killed machine (requeued with more memory, or failed).
     pub oom_killed: u32,
+    /// Whether the tick worked on the cached view of the machines (the listing was rate
+    /// limited, failed, or was skipped because the last one is younger than `list_every`).
+    pub stale_view: bool,
+    /// Whether there was nothing to watch closely: no runnable or running job, no machine
+    /// booting, nothing done. The next tick may come later (see `idle_interval`).
+    pub idle: bool,
+    /// The earliest run_at of a scheduled job (only looked up on idle ticks).
+    pub next_scheduled_at: Option<DateTime<Utc>>,
 }
 
 /// The scaler. Cheap to share; run it with [`Scaler::spawn`] or tick it by hand.
@@ -179,6 +199,110 @@ pub struct Scaler {
     /// When machine usage was last counted and finished jobs last pruned (leader chores that
     /// need not run every tick).
     chores: std::sync::Mutex<Chores>,
+    /// Whether a chores task is running (they run beside the ticks, never inside one: a
+    /// rate-limited usage listing must not hold up boots).
+    chores_running: Arc<std::sync::atomic::AtomicBool>,
+    /// The scaler's view of the app's worker machines (see [`Fleet`]).
+    fleet: std::sync::Mutex<Fleet>,
+    /// Until when the leader lock is certainly ours (from the last acquisition or renewal).
+    held_until: std::sync::Mutex<Option<Instant>>,
+}
+
+/// The scaler's view of the app's worker machines: the last listing, amended by the answers
+/// to the scaler's own creates, starts and destroys. A tick whose listing is rate limited (or
+/// skipped, see `list_every`) proceeds on it. What it can miss is what others did since the
+/// listing: a worker suspending or stopping its machine, a machine exiting. Each of these
+/// only makes the scaler boot less, never more, and the next listing corrects it. It is
+/// trusted only while this scaler held the leader lock without a gap since that listing,
+/// because another scaler could have booted machines in a gap.
+#[derive(Debug, Default)]
+struct Fleet {
+    machines: HashMap<String, Noted>,
+    /// When the last successful listing was asked for; `None`: no trusted view.
+    listed: Option<Instant>,
+    /// No listing before this (after a 429 or a failure).
+    quiet_until: Option<Instant>,
+    /// Consecutive listings that failed (the pause doubles with each).
+    failures: u32,
+}
+
+#[derive(Debug)]
+struct Noted {
+    machine: Machine,
+    at: Instant,
+}
+
+impl Fleet {
+    /// A listing asked for at `asked` replaces the view, except for what the scaler's own
+    /// answers taught it after `asked` (a listing may not show a create made meanwhile).
+    fn replace(&mut self, asked: Instant, listed: Vec<Machine>) {
+        let mut machines: HashMap<String, Noted> = listed
+            .into_iter()
+            .map(|m| {
+                (
+                    m.id.clone(),
+                    Noted {
+                        machine: m,
+                        at: asked,
+                    },
+                )
+            })
+            .collect();
+        for (id, n) in self.machines.drain() {
+            if n.at > asked {
+                machines.insert(id, n);
+            }
+        }
+        self.machines = machines;
+        self.listed = Some(asked);
+        self.quiet_until = None;
+        self.failures = 0;
+    }
+
+    fn note(&mut self, machine: Machine) {
+        self.machines.insert(
+            machine.id.clone(),
+            Noted {
+                machine,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn set_state(&mut self, id: &str, state: MachineState) {
+        if let Some(n) = self.machines.get_mut(id) {
+            n.machine.state = Some(state);
+            n.machine.updated_at = Some(Utc::now().to_rfc3339());
+            n.at = Instant::now();
+        }
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.machines.remove(id);
+    }
+
+    fn snapshot(&self) -> Vec<Machine> {
+        let mut v: Vec<Machine> = self.machines.values().map(|n| n.machine.clone()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Pause listings after a failure: 1 s, doubling, up to 30 s.
+    fn failed(&mut self, now: Instant) {
+        self.failures += 1;
+        let pause = Duration::from_secs(1u64 << (self.failures - 1).min(5)).min(MAX_LIST_PAUSE);
+        self.quiet_until = Some(now + pause);
+    }
+}
+
+/// Longest pause between listings after failures.
+const MAX_LIST_PAUSE: Duration = Duration::from_secs(30);
+
+/// The machines a tick works on.
+struct View {
+    machines: Vec<Machine>,
+    /// Listed by this tick (else the cached view).
+    fresh: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -266,6 +390,9 @@ impl Scaler {
             halted: std::sync::Mutex::new(HashSet::new()),
             oom_checked: std::sync::Mutex::new(HashMap::new()),
             chores: std::sync::Mutex::new(Chores::default()),
+            chores_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            fleet: std::sync::Mutex::new(Fleet::default()),
+            held_until: std::sync::Mutex::new(None),
         }
     }
 
@@ -281,27 +408,64 @@ impl Scaler {
         let task = crate::runtime::handle().spawn(async move {
             info!(app = %self.app, "scaler started");
             let mut wakeups = self.store.subscribe();
+            // Consecutive idle ticks: the pause doubles with each.
+            let mut idle_streak: u32 = 0;
             loop {
-                match self.tick().await {
-                    Ok(r)
-                        if r != TickReport {
+                // Hold the lock over the pause an idle tick would be followed by, so that the
+                // cached view stays trusted (no gap in which another scaler could act).
+                let hold = self.idle_pause(idle_streak + 1);
+                let pause = match self.tick_holding(hold).await {
+                    Ok(r) => {
+                        if r != (TickReport {
                             leader: r.leader,
+                            idle: r.idle,
+                            stale_view: r.stale_view,
+                            next_scheduled_at: r.next_scheduled_at,
                             ..TickReport::default()
-                        } =>
-                    {
-                        debug!(?r, "scaler tick");
+                        }) {
+                            debug!(?r, "scaler tick");
+                        }
+                        if !r.leader {
+                            // Another scaler leads: be ready to take over about when its lock
+                            // would run out, not sooner.
+                            idle_streak = 0;
+                            self.leader_ttl().min(self.options.idle_interval)
+                        } else if r.idle {
+                            idle_streak = idle_streak.saturating_add(1);
+                            let mut pause = self.idle_pause(idle_streak);
+                            if let Some(due) = r.next_scheduled_at {
+                                let until_due = (due - Utc::now()).to_std().unwrap_or_default();
+                                pause = pause.min(until_due.max(Duration::from_millis(10)));
+                            }
+                            pause
+                        } else {
+                            idle_streak = 0;
+                            self.options.interval
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "scaler tick failed"),
-                }
+                    Err(e) => {
+                        warn!(error = %e, "scaler tick failed");
+                        idle_streak = 0;
+                        self.options.interval
+                    }
+                };
                 tokio::select! {
                     () = c.cancelled() => break,
-                    _ = wakeups.wait(self.options.interval) => {}
+                    _ = wakeups.wait(pause) => {}
                 }
             }
             let _ = self.store.release_leader("scaler", &self.owner).await;
         });
         ScalerHandle { cancel, task }
+    }
+
+    /// The pause after the `streak`-th idle tick in a row: `interval` doubled per idle tick,
+    /// up to `idle_interval`.
+    fn idle_pause(&self, streak: u32) -> Duration {
+        self.options
+            .interval
+            .saturating_mul(1u32 << streak.min(16))
+            .min(self.options.idle_interval.max(self.options.interval))
     }
 
     /// One pass of the control loop.
@@ -312,30 +476,58 @@ impl Scaler {
     /// runs out, in-flight creates included. Two scalers therefore never act at once, however
     /// slowly the Machines API answers.
     pub async fn tick(&self) -> Result<TickReport> {
+        self.tick_holding(Duration::ZERO).await
+    }
+
+    /// A tick that takes the leader lock for `extra` longer than it needs (the pause that
+    /// follows it).
+    async fn tick_holding(&self, extra: Duration) -> Result<TickReport> {
         let mut report = TickReport::default();
         let ttl = self.leader_ttl();
         // Measured before asking: the lock is certainly ours until then + ttl, not longer.
         let asked = Instant::now();
+        let held_before = *self.held_until.lock().unwrap_or_else(|p| p.into_inner());
         if !self
             .store
-            .try_acquire_leader("scaler", &self.owner, ttl)
+            .try_acquire_leader("scaler", &self.owner, ttl + extra)
             .await?
         {
+            self.lost_lock();
             return Ok(report);
         }
+        if held_before.is_none_or(|h| asked >= h) {
+            // The lock lapsed since we last held it: another scaler may have acted meanwhile.
+            self.fleet_mut().listed = None;
+        }
+        self.set_held_until(asked + ttl + extra);
         report.leader = true;
         let outcome = tokio::select! {
             r = self.lead(&mut report) => Some(r),
-            () = self.keep_leadership(asked, ttl) => None,
+            () = self.keep_leadership(asked, ttl + extra) => None,
         };
         match outcome {
             Some(r) => r.map(|()| report),
             None => {
                 warn!(owner = %self.owner, "scaler lost the leader lock mid-tick; stopped acting");
+                self.lost_lock();
                 report.lost_leadership = true;
                 Ok(report)
             }
         }
+    }
+
+    fn fleet_mut(&self) -> std::sync::MutexGuard<'_, Fleet> {
+        self.fleet.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_held_until(&self, until: Instant) {
+        *self.held_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+    }
+
+    /// Not (or no longer certainly) the leader: the cached view is no longer trusted.
+    fn lost_lock(&self) {
+        *self.held_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.fleet_mut().listed = None;
     }
 
     /// Renew the leader lock until it cannot be confirmed; returns (cutting the tick short)
@@ -356,7 +548,10 @@ impl Scaler {
             )
             .await
             {
-                Ok(Ok(true)) => held_until = asked + ttl,
+                Ok(Ok(true)) => {
+                    held_until = asked + ttl;
+                    self.set_held_until(held_until);
+                }
                 Ok(Ok(false)) => return,
                 Ok(Err(e)) => warn!(error = %e, "could not renew the scaler's leader lock"),
                 Err(_) => return,
@@ -364,23 +559,69 @@ impl Scaler {
         }
     }
 
+    /// The app's worker machines: listed when the last listing is older than `list_every`
+    /// and the API is not pushing back, else the cached view. Without a trusted view (first
+    /// tick, or the leader lock lapsed) the listing is retried as any call is: acting on a
+    /// view that may miss another scaler's machines could boot past the limits.
+    async fn view(&self) -> Result<View> {
+        let now = Instant::now();
+        let (trusted, due) = {
+            let f = self.fleet_mut();
+            let due = f.quiet_until.is_none_or(|t| now >= t)
+                && f.listed
+                    .is_none_or(|t| now.duration_since(t) >= self.options.list_every);
+            (f.listed.is_some(), due)
+        };
+        if trusted && !due {
+            return Ok(View {
+                machines: self.fleet_mut().snapshot(),
+                fresh: false,
+            });
+        }
+        let query = ListMachinesQuery {
+            metadata: BTreeMap::from([("flyjobs_role".to_string(), "worker".to_string())]),
+            ..ListMachinesQuery::default()
+        };
+        let listed = if trusted {
+            self.machines.list_machines_once(&self.app, &query).await
+        } else {
+            self.machines.list_machines(&self.app, &query).await
+        };
+        let mut fleet = self.fleet_mut();
+        match listed {
+            Ok(list) => {
+                fleet.replace(now, list);
+                Ok(View {
+                    machines: fleet.snapshot(),
+                    fresh: true,
+                })
+            }
+            Err(e) if fleet.listed.is_some() => {
+                fleet.failed(now);
+                if e.kind() == ErrorKind::RateLimited {
+                    debug!(error = %e, "machine listing rate limited; working on the cached view");
+                } else {
+                    warn!(error = %e, "could not list machines; working on the cached view");
+                }
+                Ok(View {
+                    machines: fleet.snapshot(),
+                    fresh: false,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The body of a tick, run while the leader lock is held.
     async fn lead(&self, report: &mut TickReport) -> Result<()> {
         let reaped = self.store.reap_expired(Utc::now()).await?;
         report.reaped = reaped.retried + reaped.dead;
-        self.chores().await;
+        self.start_chores();
         let spent = self.spent_today().await?;
 
-        let machines = self
-            .machines
-            .list_machines(
-                &self.app,
-                &ListMachinesQuery {
-                    metadata: BTreeMap::from([("flyjobs_role".to_string(), "worker".to_string())]),
-                    ..ListMachinesQuery::default()
-                },
-            )
-            .await?;
+        let view = self.view().await?;
+        report.stale_view = !view.fresh;
+        let machines = view.machines;
         let workers = self.store.workers().await?;
         let registered: HashSet<&str> = workers.iter().map(|w| w.id.as_str()).collect();
 
@@ -394,10 +635,12 @@ impl Scaler {
             now - chrono::Duration::from_std(self.config.lease_duration()).unwrap_or_default();
         for w in &workers {
             let machine = by_id.get(w.id.as_str());
-            let down = machine
-                .is_some_and(|m| matches!(m.state_str(), "stopped" | "destroyed" | "failed"));
+            // Machine states only from a fresh listing: the cached view may lag behind.
+            let down = view.fresh
+                && machine
+                    .is_some_and(|m| matches!(m.state_str(), "stopped" | "destroyed" | "failed"));
             let silent = w.state != WorkerState::Suspended && w.last_heartbeat_at < silent_since;
-            let vanished = w.state == WorkerState::Suspended && machine.is_none();
+            let vanished = view.fresh && w.state == WorkerState::Suspended && machine.is_none();
             if down || silent || vanished {
                 info!(worker = %w.id, down, silent, vanished, last_heartbeat = %w.last_heartbeat_at, "worker is dead; deregistering");
                 match self.store.deregister_worker(&w.id).await {
@@ -435,15 +678,19 @@ impl Scaler {
             let old_release = matches!(m.state_str(), "stopped" | "suspended")
                 && m.metadata_value("flyjobs_release") != Some(self.template.release.as_str());
             let timed_out = booting && age > self.config.boot_timeout();
-            if timed_out || old_release {
+            // Destroys only on a fresh listing: a cached state may be one the machine left.
+            if view.fresh && (timed_out || old_release) {
                 info!(machine = %m.id, state = m.state_str(), old_release, "destroying worker machine");
                 match self
                     .machines
                     .destroy_machine(&self.app, &m.id, true, None)
                     .await
                 {
-                    Ok(()) => report.destroyed += 1,
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Ok(()) => {
+                        self.fleet_mut().forget(&m.id);
+                        report.destroyed += 1;
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => self.fleet_mut().forget(&m.id),
                     Err(e) => warn!(machine = %m.id, error = %e, "destroy failed"),
                 }
                 if timed_out {
@@ -549,16 +796,27 @@ impl Scaler {
                 } else {
                     0
                 };
-                let mut wanted = need.max(floor).min(settings.max_machines);
+                let mut for_jobs = need.min(settings.max_machines);
                 if first_pass {
                     // Only the other shapes and pinned releases: the default group grows in
                     // the second pass, after each of them has its first machine.
                     if group.is_default(&self.template.release) {
                         continue;
                     }
-                    wanted = wanted.min(1);
+                    for_jobs = for_jobs.min(1);
                 }
-                let mut missing = wanted.saturating_sub(active);
+                // Jobs need running machines; the warm pool only needs machines that exist.
+                // A suspended or stopped pool machine is the warm pool (its worker suspended
+                // or stopped it after `wait` idle): booting it again for min_machines alone
+                // would flap it up and down for as long as the queue stays empty.
+                let warm = mine
+                    .iter()
+                    .filter(|m| is_warm(m) && !woken.contains(&m.id))
+                    .count() as u32;
+                let for_floor = floor
+                    .min(settings.max_machines)
+                    .saturating_sub(active + warm);
+                let mut missing = for_jobs.saturating_sub(active).max(for_floor);
                 if missing == 0 {
                     continue;
                 }
@@ -596,6 +854,7 @@ impl Scaler {
                     let resumed = m.state_str() == "suspended";
                     match self.machines.start_machine(&self.app, &m.id, None).await {
                         Ok(_) => {
+                            self.fleet_mut().set_state(&m.id, MachineState::Starting);
                             self.track(&m.id, &queue);
                             woken.insert(m.id.clone());
                             *booted.entry(group.clone()).or_default() += 1;
@@ -614,6 +873,10 @@ impl Scaler {
                             info!(queue, machine = %m.id, resumed, "woke pool machine");
                         }
                         Err(e) => {
+                            if e.kind() == ErrorKind::NotFound {
+                                // Gone since the view was taken (destroyed by someone else).
+                                self.fleet_mut().forget(&m.id);
+                            }
                             warn!(queue, machine = %m.id, error = %e, "could not wake pool machine")
                         }
                     }
@@ -626,6 +889,7 @@ impl Scaler {
                     match self.create(group).await {
                         Ok(m) => {
                             self.track(&m.id, &queue);
+                            self.fleet_mut().note(m.clone());
                             *booted.entry(group.clone()).or_default() += 1;
                             if probe {
                                 probed.insert(queue.clone());
@@ -646,6 +910,26 @@ impl Scaler {
                     }
                 }
             }
+        }
+        report.idle = demand.values().all(|&jobs| jobs == 0)
+            && self.lock_booting().is_empty()
+            && report.created.is_empty()
+            && report.started.is_empty()
+            && report.resumed.is_empty()
+            && report.destroyed == 0
+            && report.reaped == 0
+            && report.deregistered == 0
+            && report.boot_failures == 0
+            && report.oom_killed == 0;
+        if report.idle {
+            // The next tick may be far off: not later than the next scheduled job is due.
+            report.next_scheduled_at = self
+                .store
+                .stats()
+                .await?
+                .iter()
+                .filter_map(|q| q.next_scheduled_at)
+                .min();
         }
         Ok(())
     }
@@ -949,57 +1233,72 @@ impl Scaler {
         }
     }
 
-    /// Per queue: may it boot now? From the recorded, uncleared boot failures of the current
-    /// release: after n of them the next boot waits `boot_backoff * 2^(n-1)` (capped) after
-    /// the last; after `boot_failure_limit` boots stop until a new release or a reset.
     /// Leader chores that need not run every tick: count machine usage (what budgets and the
     /// dashboard's cost read) every [`USAGE_EVERY`], prune finished jobs past their retention
-    /// every [`PRUNE_EVERY`]. Failures are logged, never fatal to the tick.
-    async fn chores(&self) {
+    /// every [`PRUNE_EVERY`]. They run in a task of their own, one at a time: a usage listing
+    /// that the API rate-limits (and the client retries) never holds up a tick's boots.
+    /// Failures are logged, never fatal to the tick.
+    fn start_chores(&self) {
+        use std::sync::atomic::Ordering;
         let now = Instant::now();
         let (usage, prune) = {
+            let c = self.chores.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                c.usage.is_none_or(|t| now.duration_since(t) >= USAGE_EVERY),
+                c.prune.is_none_or(|t| now.duration_since(t) >= PRUNE_EVERY),
+            )
+        };
+        if !(usage || prune) || self.chores_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        {
             let mut c = self.chores.lock().unwrap_or_else(|e| e.into_inner());
-            let usage = c.usage.is_none_or(|t| now.duration_since(t) >= USAGE_EVERY);
-            let prune = c.prune.is_none_or(|t| now.duration_since(t) >= PRUNE_EVERY);
             if usage {
                 c.usage = Some(now);
             }
             if prune {
                 c.prune = Some(now);
             }
-            (usage, prune)
-        };
-        if usage {
-            let recorded = crate::cost::record_usage(
-                self.machines.as_ref(),
-                &self.app,
-                self.store.as_ref(),
-                self.config.prices(),
-                Utc::now(),
-            )
-            .await;
-            if let Err(e) = recorded {
-                warn!(error = %e, "could not count machine usage");
-            }
         }
-        if prune {
-            // A few batches per pass: a huge backlog of old jobs drains over several minutes.
-            for _ in 0..5 {
-                match self.store.prune_finished(Utc::now()).await {
-                    Ok(n) if n >= crate::store::PRUNE_BATCH as u64 => continue,
-                    Ok(n) => {
-                        if n > 0 {
-                            debug!(pruned = n, "finished jobs past their retention deleted");
+        let machines = self.machines.clone();
+        let store = self.store.clone();
+        let app = self.app.clone();
+        let prices = self.config.prices().clone();
+        let running = self.chores_running.clone();
+        crate::runtime::handle().spawn(async move {
+            if usage {
+                let recorded = crate::cost::record_usage(
+                    machines.as_ref(),
+                    &app,
+                    store.as_ref(),
+                    &prices,
+                    Utc::now(),
+                )
+                .await;
+                if let Err(e) = recorded {
+                    warn!(error = %e, "could not count machine usage");
+                }
+            }
+            if prune {
+                // A few batches per pass: a huge backlog of old jobs drains over several minutes.
+                for _ in 0..5 {
+                    match store.prune_finished(Utc::now()).await {
+                        Ok(n) if n >= crate::store::PRUNE_BATCH as u64 => continue,
+                        Ok(n) => {
+                            if n > 0 {
+                                debug!(pruned = n, "finished jobs past their retention deleted");
+                            }
+                            break;
                         }
-                        break;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "could not prune finished jobs");
-                        break;
+                        Err(e) => {
+                            warn!(error = %e, "could not prune finished jobs");
+                            break;
+                        }
                     }
                 }
             }
-        }
+            running.store(false, Ordering::Release);
+        });
     }
 
     /// Today's (UTC) billed machine time and cost per queue, when a queue has a budget.
@@ -1019,6 +1318,9 @@ impl Scaler {
         Ok(usage.per_queue())
     }
 
+    /// Per queue: may it boot now? From the recorded, uncleared boot failures of the current
+    /// release: after n of them the next boot waits `boot_backoff * 2^(n-1)` (capped) after
+    /// the last; after `boot_failure_limit` boots stop until a new release or a reset.
     async fn boot_gates(&self) -> HashMap<String, BootGate> {
         let failures = match self.store.boot_failures(BOOT_FAILURES_SCANNED).await {
             Ok(f) => f,
@@ -1132,7 +1434,13 @@ impl Scaler {
             region,
             ..CreateMachineRequest::default()
         };
-        let r = self.machines.create_machine(&self.app, &request).await;
+        let mut r = self.machines.create_machine(&self.app, &request).await;
+        if let Ok(m) = &mut r
+            && m.config.is_none()
+        {
+            // The cached view tells groups apart by the config's metadata.
+            m.config = Some(request.config.clone());
+        }
         if let Err(e) = &r
             && e.kind() == ErrorKind::Capacity
         {
@@ -1229,6 +1537,11 @@ fn is_active(m: &Machine) -> bool {
     )
 }
 
+/// A pool machine waiting to be woken: it counts toward `min_machines`, not toward jobs.
+fn is_warm(m: &Machine) -> bool {
+    matches!(m.state_str(), "suspended" | "stopped")
+}
+
 /// Whether workers of this pool mode leave their machine around for reuse.
 pub fn keeps_machines(pool: PoolMode) -> bool {
     pool != PoolMode::None
@@ -1286,6 +1599,66 @@ mod tests {
             BootGate::Probe { failures: 40 },
             "capped at 5 min"
         );
+    }
+
+    fn machine(id: &str, state: MachineState) -> Machine {
+        Machine {
+            id: id.into(),
+            state: Some(state),
+            ..Machine::default()
+        }
+    }
+
+    #[test]
+    fn a_listing_replaces_the_view_but_not_what_was_learnt_after_it_was_asked() {
+        let mut fleet = Fleet::default();
+        let before = Instant::now();
+        fleet.replace(
+            before,
+            vec![
+                machine("a", MachineState::Suspended),
+                machine("b", MachineState::Started),
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        // Our own answers after a listing was asked for: a create, a resume.
+        let asked = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        fleet.note(machine("c", MachineState::Created));
+        fleet.set_state("a", MachineState::Starting);
+        // The listing (asked before those answers) does not show c yet, and a as suspended.
+        fleet.replace(asked, vec![machine("a", MachineState::Suspended)]);
+        let view: Vec<(String, String)> = fleet
+            .snapshot()
+            .iter()
+            .map(|m| (m.id.clone(), m.state_str().to_string()))
+            .collect();
+        assert_eq!(
+            view,
+            [
+                ("a".into(), "starting".into()),
+                ("c".into(), "created".into())
+            ],
+            "b is gone (not listed), c and a's resume are newer than the listing"
+        );
+        fleet.forget("c");
+        assert_eq!(fleet.snapshot().len(), 1);
+        assert!(fleet.listed.is_some());
+    }
+
+    #[test]
+    fn failed_listings_pause_longer_each_time_up_to_a_cap() {
+        let mut fleet = Fleet::default();
+        let now = Instant::now();
+        let pauses: Vec<u64> = (0..8)
+            .map(|_| {
+                fleet.failed(now);
+                fleet.quiet_until.unwrap().duration_since(now).as_secs()
+            })
+            .collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 30, 30, 30]);
+        fleet.replace(now, Vec::new());
+        assert!(fleet.quiet_until.is_none() && fleet.failures == 0);
     }
 
     #[test]

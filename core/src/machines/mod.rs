@@ -76,6 +76,16 @@ pub trait Machines: Send + Sync + fmt::Debug {
     async fn get_machine(&self, app: &str, id: &str) -> Result<Machine>;
     /// `GET /apps/{app}/machines` with filters.
     async fn list_machines(&self, app: &str, query: &ListMachinesQuery) -> Result<Vec<Machine>>;
+    /// `GET /apps/{app}/machines` in one attempt: a 429 (or any failure) comes back at once
+    /// instead of being retried until the deadline, for callers that have something better to
+    /// do than wait (the scaler goes on with its cached view of the machines).
+    async fn list_machines_once(
+        &self,
+        app: &str,
+        query: &ListMachinesQuery,
+    ) -> Result<Vec<Machine>> {
+        self.list_machines(app, query).await
+    }
     /// `POST /apps/{app}/machines/{id}`: replace the config. Not retried after an ambiguous
     /// failure (each update makes a new version); use `current_version` to make it safe to
     /// repeat yourself.
@@ -236,6 +246,8 @@ enum Retry {
     Wait,
     /// Retry only what certainly did not happen: 429 and connections that never opened.
     Unperformed,
+    /// One attempt, whatever the answer.
+    Never,
 }
 
 /// One failed attempt, with what it tells us about the server having acted.
@@ -256,6 +268,7 @@ impl Failure {
             Retry::Idempotent => transport || matches!(status, Some(429 | 408 | 502 | 503 | 504)),
             Retry::Wait => transport || matches!(status, Some(429 | 502 | 503 | 504)),
             Retry::Unperformed => status == Some(429) || (transport && !self.ambiguous),
+            Retry::Never => false,
         }
     }
 }
@@ -814,6 +827,43 @@ impl MachinesClient {
             })
     }
 
+    /// `GET /apps/{app}/machines` with filters, retried under `policy`.
+    async fn list(
+        &self,
+        app: &str,
+        query: &ListMachinesQuery,
+        policy: Retry,
+    ) -> Result<Vec<Machine>> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if !query.states.is_empty() {
+            let s: Vec<&str> = query.states.iter().map(MachineState::as_str).collect();
+            q.push(("state", s.join(",")));
+        }
+        if query.include_deleted {
+            q.push(("include_deleted", "true".into()));
+        }
+        if query.summary {
+            q.push(("summary", "true".into()));
+        }
+        if let Some(r) = &query.region {
+            q.push(("region", r.clone()));
+        }
+        let meta: Vec<(String, String)> = query
+            .metadata
+            .iter()
+            .map(|(k, v)| (format!("metadata.{k}"), v.clone()))
+            .collect();
+        let mut url = self.url(&["apps", app, "machines"], &q);
+        if !meta.is_empty() {
+            let mut qp = url.query_pairs_mut();
+            for (k, v) in &meta {
+                qp.append_pair(k, v);
+            }
+        }
+        self.call_json(policy, Method::GET, url, None, None, Duration::ZERO)
+            .await
+    }
+
     /// The machine called `name` in `app`, destroyed ones included (an auto-destroy machine may
     /// already be gone by the time we look).
     async fn find_by_name(&self, app: &str, name: &str) -> Result<Option<Machine>> {
@@ -1051,41 +1101,15 @@ impl Machines for MachinesClient {
     }
 
     async fn list_machines(&self, app: &str, query: &ListMachinesQuery) -> Result<Vec<Machine>> {
-        let mut q: Vec<(&str, String)> = Vec::new();
-        if !query.states.is_empty() {
-            let s: Vec<&str> = query.states.iter().map(MachineState::as_str).collect();
-            q.push(("state", s.join(",")));
-        }
-        if query.include_deleted {
-            q.push(("include_deleted", "true".into()));
-        }
-        if query.summary {
-            q.push(("summary", "true".into()));
-        }
-        if let Some(r) = &query.region {
-            q.push(("region", r.clone()));
-        }
-        let meta: Vec<(String, String)> = query
-            .metadata
-            .iter()
-            .map(|(k, v)| (format!("metadata.{k}"), v.clone()))
-            .collect();
-        let mut url = self.url(&["apps", app, "machines"], &q);
-        if !meta.is_empty() {
-            let mut qp = url.query_pairs_mut();
-            for (k, v) in &meta {
-                qp.append_pair(k, v);
-            }
-        }
-        self.call_json(
-            Retry::Idempotent,
-            Method::GET,
-            url,
-            None,
-            None,
-            Duration::ZERO,
-        )
-        .await
+        self.list(app, query, Retry::Idempotent).await
+    }
+
+    async fn list_machines_once(
+        &self,
+        app: &str,
+        query: &ListMachinesQuery,
+    ) -> Result<Vec<Machine>> {
+        self.list(app, query, Retry::Never).await
     }
 
     async fn update_machine(
