@@ -1,102 +1,29 @@
 //! The scaler against the real emulator (machines are real local processes running `flyjobs
 //! worker`, over real HTTP): a warm pool that stays put while idle, and boots that go on while
 //! the API rate-limits the scaler's listings.
-//!
-//! The scaffolding is a copy of the little that cli/tests/e2e.rs has (it moves to
-//! cli/tests/common/ later).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use flyjobs::error::ErrorKind;
-use flyjobs::job::{JobId, JobState, NewJob};
-use flyjobs::machines::Machines;
+use flyjobs::job::JobState;
 use flyjobs::machines::types::ListMachinesQuery;
 use flyjobs::scaler::{Scaler, ScalerOptions};
-use flyjobs::{Client, Config};
-use flyjobs_emulator::{EmulatorHandle, EmulatorSettings};
+use flyjobs_emulator::EmulatorSettings;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flyjobs");
-
-struct Env {
-    client: Client,
-    emulator: EmulatorHandle,
-    machines: Arc<dyn Machines>,
-    app: String,
-    _dir: tempfile::TempDir,
-}
+mod common;
+use common::{Db, Env};
 
 async fn setup(queues: &str, settings: EmulatorSettings) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/q.sqlite3?mode=rwc", dir.path().display());
-    let config = Config::builder()
-        .database_url(url)
-        .queues(queues)
-        .lease_duration(Duration::from_secs(2))
-        .boot_timeout(Duration::from_secs(30))
-        .lookup(|_| None)
-        .build()
-        .unwrap();
-    let mut settings = settings;
-    settings.images.insert(
-        flyjobs::fork::EMBEDDED_IMAGE.to_string(),
-        flyjobs_emulator::Image {
-            dir: dir.path().to_path_buf(),
-            cmd: Vec::new(),
-        },
-    );
-    let (emulator, machines) = flyjobs_embedded::start(settings).await.unwrap();
-    let app = flyjobs_embedded::EMBEDDED_APP.to_string();
-    let client = Client::builder(config)
-        .machines(machines.clone(), app.clone())
-        .default_worker_command(vec![BIN.to_string(), "worker".into()])
-        .open()
+    common::setup(Db::Sqlite, queues, settings)
         .await
-        .unwrap();
-    Env {
-        client,
-        emulator,
-        machines,
-        app,
-        _dir: dir,
-    }
+        .expect("SQLite needs no server")
 }
 
 impl Env {
-    async fn scaler(&self, options: ScalerOptions) -> Arc<Scaler> {
+    async fn scaler_with(&self, options: ScalerOptions) -> Arc<Scaler> {
         Arc::new(self.client.build_scaler(options).await.unwrap())
-    }
-
-    async fn enqueue_sh(&self, queue: &str, script: &str) -> JobId {
-        let mut job = NewJob::new(queue, serde_json::json!({"argv": ["sh", "-c", script]}));
-        job.name = "command".into();
-        self.client.enqueue(job).await.unwrap().id
-    }
-
-    async fn state(&self, id: JobId) -> JobState {
-        self.client
-            .store()
-            .get_job(id)
-            .await
-            .unwrap()
-            .unwrap()
-            .state
-    }
-
-    async fn wait_state(&self, id: JobId, want: JobState, within: Duration) {
-        let until = Instant::now() + within;
-        loop {
-            let s = self.state(id).await;
-            if s == want {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "job {id} is {s:?}, wanted {want:?} within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     /// Wait until the app has exactly one machine and it is suspended; its id.
@@ -161,7 +88,7 @@ async fn an_idle_warm_pool_makes_no_state_changes_and_a_job_resumes_it() {
     )
     .await;
     let scaler = env
-        .scaler(ScalerOptions {
+        .scaler_with(ScalerOptions {
             interval: Duration::from_millis(200),
             idle_interval: Duration::from_secs(1),
             ..ScalerOptions::default()
@@ -208,7 +135,7 @@ async fn a_rate_limited_listing_does_not_hold_up_boots() {
     settings.rate_limits = true;
     let env = setup("work:max_machines=2,wait=1", settings).await;
     let scaler = env
-        .scaler(ScalerOptions {
+        .scaler_with(ScalerOptions {
             interval: Duration::from_secs(1),
             ..ScalerOptions::default()
         })
