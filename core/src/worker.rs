@@ -193,6 +193,44 @@ struct Running {
     lost: bool,
     /// The lease's expiry as last confirmed by the store (claim or extension).
     expires_at: chrono::DateTime<chrono::Utc>,
+    /// When it was claimed (a spare older than [`SPARE_MAX_AGE`] goes back to the queue).
+    claimed_at: Instant,
+    /// When a caller took it to run; `None` while it is a spare.
+    started: Option<Instant>,
+}
+
+impl Running {
+    /// A lease just claimed, not yet handed to a caller.
+    fn claimed(lease: &Lease) -> Running {
+        Running {
+            token: lease.token,
+            lost: false,
+            expires_at: lease.expires_at,
+            claimed_at: Instant::now(),
+            started: None,
+        }
+    }
+}
+
+/// Claiming ahead. A worker whose jobs are short claims more than its waiting callers ask for,
+/// so that one claim statement serves many jobs (Celery's prefetch, bounded by time rather
+/// than by a count): it keeps as many spare leases as its slots would start within
+/// `PREFETCH_HORIZON` at the recent run time, never more than `PREFETCH_MAX`. Jobs that run
+/// longer than the horizon get no spares, so a job does not sit in one worker's hands while
+/// another machine's slot is free.
+const PREFETCH_HORIZON: Duration = Duration::from_millis(50);
+/// The most spare leases a worker claims ahead.
+const PREFETCH_MAX: usize = 64;
+/// A spare not handed out this long after its claim (the jobs turned long) is given back by
+/// the keep-alive task, untouched, for any worker to take.
+const SPARE_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// How many leases to claim ahead for a worker of `concurrency` slots whose recent jobs ran
+/// `run_time` each (`None`: none finished yet, so nothing is known and nothing is claimed ahead).
+fn claim_ahead(concurrency: usize, run_time: Option<Duration>) -> usize {
+    let Some(run_time) = run_time else { return 0 };
+    let per_slot = PREFETCH_HORIZON.as_secs_f64() / run_time.as_secs_f64().max(1e-6);
+    ((per_slot * concurrency as f64) as usize).min(PREFETCH_MAX)
 }
 
 /// How long a worker keeps retrying claims through a store outage before it gives up.
@@ -263,6 +301,9 @@ struct Inner {
     waiting: AtomicUsize,
     /// Held by the one caller that claims; the others wait for its spare leases.
     claiming: tokio::sync::Mutex<()>,
+    /// The recent run time of a job here (an exponential moving average, µs; 0: none yet),
+    /// which sets how many leases a claim takes ahead.
+    run_time_us: std::sync::atomic::AtomicU64,
     /// Completions for the group commit task.
     completions: tokio::sync::mpsc::UnboundedSender<PendingComplete>,
     last_activity: Mutex<Instant>,
@@ -339,6 +380,7 @@ impl Worker {
             spare: Mutex::new(VecDeque::new()),
             waiting: AtomicUsize::new(0),
             claiming: tokio::sync::Mutex::new(()),
+            run_time_us: std::sync::atomic::AtomicU64::new(0),
             completions,
             last_activity: Mutex::new(Instant::now()),
             quiet: CancellationToken::new(),
@@ -389,8 +431,10 @@ impl Worker {
             // Subscribe before claiming: a wake-up between an empty claim and the wait below
             // is remembered, not lost.
             let mut wakeups = inner.store.subscribe();
-            let free = (inner.opts.concurrency as usize).saturating_sub(inner.lock_running().len());
-            let limit = inner.waiting.load(Ordering::SeqCst).clamp(1, free.max(1));
+            let concurrency = inner.opts.concurrency as usize;
+            let free = concurrency.saturating_sub(inner.lock_running().len());
+            let limit = inner.waiting.load(Ordering::SeqCst).clamp(1, free.max(1))
+                + claim_ahead(concurrency, inner.run_time());
             let claimed = inner
                 .store
                 .claim(ClaimRequest {
@@ -424,14 +468,7 @@ impl Worker {
                         {
                             let mut running = inner.lock_running();
                             for lease in std::iter::once(&first).chain(leases.as_slice()) {
-                                running.insert(
-                                    lease.job.id,
-                                    Running {
-                                        token: lease.token,
-                                        lost: false,
-                                        expires_at: lease.expires_at,
-                                    },
-                                );
+                                running.insert(lease.job.id, Running::claimed(lease));
                             }
                         }
                         inner.lock_spare().extend(leases);
@@ -563,6 +600,9 @@ impl Inner {
     /// A claimed lease (already in `running`) as the caller's job.
     fn hand_out(self: &Arc<Self>, lease: Lease) -> WorkerLease {
         debug!(worker = %self.id, job = %lease.job.id, "claimed");
+        if let Some(r) = self.lock_running().get_mut(&lease.job.id) {
+            r.started = Some(Instant::now());
+        }
         WorkerLease {
             worker: self.clone(),
             lease: Some(lease),
@@ -572,7 +612,33 @@ impl Inner {
     /// Give back the leases claimed for callers that did not take them (quiet, stop).
     async fn release_spares(&self) {
         let spares: Vec<Lease> = self.lock_spare().drain(..).collect();
-        for lease in spares {
+        self.release_each(spares).await;
+    }
+
+    /// Give back the spares claimed longer than [`SPARE_MAX_AGE`] ago: the jobs here turned
+    /// long, and another worker may have a free slot for them.
+    async fn release_stale_spares(&self) {
+        let stale: Vec<Lease> = {
+            let running = self.lock_running();
+            let mut spare = self.lock_spare();
+            let old = |l: &Lease| {
+                running
+                    .get(&l.job.id)
+                    .is_some_and(|r| r.claimed_at.elapsed() >= SPARE_MAX_AGE)
+            };
+            let (stale, fresh): (VecDeque<Lease>, VecDeque<Lease>) =
+                spare.drain(..).partition(|l| old(l));
+            *spare = fresh;
+            stale.into()
+        };
+        if !stale.is_empty() {
+            debug!(worker = %self.id, count = stale.len(), "giving back spare leases");
+        }
+        self.release_each(stale).await;
+    }
+
+    async fn release_each(&self, leases: Vec<Lease>) {
+        for lease in leases {
             let _ = self.store.release(lease.job.id, lease.token).await;
             self.finish(lease.job.id);
         }
@@ -646,8 +712,29 @@ impl Inner {
     }
 
     fn finish(&self, id: JobId) {
-        self.lock_running().remove(&id);
+        let ran = self.lock_running().remove(&id).and_then(|r| r.started);
+        if let Some(started) = ran {
+            self.record_run_time(started.elapsed());
+        }
         self.touch();
+    }
+
+    /// Fold a job's run time (hand-out to outcome) into the moving average.
+    fn record_run_time(&self, took: Duration) {
+        let took = (took.as_micros() as u64).max(1);
+        let _ = self
+            .run_time_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(if avg == 0 { took } else { (avg * 7 + took) / 8 })
+            });
+    }
+
+    /// The recent run time of a job here; `None` before the first finished.
+    fn run_time(&self) -> Option<Duration> {
+        match self.run_time_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
     }
 
     /// Suspend this machine (a warm pool member). The call may never answer before the
@@ -680,6 +767,7 @@ async fn keep_alive(inner: std::sync::Weak<Inner>, closed: CancellationToken) {
             () = tokio::time::sleep(period) => {}
         }
         let Some(inner) = inner.upgrade() else { return };
+        inner.release_stale_spares().await;
         let jobs: Vec<(JobId, i64)> = inner
             .lock_running()
             .iter()
@@ -1012,14 +1100,9 @@ mod tests {
             .unwrap()
             .remove(0);
         let inner = &worker.inner;
-        inner.lock_running().insert(
-            lease.job.id,
-            Running {
-                token: lease.token,
-                lost: false,
-                expires_at: lease.expires_at,
-            },
-        );
+        inner
+            .lock_running()
+            .insert(lease.job.id, Running::claimed(&lease));
         inner.lock_spare().push_back(lease);
         let t = Instant::now();
         worker.stop(Duration::from_secs(30)).await;
@@ -1081,5 +1164,103 @@ mod tests {
         );
         assert_eq!(job.lease_owner.as_deref(), Some("w2"));
         worker.stop(Duration::from_secs(5)).await;
+    }
+
+    #[test]
+    fn short_jobs_are_claimed_ahead_and_long_ones_are_not() {
+        assert_eq!(claim_ahead(5, None), 0, "nothing known yet");
+        assert_eq!(claim_ahead(5, Some(Duration::from_micros(100))), PREFETCH_MAX);
+        // 10 ms jobs on 5 slots: 25 start within the 50 ms horizon.
+        assert_eq!(claim_ahead(5, Some(Duration::from_millis(10))), 25);
+        assert_eq!(claim_ahead(1, Some(Duration::from_millis(30))), 1);
+        assert_eq!(claim_ahead(5, Some(Duration::from_millis(300))), 0);
+        assert_eq!(claim_ahead(64, Some(Duration::from_secs(60))), 0);
+    }
+
+    /// Once its jobs are known to be short, one claim takes spare leases for the next jobs (one
+    /// statement for many jobs), the spares run in claim order, and every job completes once;
+    /// after jobs turn long, a claim takes only what the waiting callers ask for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_of_short_jobs_claims_ahead_and_of_long_jobs_does_not() {
+        let (worker, store, _dir) = sqlite_worker(1).await;
+        let ids: Vec<JobId> = store
+            .enqueue_many((0..30).map(|i| NewJob::new("q", serde_json::json!(i))).collect())
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        let mut ran = Vec::new();
+        // The first claim knows nothing of the run time: one job.
+        let first = worker.next().await.unwrap().expect("a job");
+        assert_eq!(running_in_store(&store).await, 1, "no spares before a run time is known");
+        ran.push(first.job().id);
+        first.complete().await.unwrap();
+        // The next claim takes spares: the job just ran in microseconds.
+        let second = worker.next().await.unwrap().expect("a job");
+        let leased = running_in_store(&store).await;
+        assert!(leased > 1 && leased <= 1 + PREFETCH_MAX, "{leased} leased");
+        ran.push(second.job().id);
+        second.complete().await.unwrap();
+        while ran.len() < 30 {
+            let lease = worker.next().await.unwrap().expect("a job");
+            ran.push(lease.job().id);
+            lease.complete().await.unwrap();
+        }
+        assert_eq!(ran, ids, "every job once, in claim order");
+        // Jobs that now take 300 ms each: the next claim takes one.
+        worker.inner.run_time_us.store(300_000, Ordering::Relaxed);
+        store
+            .enqueue_many((0..5).map(|i| NewJob::new("q", serde_json::json!(i))).collect())
+            .await
+            .unwrap();
+        let lease = worker.next().await.unwrap().expect("a job");
+        assert_eq!(running_in_store(&store).await, 1, "no spares for long jobs");
+        lease.complete().await.unwrap();
+        worker.stop(Duration::from_secs(5)).await;
+    }
+
+    /// A spare claimed longer than SPARE_MAX_AGE ago goes back to the queue untouched (its
+    /// attempt does not count); a fresh one stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stale_spares_are_given_back() {
+        let (worker, store, _dir) = sqlite_worker(1).await;
+        store
+            .enqueue_many((0..2).map(|i| NewJob::new("q", serde_json::json!(i))).collect())
+            .await
+            .unwrap();
+        let leases = store
+            .claim(ClaimRequest::new(["q"], 2, "w1", Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let (old, fresh) = (leases[0].job.id, leases[1].job.id);
+        let inner = &worker.inner;
+        for lease in leases {
+            let mut r = Running::claimed(&lease);
+            if lease.job.id == old {
+                r.claimed_at = Instant::now() - SPARE_MAX_AGE;
+            }
+            inner.lock_running().insert(lease.job.id, r);
+            inner.lock_spare().push_back(lease);
+        }
+        inner.release_stale_spares().await;
+        let old = store.get_job(old).await.unwrap().unwrap();
+        assert_eq!((old.state, old.attempts), (crate::job::JobState::Ready, 0));
+        let fresh = store.get_job(fresh).await.unwrap().unwrap();
+        assert_eq!(fresh.state, crate::job::JobState::Running);
+        let lease = worker.next().await.unwrap().expect("the fresh spare");
+        assert_eq!(lease.job().id, fresh.id);
+        lease.complete().await.unwrap();
+        worker.stop(Duration::from_secs(5)).await;
+    }
+
+    async fn running_in_store(store: &Arc<dyn Store>) -> usize {
+        store
+            .stats()
+            .await
+            .unwrap()
+            .iter()
+            .map(|q| q.running as usize)
+            .sum()
     }
 }

@@ -41,9 +41,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "attempts",
         include_str!("migrations/sqlite/0005_attempts.sql"),
     ),
+    (
+        6,
+        "wake_on_enqueue",
+        include_str!("migrations/sqlite/0006_wake_on_enqueue.sql"),
+    ),
 ];
 
-/// Bumps the counter other processes' watchers read (migration 0004).
+/// Bumps the counter other processes' watchers read (migration 0004; an enqueue bumps it from
+/// the trigger of migration 0006).
 const BUMP_WAKE: &str = "UPDATE flyjobs_wake SET n = n + 1 WHERE id = 1";
 
 /// How often the watcher looks at `PRAGMA data_version` for writes by other connections.
@@ -210,16 +216,14 @@ impl SqliteBackend {
             .map_err(db_err(what))
     }
 
-    async fn insert(
-        tx: &mut Transaction<'static, Sqlite>,
-        job: &NewJob,
-        payload: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Job> {
+    /// Insert one job: a statement inside `conn`, which is a `BEGIN IMMEDIATE` transaction
+    /// when the job has a unique key (see below) and may be the bare pool otherwise.
+    async fn insert<'c, E>(conn: E, job: &NewJob, payload: &str, now: DateTime<Utc>) -> Result<Option<Job>>
+    where
+        E: sqlx::Executor<'c, Database = Sqlite>,
+    {
         let run_at = job.run_at.map_or(now, super::trunc);
         let state = super::initial_state(job, now);
-        // Inside BEGIN IMMEDIATE nobody else writes, so "insert or return the pending holder of
-        // the unique key" needs no retry loop.
         let row = sqlx::query(
             "INSERT INTO flyjobs_jobs (queue, name, payload, state, priority, run_at, \
              max_attempts, image_ref, unique_key, created_at, shape) \
@@ -238,11 +242,22 @@ impl SqliteBackend {
         .bind(&job.unique_key)
         .bind(us(now))
         .bind(&job.shape)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(conn)
         .await
         .map_err(db_err("enqueue"))?;
-        if let Some(row) = row {
-            return job_from_row(&row);
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Insert one job, or answer the pending holder of its unique key. Inside `BEGIN
+    /// IMMEDIATE` nobody else writes, so this needs no retry loop.
+    async fn insert_in(
+        tx: &mut Transaction<'static, Sqlite>,
+        job: &NewJob,
+        payload: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Job> {
+        if let Some(stored) = Self::insert(&mut **tx, job, payload, now).await? {
+            return Ok(stored);
         }
         let row = sqlx::query(
             "SELECT * FROM flyjobs_jobs WHERE unique_key = ?1 \
@@ -415,15 +430,22 @@ impl Backend for SqliteBackend {
         payloads: Vec<String>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Job>> {
+        // One job without a unique key (what `perform_later` sends): one statement in
+        // autocommit, which the insert trigger makes wake other processes too.
+        if let ([job], [payload]) = (jobs, payloads.as_slice())
+            && job.unique_key.is_none()
+        {
+            let stored = Self::insert(&self.pool, job, payload, now)
+                .await?
+                .ok_or_else(|| Error::store("enqueue: the insert returned no row"))?;
+            self.signal.wake();
+            return Ok(vec![stored]);
+        }
         let mut tx = self.begin("enqueue").await?;
         let mut out = Vec::with_capacity(jobs.len());
         for (job, payload) in jobs.iter().zip(&payloads) {
-            out.push(Self::insert(&mut tx, job, payload, now).await?);
+            out.push(Self::insert_in(&mut tx, job, payload, now).await?);
         }
-        sqlx::query(BUMP_WAKE)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("enqueue"))?;
         tx.commit().await.map_err(db_err("enqueue: commit"))?;
         self.signal.wake();
         Ok(out)
