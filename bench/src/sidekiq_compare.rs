@@ -1,11 +1,13 @@
 //! flyjobs next to Sidekiq 6.4 + Redis (Debian), in the same run, interleaved A B A B:
 //! no-op jobs/s through an in-process worker with 5 threads (flyjobs: the core's `Worker` with
-//! 5 tasks, each `next()` then `complete()`; Sidekiq: `Sidekiq::Launcher`, concurrency 5, a
-//! plain `Sidekiq::Worker`) draining a 1k and a 10k backlog, and enqueue µs/job (one job at a
+//! 5 tasks, each `next()` then `complete_later()`, as the language worker threads do, timed
+//! until every completion is committed; Sidekiq: `Sidekiq::Launcher`, concurrency 5, a plain
+//! `Sidekiq::Worker`) draining a 1k and a 10k backlog, and enqueue µs/job (one job at a
 //! time from one task/thread). Prints each round and the min and median of the ratios
 //! flyjobs / Sidekiq (jobs/s: higher is better for flyjobs; enqueue: lower is better).
 //!
-//! `scripts/with-postgres.sh target/release/sidekiq-compare [--rounds 3] [--enqueue 1000]`
+//! `scripts/with-postgres.sh target/release/sidekiq-compare [--rounds 3] [--enqueue 1000]
+//! [--backlogs 1000,10000]`
 //! (after `cargo build --release -p flyjobs-bench`). Starts its own redis-server on loopback;
 //! flyjobs runs on PostgreSQL (FLYJOBS_TEST_DATABASE_URL, a fresh schema per measurement) and,
 //! for enqueue, also on SQLite (a temp file).
@@ -78,12 +80,15 @@ async fn flyjobs_drain(s: Arc<dyn Store>, backlog: usize) -> f64 {
     opts.concurrency = THREADS;
     opts.wait = Wait::Forever;
     opts.id = Some(format!("bench-{}", rand::random::<u32>()));
+    // Timed as the Sidekiq side is: from starting the worker to the last job's completion.
+    let debug = std::env::var_os("FLYJOBS_BENCH_DEBUG").is_some();
+    let t = Instant::now();
     let worker = client.worker(opts).await.expect("worker");
     let done = Arc::new(AtomicUsize::new(0));
-    let t = Instant::now();
+    let last = Arc::new(std::sync::Mutex::new(None));
     let tasks: Vec<_> = (0..THREADS)
         .map(|_| {
-            let (worker, done) = (worker.clone(), done.clone());
+            let (worker, done, last) = (worker.clone(), done.clone(), last.clone());
             tokio::spawn(async move {
                 while done.load(Ordering::SeqCst) < backlog {
                     let Ok(Some(lease)) =
@@ -93,8 +98,20 @@ async fn flyjobs_drain(s: Arc<dyn Store>, backlog: usize) -> f64 {
                     else {
                         continue;
                     };
-                    lease.complete().await.expect("complete");
-                    done.fetch_add(1, Ordering::SeqCst);
+                    // As the Ruby and Python worker threads do: the completion goes to the
+                    // worker's group commit and the slot takes its next job meanwhile.
+                    lease.complete_later();
+                    let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+                    if n == backlog {
+                        // The last job ran; the drain ends when its completion is committed.
+                        while worker.running() > 0 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        *last.lock().expect("last") = Some(t.elapsed());
+                    }
+                    if debug && (n == 1 || n == backlog / 2) {
+                        eprintln!("  {n} done after {:?}", t.elapsed());
+                    }
                 }
             })
         })
@@ -102,7 +119,9 @@ async fn flyjobs_drain(s: Arc<dyn Store>, backlog: usize) -> f64 {
     for task in tasks {
         task.await.expect("worker task");
     }
-    let rate = backlog as f64 / t.elapsed().as_secs_f64();
+    // The tasks that found no job left end within their 500 ms wait: not part of the drain.
+    let took = last.lock().expect("last").expect("every job ran");
+    let rate = backlog as f64 / took.as_secs_f64();
     worker.stop(Duration::ZERO).await;
     rate
 }
@@ -189,6 +208,22 @@ fn min_median(mut v: Vec<f64>) -> (f64, f64) {
     (v[0], median)
 }
 
+/// `--backlogs 1000,10000,100000`: the backlogs drained each round, in order.
+fn list_arg(name: &str, default: &[usize]) -> Vec<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .map(|v| {
+                v.split(',')
+                    .map(|n| n.trim().parse().unwrap_or_else(|_| panic!("{name}: {v}")))
+                    .collect()
+            })
+            .unwrap_or_else(|| panic!("{name} needs a value")),
+        None => default.to_vec(),
+    }
+}
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -205,7 +240,7 @@ async fn main() {
     let pg = std::env::var("FLYJOBS_TEST_DATABASE_URL")
         .expect("FLYJOBS_TEST_DATABASE_URL: run through scripts/with-postgres.sh");
     let redis = Redis::start();
-    let backlogs = [1_000usize, 10_000];
+    let backlogs = list_arg("--backlogs", &[1_000, 10_000]);
     // ratios[kind] per round
     let mut drain: Vec<Vec<f64>> = vec![Vec::new(); backlogs.len()];
     let (mut enq_pg, mut enq_sqlite) = (Vec::new(), Vec::new());

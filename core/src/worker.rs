@@ -244,8 +244,27 @@ struct PendingComplete {
     id: JobId,
     token: i64,
     result: Option<serde_json::Value>,
-    /// Answered once the statement holding it committed (or failed).
-    done: tokio::sync::oneshot::Sender<Result<()>>,
+    /// Who hears the outcome once the statement holding it committed (or failed).
+    answer: Answer,
+}
+
+/// Who hears how a group-committed completion went.
+enum Answer {
+    /// A caller waiting for it ([`WorkerLease::complete_with`]).
+    Waiting(tokio::sync::oneshot::Sender<Result<()>>),
+    /// Nobody ([`WorkerLease::complete_later`]): the group commit ends the lease itself.
+    Detached(Arc<Inner>),
+}
+
+impl Answer {
+    fn send(self, id: JobId, token: i64, outcome: Result<()>) {
+        match self {
+            Answer::Waiting(done) => {
+                let _ = done.send(outcome);
+            }
+            Answer::Detached(inner) => inner.completed_later(id, token, outcome),
+        }
+    }
 }
 
 /// The worker's group commit: completions that arrive while a statement is in flight go
@@ -265,7 +284,7 @@ async fn group_commit(
         match store.complete_many(&items).await {
             Ok(outcomes) => {
                 for (p, outcome) in batch.drain(..).zip(outcomes) {
-                    let _ = p.done.send(outcome);
+                    p.answer.send(p.id, p.token, outcome);
                 }
             }
             Err(e) => {
@@ -273,7 +292,7 @@ async fn group_commit(
                     let copy = Error::new(e.kind(), e.message())
                         .with_retryable(e.is_retryable())
                         .with_job_id(p.id);
-                    let _ = p.done.send(Err(copy));
+                    p.answer.send(p.id, p.token, Err(copy));
                 }
             }
         }
@@ -711,6 +730,30 @@ impl Inner {
         }
     }
 
+    /// The group commit's outcome for a [`WorkerLease::complete_later`]: end the lease, or
+    /// retry on the side (as `complete` does) while the store does not answer.
+    fn completed_later(self: Arc<Self>, id: JobId, token: i64, outcome: Result<()>) {
+        match outcome {
+            Ok(()) => self.finish(id),
+            Err(e) if e.kind() == ErrorKind::Store || e.is_retryable() => {
+                crate::runtime::handle().spawn(async move {
+                    let store = self.store.clone();
+                    let r = self
+                        .until_lease_ends(id, "complete", || store.complete_with(id, token, None))
+                        .await;
+                    if let Err(e) = r {
+                        warn!(worker = %self.id, job = %id, error = %e, "completion not recorded; the job will run again");
+                    }
+                    self.finish(id);
+                });
+            }
+            Err(e) => {
+                warn!(worker = %self.id, job = %id, error = %e, "completion not recorded");
+                self.finish(id);
+            }
+        }
+    }
+
     fn finish(&self, id: JobId) {
         let ran = self.lock_running().remove(&id).and_then(|r| r.started);
         if let Some(started) = ran {
@@ -876,7 +919,7 @@ impl WorkerLease {
                             id,
                             token,
                             result,
-                            done,
+                            answer: Answer::Waiting(done),
                         })
                         .map_err(|_| ended())?;
                     answer.await.map_err(|_| ended())?
@@ -885,6 +928,41 @@ impl WorkerLease {
             .await;
         self.worker.finish(lease.job.id);
         r
+    }
+
+    /// The job succeeded: recorded by the worker's next group commit while the caller goes on
+    /// to its next job (Ruby's and Python's worker threads do), instead of waiting for the
+    /// statement as [`WorkerLease::complete`] does. Until it commits, the lease stays held and
+    /// extended, and counts as running (so [`Worker::stop`] waits for it). A store that does
+    /// not answer is retried while the lease holds; an outcome that cannot be recorded (the
+    /// lease was lost) is logged, and the job runs again elsewhere: at least once, never lost.
+    pub fn complete_later(mut self) {
+        let lease = self.take();
+        let (id, token) = (lease.job.id, lease.token);
+        // The run ended now, not when the statement commits.
+        let started = self
+            .worker
+            .lock_running()
+            .get_mut(&id)
+            .and_then(|r| r.started.take());
+        if let Some(started) = started {
+            self.worker.record_run_time(started.elapsed());
+        }
+        let pending = PendingComplete {
+            id,
+            token,
+            result: None,
+            answer: Answer::Detached(self.worker.clone()),
+        };
+        if let Err(unsent) = self.worker.completions.send(pending) {
+            // The group commit has ended (the worker is dropped): record it on its own.
+            let Answer::Detached(inner) = unsent.0.answer else {
+                unreachable!("sent as detached")
+            };
+            let e = Error::store(format!("complete: job {id}: the worker's group commit ended"))
+                .with_retryable(true);
+            inner.completed_later(id, token, Err(e));
+        }
     }
 
     /// The job raised: record `failure`; the retry policy decides between another attempt
@@ -1252,6 +1330,41 @@ mod tests {
         assert_eq!(lease.job().id, fresh.id);
         lease.complete().await.unwrap();
         worker.stop(Duration::from_secs(5)).await;
+    }
+
+    /// `complete_later` returns at once; the group commit completes the job, and `stop` waits
+    /// for it. A stale lease's completion is refused (and logged), the job stays with the
+    /// worker that holds it now, and the lease still ends here.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn complete_later_records_in_the_background_and_stop_waits_for_it() {
+        let (worker, store, _dir) = sqlite_worker(2).await;
+        store
+            .enqueue_many((0..2).map(|i| NewJob::new("q", serde_json::json!(i))).collect())
+            .await
+            .unwrap();
+        let (done, stale) = (
+            worker.next().await.unwrap().expect("a job"),
+            worker.next().await.unwrap().expect("a job"),
+        );
+        let (done_id, stale_id) = (done.job().id, stale.job().id);
+        let token = store.get_job(stale_id).await.unwrap().unwrap().lease_token;
+        store.release(stale_id, token).await.unwrap();
+        let taken = store
+            .claim(ClaimRequest::new(["q"], 1, "w2", Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 1);
+        done.complete_later();
+        stale.complete_later();
+        worker.stop(Duration::from_secs(10)).await;
+        assert_eq!(worker.running(), 0);
+        let job = store.get_job(done_id).await.unwrap().unwrap();
+        assert_eq!(job.state, crate::job::JobState::Completed);
+        let job = store.get_job(stale_id).await.unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.lease_owner.as_deref()),
+            (crate::job::JobState::Running, Some("w2"))
+        );
     }
 
     async fn running_in_store(store: &Arc<dyn Store>) -> usize {
