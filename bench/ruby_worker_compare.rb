@@ -174,8 +174,15 @@ Dir.mktmpdir("flyjobs-bench") do |tmp|
                      "BENCH_N" => n.to_s)
     run!(env, RbConfig.ruby, "-e", ENQUEUE_FLYJOBS, chdir: app)
     # FLYJOBS_BENCH_WRAP prefixes the worker command, e.g. "perf record -g -o /tmp/w.data --".
-    drain(env, [*ENV.fetch("FLYJOBS_BENCH_WRAP", "").split, RbConfig.ruby, File.join(gem_dir, "bin", "fly-machine-worker"), "--app", app,
-                "--concurrency", threads.to_s, "--wait", "forever"], app, n)
+    rate = drain(env, [*ENV.fetch("FLYJOBS_BENCH_WRAP", "").split, RbConfig.ruby, File.join(gem_dir, "bin", "fly-machine-worker"), "--app", app,
+                       "--concurrency", threads.to_s, "--wait", "forever"], app, n)
+    # The worker stopped (TERM) after its graceful stop wrote every completion: all n are
+    # completed in the database, not just performed.
+    db_url = env["FLYJOBS_DATABASE_URL"]
+    completed = IO.popen([PSQL, "-tA", db_url, "-c", "SELECT count(*) FROM flyjobs_jobs WHERE state = 'completed'"], &:read).to_i
+    raise "flyjobs completed #{completed} of #{n} jobs in the database" unless completed == n
+
+    rate
   ensure
     system(PSQL, "-q", PG_URL, "-c", "DROP DATABASE IF EXISTS #{db} WITH (FORCE)", out: File::NULL)
   end

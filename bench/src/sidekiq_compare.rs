@@ -123,6 +123,17 @@ async fn flyjobs_drain(s: Arc<dyn Store>, backlog: usize) -> f64 {
     let took = last.lock().expect("last").expect("every job ran");
     let rate = backlog as f64 / took.as_secs_f64();
     worker.stop(Duration::ZERO).await;
+    let completed: u64 = s
+        .stats()
+        .await
+        .expect("stats")
+        .iter()
+        .map(|q| q.completed)
+        .sum();
+    assert_eq!(
+        completed, backlog as u64,
+        "every job completed in the store"
+    );
     rate
 }
 

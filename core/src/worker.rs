@@ -959,8 +959,10 @@ impl WorkerLease {
             let Answer::Detached(inner) = unsent.0.answer else {
                 unreachable!("sent as detached")
             };
-            let e = Error::store(format!("complete: job {id}: the worker's group commit ended"))
-                .with_retryable(true);
+            let e = Error::store(format!(
+                "complete: job {id}: the worker's group commit ended"
+            ))
+            .with_retryable(true);
             inner.completed_later(id, token, Err(e));
         }
     }
@@ -1247,7 +1249,10 @@ mod tests {
     #[test]
     fn short_jobs_are_claimed_ahead_and_long_ones_are_not() {
         assert_eq!(claim_ahead(5, None), 0, "nothing known yet");
-        assert_eq!(claim_ahead(5, Some(Duration::from_micros(100))), PREFETCH_MAX);
+        assert_eq!(
+            claim_ahead(5, Some(Duration::from_micros(100))),
+            PREFETCH_MAX
+        );
         // 10 ms jobs on 5 slots: 25 start within the 50 ms horizon.
         assert_eq!(claim_ahead(5, Some(Duration::from_millis(10))), 25);
         assert_eq!(claim_ahead(1, Some(Duration::from_millis(30))), 1);
@@ -1262,7 +1267,11 @@ mod tests {
     async fn a_worker_of_short_jobs_claims_ahead_and_of_long_jobs_does_not() {
         let (worker, store, _dir) = sqlite_worker(1).await;
         let ids: Vec<JobId> = store
-            .enqueue_many((0..30).map(|i| NewJob::new("q", serde_json::json!(i))).collect())
+            .enqueue_many(
+                (0..30)
+                    .map(|i| NewJob::new("q", serde_json::json!(i)))
+                    .collect(),
+            )
             .await
             .unwrap()
             .iter()
@@ -1271,7 +1280,11 @@ mod tests {
         let mut ran = Vec::new();
         // The first claim knows nothing of the run time: one job.
         let first = worker.next().await.unwrap().expect("a job");
-        assert_eq!(running_in_store(&store).await, 1, "no spares before a run time is known");
+        assert_eq!(
+            running_in_store(&store).await,
+            1,
+            "no spares before a run time is known"
+        );
         ran.push(first.job().id);
         first.complete().await.unwrap();
         // The next claim takes spares: the job just ran in microseconds.
@@ -1289,7 +1302,11 @@ mod tests {
         // Jobs that now take 300 ms each: the next claim takes one.
         worker.inner.run_time_us.store(300_000, Ordering::Relaxed);
         store
-            .enqueue_many((0..5).map(|i| NewJob::new("q", serde_json::json!(i))).collect())
+            .enqueue_many(
+                (0..5)
+                    .map(|i| NewJob::new("q", serde_json::json!(i)))
+                    .collect(),
+            )
             .await
             .unwrap();
         let lease = worker.next().await.unwrap().expect("a job");
@@ -1304,7 +1321,11 @@ mod tests {
     async fn stale_spares_are_given_back() {
         let (worker, store, _dir) = sqlite_worker(1).await;
         store
-            .enqueue_many((0..2).map(|i| NewJob::new("q", serde_json::json!(i))).collect())
+            .enqueue_many(
+                (0..2)
+                    .map(|i| NewJob::new("q", serde_json::json!(i)))
+                    .collect(),
+            )
             .await
             .unwrap();
         let leases = store
@@ -1339,7 +1360,11 @@ mod tests {
     async fn complete_later_records_in_the_background_and_stop_waits_for_it() {
         let (worker, store, _dir) = sqlite_worker(2).await;
         store
-            .enqueue_many((0..2).map(|i| NewJob::new("q", serde_json::json!(i))).collect())
+            .enqueue_many(
+                (0..2)
+                    .map(|i| NewJob::new("q", serde_json::json!(i)))
+                    .collect(),
+            )
             .await
             .unwrap();
         let (done, stale) = (

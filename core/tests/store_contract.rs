@@ -1334,6 +1334,46 @@ async fn sqlite_in_memory_and_reopen() {
     assert_eq!(b.list_jobs(JobFilter::default()).await.unwrap().len(), 1);
 }
 
+/// No commit copies the WAL into the database file (the pool's connections do not checkpoint,
+/// which cost each enqueue ~50 µs on average); the store's watcher does, within about a
+/// second, with nobody subscribed (a web process that only enqueues).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_checkpointed_off_the_commit_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let store = flyjobs::store::open(&url, StoreOptions::default())
+        .await
+        .unwrap();
+    // Let the watcher's first checkpoint (the migrations) pass.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = std::fs::metadata(&path).unwrap().len();
+    for i in 0..1500 {
+        store
+            .enqueue(NewJob::new("q", json!({ "n": i, "pad": "x".repeat(200) })))
+            .await
+            .unwrap();
+    }
+    let wal = dir.path().join("c.db-wal");
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 4_500_000,
+        "the WAL grew past SQLite's automatic checkpoint (1,000 pages, ~4.1 MB)"
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = std::fs::metadata(&path).unwrap().len();
+        if after > before + 300 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the database file did not grow: {before} -> {after} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.stats().await.unwrap()[0].ready, 1500);
+}
+
 /// Two store handles on one SQLite file (as two processes have): an enqueue through one wakes
 /// a waiter on the other, through `PRAGMA data_version` (before, SQLite wake-ups stayed in
 /// the process that wrote and other processes polled every 200 ms).

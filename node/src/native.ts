@@ -11,6 +11,7 @@ export type JsonObject = { [key: string]: Json };
 export interface NativeLease {
   readonly job: JsonObject;
   complete(): Promise<void>;
+  completeLater(): void;
   fail(failure: { class: string; message: string; backtrace: string[] }): Promise<JsonObject>;
   release(): Promise<void>;
 }

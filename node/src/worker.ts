@@ -1,4 +1,4 @@
-import { call } from "./errors";
+import { call, callSync } from "./errors";
 import type { NativeLease, NativeWorker } from "./native";
 import { definedNames, lookup, type JobContext } from "./registry";
 
@@ -153,7 +153,8 @@ export class Worker {
     }
     try {
       if (error === undefined) {
-        await call(() => lease.complete());
+        // Written by the worker's group commit while this slot takes its next job.
+        callSync(() => lease.completeLater());
       } else {
         const outcome = (await call(() => lease.fail(failureOf(error)))) as Outcome;
         try {

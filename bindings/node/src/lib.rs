@@ -323,6 +323,14 @@ impl NativeLease {
         promise(env, surface::complete(lease))
     }
 
+    /// The job succeeded: recorded by the worker's group commit while the slot runs its next
+    /// job (no Promise to wait for).
+    #[napi]
+    pub fn complete_later(&self) -> napi::Result<()> {
+        surface::complete_later(self.take()?);
+        Ok(())
+    }
+
     /// `fail({class, message, backtrace}) -> Promise<outcome>`: `{outcome: "retry", at}` or
     /// `{outcome: "dead"}`.
     #[napi]

@@ -142,6 +142,13 @@ impl Lease {
         block(py, surface::complete(lease))
     }
 
+    /// The job succeeded: recorded by the worker's group commit while this thread runs its
+    /// next job (no wait for the database).
+    fn complete_later(&self, py: Python<'_>) -> PyResult<()> {
+        surface::complete_later(self.take(py)?);
+        Ok(())
+    }
+
     /// The job succeeded and returned `result_json` (kept as the job's `result`).
     fn complete_with(&self, py: Python<'_>, result: &str) -> PyResult<()> {
         let result = json_arg(py, "result", result)?;

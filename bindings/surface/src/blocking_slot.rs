@@ -153,7 +153,11 @@ mod tests {
             if job["state"] == state {
                 return;
             }
-            assert!(std::time::Instant::now() < until, "job {id} is {}", job["state"]);
+            assert!(
+                std::time::Instant::now() < until,
+                "job {id} is {}",
+                job["state"]
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }

@@ -35,6 +35,7 @@
 //! | [`lease_job`] | lease | the job |
 //! | [`complete`], [`fail`], [`release`] | lease (+ failure map `class`, `message`, `backtrace`) | — / outcome |
 //! | [`complete_with`] | lease, result (any value) | — |
+//! | [`complete_later`] | lease | — (recorded by the worker's group commit; the caller goes on) |
 //! | [`Worker::quiet`], [`Worker::stop`] | — / grace | — |
 //! | [`error_view`] | error | error map |
 
@@ -479,6 +480,12 @@ pub fn lease_job(lease: &WorkerLease) -> Result<Value> {
 /// The job succeeded.
 pub async fn complete(lease: WorkerLease) -> Result<()> {
     lease.complete().await
+}
+
+/// The job succeeded: recorded by the worker's group commit while the caller runs its next
+/// job (what every language's worker loop does after a job that returned nothing).
+pub fn complete_later(lease: WorkerLease) {
+    lease.complete_later();
 }
 
 /// The job succeeded and returned `result` (any JSON value; shown as the job's `result`).

@@ -184,9 +184,10 @@ class Worker:
     @staticmethod
     def _complete(lease: _native.Lease, result: Any) -> None:
         """Completes the job, recording what it returned (the job's `result`) when that is
-        JSON; None and anything else complete it without a result."""
+        JSON; None and anything else complete it without a result. Without a result the
+        completion is written by the worker's group commit while the thread goes on."""
         if result is None:
-            lease.complete()
+            lease.complete_later()
             return
         try:
             text = _json.dumps(result)
