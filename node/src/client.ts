@@ -38,6 +38,19 @@ export interface JobRecord {
   [field: string]: unknown;
 }
 
+/** A failed run of a job ({@link Client.attempts}). */
+export interface AttemptRecord {
+  /** Which attempt it was (1 = the first run). */
+  attempt: number;
+  /** The worker (machine) that ran it. */
+  machine: string | null;
+  startedAt: string | null;
+  endedAt: string;
+  /** The state the job went to: `scheduled` (a retry), `ready`, `dead` or `discarded`. */
+  outcome: JobState;
+  error: JobError;
+}
+
 /** What {@link Client.enqueue} takes. */
 export interface NewJob {
   /** Anything JSON can represent (checked: see `toJson`); opaque to the core. */
@@ -167,6 +180,11 @@ export class Client {
   /** A job, or null. */
   async job(id: number): Promise<JobRecord | null> {
     return camelize(await call(() => this.native.call("job", id)));
+  }
+
+  /** The failed runs of a job, oldest first (what the dashboard's job page shows). */
+  async attempts(id: number): Promise<AttemptRecord[]> {
+    return camelize(await call(() => this.native.call("attempts", id)));
   }
 
   /** A page of jobs in id order; pass the last id as `afterId` for the next page. */

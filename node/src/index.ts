@@ -1,7 +1,7 @@
 // flyjobs: background jobs on on-demand Fly Machines. A Rust core (queue, retries, scaler,
 // worker loop) with this package as its TypeScript face.
 export { Client, getClient, reset, defaultWorkerCommand, isWorkerProcess, localApiCommand } from "./client";
-export type { JobRecord, JobState, JobError, NewJob, JobFilter, DashboardRequest, DashboardResponse } from "./client";
+export type { AttemptRecord, JobRecord, JobState, JobError, NewJob, JobFilter, DashboardRequest, DashboardResponse } from "./client";
 export { dashboard } from "./dashboard";
 export type { DashboardOptions } from "./dashboard";
 export { configure, resolveConfig, optionSpecs, toCoreOptions } from "./config";

@@ -92,6 +92,8 @@ describe(`end to end on ${storeName()}`, { concurrency: true }, () => {
     assert.equal(dead.attempts, 2);
     assert.equal(dead.lastError.class, "TypeError");
     assert.equal(dead.lastError.message, "doomed to fail");
+    const attempts = await (await flyjobs.getClient()).attempts(handle.id);
+    assert.deepEqual(attempts.map((a) => [a.attempt, a.outcome, a.error.class]), [[1, "scheduled", "TypeError"], [2, "dead", "TypeError"]]);
     assert.deepEqual(lines(out, tag).map((l) => l.attempts), [1, 2]);
   });
 

@@ -233,6 +233,9 @@ def test_an_in_process_worker_runs_completes_and_fails(client: flyjobs.Client, q
     assert dead is not None and dead["state"] == "dead"
     assert dead["last_error"]["class"] == "KeyError" and dead["last_error"]["message"] == "'two'"
     assert "in perform" in dead["last_error"]["backtrace"][0], "innermost frame first"
+    attempts = client.attempts(bad["id"])
+    assert [(a["attempt"], a["outcome"], a["error"]["class"]) for a in attempts] == [(1, "dead", "KeyError")]
+    assert client.attempts(ok["id"]) == [], "a success adds no failed run"
 
 
 def test_ctrl_c_reaches_python_while_a_worker_waits(tmp_path: Any, queue: str) -> None:

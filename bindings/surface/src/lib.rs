@@ -322,6 +322,7 @@ pub async fn machines(client: &Client) -> Result<Value> {
 /// The names [`call`] answers to.
 pub const CALLS: &[&str] = &[
     "job",
+    "attempts",
     "jobs",
     "cancel",
     "discard",
@@ -339,7 +340,7 @@ pub const CALLS: &[&str] = &[
 ];
 
 /// One entry point for the admin calls by name (one of [`CALLS`]), so that a binding needs no
-/// glue of its own per call: `job`/`cancel`/`discard`/`retry` take a job id, `jobs` a filter
+/// glue of its own per call: `job`/`attempts`/`cancel`/`discard`/`retry` take a job id, `jobs` a filter
 /// map, `clear` a queue name, `reset_boot_failures` a queue name or null (all), the others
 /// nothing (null).
 pub async fn call(client: &Client, name: &str, arg: &Value) -> Result<Value> {
@@ -349,6 +350,7 @@ pub async fn call(client: &Client, name: &str, arg: &Value) -> Result<Value> {
     };
     Ok(match name {
         "job" => job(client, id()?).await?,
+        "attempts" => to_value(&client.attempts(flyjobs::job::JobId(id()?)).await?)?,
         "jobs" => jobs(client, arg).await?,
         "cancel" => cancel(client, id()?).await?,
         "discard" => discard(client, id()?).await?,

@@ -245,6 +245,12 @@ class Client:
         "run_at", ...), or None."""
         return self._call("job", int(id))  # type: ignore[no-any-return]
 
+    def attempts(self, id: int) -> List[Dict[str, Any]]:
+        """The failed runs of a job, oldest first (what the dashboard's job page shows): each
+        with "attempt", "machine", "started_at", "ended_at", "outcome" (the state it went to:
+        scheduled, ready, dead or discarded) and "error" ("class", "message", "backtrace")."""
+        return self._call("attempts", int(id))  # type: ignore[no-any-return]
+
     def jobs(
         self,
         *,
@@ -398,6 +404,9 @@ class AsyncClient:
 
     async def job(self, id: int) -> Optional[JobMap]:
         return await self._call("job", int(id))  # type: ignore[no-any-return]
+
+    async def attempts(self, id: int) -> List[Dict[str, Any]]:
+        return await self._call("attempts", int(id))  # type: ignore[no-any-return]
 
     async def jobs(
         self,

@@ -82,6 +82,15 @@ module FlyJobs
       call("job", Integer(id))
     end
 
+    # The failed runs of a job, oldest first: what the dashboard's job page shows.
+    # @param id [Integer]
+    # @return [Array<Hash>] each with "attempt", "machine", "started_at", "ended_at", "outcome"
+    #   (the state it went to: scheduled, ready, dead or discarded) and "error" ("class",
+    #   "message", "backtrace")
+    def attempts(id)
+      call("attempts", Integer(id))
+    end
+
     # A page of jobs in id order; pass the last id as after_id for the next page.
     # @param queue [String, nil]
     # @param state [String, Symbol, nil] scheduled, ready, running, completed, dead, discarded

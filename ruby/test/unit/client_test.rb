@@ -69,6 +69,9 @@ class ClientTest < Minitest::Test
     assert_equal "dead", job["state"]
     assert_includes JSON.generate(job), "ArgumentError"
     assert_includes JSON.generate(job), "bad thing"
+    attempts = @client.attempts(id)
+    assert_equal [[1, "dead", "ArgumentError", "bad thing"]],
+                 attempts.map { |a| [a["attempt"], a["outcome"], a["error"]["class"], a["error"]["message"]] }
   end
 
   # The extension builds the payload as Ruby objects itself: it must be what JSON.parse gives.
