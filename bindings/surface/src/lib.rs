@@ -141,6 +141,12 @@ fn queue_view(q: &flyjobs::config::QueueSettings) -> Value {
         "memory_mb": q.size.memory_mb,
         "region": q.regions,
         "max_attempts": q.max_attempts,
+        "max_memory_mb": q.max_memory_mb,
+        "budget": q.budget.as_ref().map(|b| match b {
+            flyjobs::cost::Budget::UsdPerDay(usd) => json!({ "usd_per_day": usd }),
+            flyjobs::cost::Budget::MachineHoursPerDay(h) => json!({ "machine_hours_per_day": h }),
+        }),
+        "max_cost_per_job": q.max_cost_per_job,
     })
 }
 
@@ -169,6 +175,10 @@ pub fn config_view(c: &Config) -> Value {
         "lease_duration": c.lease_duration().as_secs_f64(),
         "boot_timeout": c.boot_timeout().as_secs_f64(),
         "shutdown_timeout": c.shutdown_timeout().as_secs_f64(),
+        "pin_for": c.pin_for().as_secs_f64(),
+        "retain_completed": c.retain_completed().as_secs_f64(),
+        "retain_dead": c.retain_dead().as_secs_f64(),
+        "prices": c.prices(),
         "on_fly": c.on_fly(),
     })
 }
