@@ -1197,14 +1197,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_completes_each_get_their_own_outcome() {
         let (worker, store, _dir) = sqlite_worker(4).await;
-        store
-            .enqueue_many(
-                (0..4)
-                    .map(|i| NewJob::new("q", serde_json::json!(i)))
-                    .collect(),
-            )
-            .await
-            .unwrap();
+        enqueue(&store, 4).await;
         let mut leases = Vec::new();
         while leases.len() < 4 {
             leases.push(worker.next().await.unwrap().expect("a job"));
@@ -1266,17 +1259,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_worker_of_short_jobs_claims_ahead_and_of_long_jobs_does_not() {
         let (worker, store, _dir) = sqlite_worker(1).await;
-        let ids: Vec<JobId> = store
-            .enqueue_many(
-                (0..30)
-                    .map(|i| NewJob::new("q", serde_json::json!(i)))
-                    .collect(),
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|j| j.id)
-            .collect();
+        let ids = enqueue(&store, 30).await;
         let mut ran = Vec::new();
         // The first claim knows nothing of the run time: one job.
         let first = worker.next().await.unwrap().expect("a job");
@@ -1301,14 +1284,7 @@ mod tests {
         assert_eq!(ran, ids, "every job once, in claim order");
         // Jobs that now take 300 ms each: the next claim takes one.
         worker.inner.run_time_us.store(300_000, Ordering::Relaxed);
-        store
-            .enqueue_many(
-                (0..5)
-                    .map(|i| NewJob::new("q", serde_json::json!(i)))
-                    .collect(),
-            )
-            .await
-            .unwrap();
+        enqueue(&store, 5).await;
         let lease = worker.next().await.unwrap().expect("a job");
         assert_eq!(running_in_store(&store).await, 1, "no spares for long jobs");
         lease.complete().await.unwrap();
@@ -1320,14 +1296,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stale_spares_are_given_back() {
         let (worker, store, _dir) = sqlite_worker(1).await;
-        store
-            .enqueue_many(
-                (0..2)
-                    .map(|i| NewJob::new("q", serde_json::json!(i)))
-                    .collect(),
-            )
-            .await
-            .unwrap();
+        enqueue(&store, 2).await;
         let leases = store
             .claim(ClaimRequest::new(["q"], 2, "w1", Duration::from_secs(60)))
             .await
@@ -1359,14 +1328,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn complete_later_records_in_the_background_and_stop_waits_for_it() {
         let (worker, store, _dir) = sqlite_worker(2).await;
-        store
-            .enqueue_many(
-                (0..2)
-                    .map(|i| NewJob::new("q", serde_json::json!(i)))
-                    .collect(),
-            )
-            .await
-            .unwrap();
+        enqueue(&store, 2).await;
         let (done, stale) = (
             worker.next().await.unwrap().expect("a job"),
             worker.next().await.unwrap().expect("a job"),
@@ -1390,6 +1352,13 @@ mod tests {
             (job.state, job.lease_owner.as_deref()),
             (crate::job::JobState::Running, Some("w2"))
         );
+    }
+
+    /// `n` jobs on queue "q", in one statement; their ids in claim order.
+    async fn enqueue(store: &Arc<dyn Store>, n: i64) -> Vec<JobId> {
+        let jobs = (0..n).map(|i| NewJob::new("q", serde_json::json!(i)));
+        let stored = store.enqueue_many(jobs.collect()).await.unwrap();
+        stored.iter().map(|j| j.id).collect()
     }
 
     async fn running_in_store(store: &Arc<dyn Store>) -> usize {
