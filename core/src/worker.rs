@@ -197,6 +197,9 @@ struct Running {
     claimed_at: Instant,
     /// When a caller took it to run; `None` while it is a spare.
     started: Option<Instant>,
+    /// It ran and succeeded; its completion waits for the group commit
+    /// ([`WorkerLease::complete_later`]).
+    completing: bool,
 }
 
 impl Running {
@@ -208,6 +211,7 @@ impl Running {
             expires_at: lease.expires_at,
             claimed_at: Instant::now(),
             started: None,
+            completing: false,
         }
     }
 }
@@ -565,13 +569,21 @@ impl Worker {
         // Leases claimed for callers that never came back for them: nothing runs them.
         self.inner.release_spares().await;
         let until = Instant::now() + deadline;
-        while self.running() > 0 && Instant::now() < until {
+        while self.running() > self.inner.completing() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Jobs that ran and wait for the group commit are done, whatever the deadline: wait
+        // for their completions to be written (a release now would run them again). Past
+        // their lease they would run again anyway.
+        let until = Instant::now() + self.inner.lease_duration;
+        while self.inner.completing() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let left: Vec<(JobId, i64)> = self
             .inner
             .lock_running()
             .drain()
+            .filter(|(_, r)| !r.completing)
             .map(|(id, r)| (id, r.token))
             .collect();
         for (id, token) in left {
@@ -762,6 +774,11 @@ impl Inner {
         self.touch();
     }
 
+    /// Jobs that ran and wait for the group commit to record their completion.
+    fn completing(&self) -> usize {
+        self.lock_running().values().filter(|r| r.completing).count()
+    }
+
     /// Fold a job's run time (hand-out to outcome) into the moving average.
     fn record_run_time(&self, took: Duration) {
         let took = (took.as_micros() as u64).max(1);
@@ -940,11 +957,10 @@ impl WorkerLease {
         let lease = self.take();
         let (id, token) = (lease.job.id, lease.token);
         // The run ended now, not when the statement commits.
-        let started = self
-            .worker
-            .lock_running()
-            .get_mut(&id)
-            .and_then(|r| r.started.take());
+        let started = self.worker.lock_running().get_mut(&id).and_then(|r| {
+            r.completing = true;
+            r.started.take()
+        });
         if let Some(started) = started {
             self.worker.record_run_time(started.elapsed());
         }
@@ -1323,7 +1339,7 @@ mod tests {
     }
 
     /// `complete_later` returns at once; the group commit completes the job, and `stop` waits
-    /// for it. A stale lease's completion is refused (and logged), the job stays with the
+    /// for it even with no grace left. A stale lease's completion is refused (and logged), the job stays with the
     /// worker that holds it now, and the lease still ends here.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn complete_later_records_in_the_background_and_stop_waits_for_it() {
@@ -1343,7 +1359,9 @@ mod tests {
         assert_eq!(taken.len(), 1);
         done.complete_later();
         stale.complete_later();
-        worker.stop(Duration::from_secs(10)).await;
+        // No grace at all (a stop past its deadline): a job that ran is still recorded as
+        // completed, not released to run again.
+        worker.stop(Duration::ZERO).await;
         assert_eq!(worker.running(), 0);
         let job = store.get_job(done_id).await.unwrap().unwrap();
         assert_eq!(job.state, crate::job::JobState::Completed);
