@@ -776,7 +776,10 @@ impl Inner {
 
     /// Jobs that ran and wait for the group commit to record their completion.
     fn completing(&self) -> usize {
-        self.lock_running().values().filter(|r| r.completing).count()
+        self.lock_running()
+            .values()
+            .filter(|r| r.completing)
+            .count()
     }
 
     /// Fold a job's run time (hand-out to outcome) into the moving average.

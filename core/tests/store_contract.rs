@@ -80,6 +80,7 @@ both!(
     reaped_job_is_claimed_again_and_late_complete_refused,
     lost_leases_end_in_dead,
     enqueue_many_is_all_or_nothing,
+    enqueue_many_stores_what_enqueue_stores,
     unique_key_dedupes_pending,
     bad_input_is_rejected_cleanly,
     discard_rules,
@@ -672,6 +673,68 @@ mod cases {
         assert!(jobs.windows(2).all(|w| w[0].id < w[1].id));
         assert_eq!(jobs[42].payload, json!(42));
         assert!(s.enqueue_many(vec![]).await.unwrap().is_empty());
+    }
+
+    /// A batch (one statement on both dialects) stores each job exactly as a lone enqueue
+    /// would: every field, ready or scheduled, in the batch's order.
+    pub async fn enqueue_many_stores_what_enqueue_stores(s: Arc<dyn Store>) {
+        let later = chrono::Utc::now() + chrono::Duration::hours(1);
+        let jobs = || {
+            vec![
+                NewJob::new(
+                    "bq",
+                    json!({"s": "h\u{e9}llo \u{1F600}", "n": [1, null, {"k": "v"}]}),
+                ),
+                NewJob::new("bq", json!("text"))
+                    .priority(-3)
+                    .max_attempts(7)
+                    .name("Mailer")
+                    .image_ref("registry.fly.io/app:v2")
+                    .shape("performance-2x"),
+                NewJob::new("bq2", json!(42)).run_at(later),
+            ]
+        };
+        let batch = s.enqueue_many(jobs()).await.unwrap();
+        let mut alone = Vec::new();
+        for job in jobs() {
+            alone.push(s.enqueue(job).await.unwrap());
+        }
+        assert!(
+            batch.windows(2).all(|w| w[0].id < w[1].id),
+            "in the batch's order"
+        );
+        for (b, a) in batch.iter().zip(&alone) {
+            assert_eq!(
+                (
+                    &b.queue,
+                    &b.name,
+                    &b.payload,
+                    b.state,
+                    b.priority,
+                    b.max_attempts
+                ),
+                (
+                    &a.queue,
+                    &a.name,
+                    &a.payload,
+                    a.state,
+                    a.priority,
+                    a.max_attempts
+                )
+            );
+            assert_eq!(
+                (&b.image_ref, &b.shape, b.attempts),
+                (&a.image_ref, &a.shape, a.attempts)
+            );
+            let stored = s.get_job(b.id).await.unwrap().unwrap();
+            assert_eq!(
+                (stored.payload, stored.run_at),
+                (b.payload.clone(), b.run_at)
+            );
+        }
+        assert_eq!(batch[2].state, JobState::Scheduled);
+        assert_eq!(batch[2].run_at.timestamp(), later.timestamp());
+        assert_eq!(batch[1].shape, "performance-2x");
     }
 
     pub async fn unique_key_dedupes_pending(s: Arc<dyn Store>) {

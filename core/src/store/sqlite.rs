@@ -47,6 +47,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// the watchers see the newest job id move.
 const BUMP_WAKE: &str = "UPDATE flyjobs_wake SET n = n + 1 WHERE id = 1";
 
+/// Enqueue many jobs without unique keys in one statement: `?1` is a JSON array of rows
+/// `[queue, name, payload text, state, priority, run_at µs, max_attempts, image_ref, shape]`,
+/// inserted in array order; `?2` is the enqueue time.
+const ENQUEUE_BATCH: &str = "INSERT INTO flyjobs_jobs (queue, name, payload, state, priority, \
+     run_at, max_attempts, image_ref, created_at, shape) \
+     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+       json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
+       json_extract(value, '$[6]'), json_extract(value, '$[7]'), ?2, json_extract(value, '$[8]') \
+     FROM json_each(?1) ORDER BY key RETURNING *";
+
 /// How often the watcher looks at `PRAGMA data_version` for writes by other connections.
 const WATCH_EVERY: Duration = Duration::from_millis(5);
 
@@ -476,6 +486,40 @@ impl Backend for SqliteBackend {
                 .ok_or_else(|| Error::store("enqueue: the insert returned no row"))?;
             self.signal.wake();
             return Ok(vec![stored]);
+        }
+        // A batch without unique keys (`perform_all_later`, `enqueue_many`): one INSERT … SELECT
+        // over the rows as a JSON array, atomic as any statement is.
+        if jobs.len() > 1 && jobs.iter().all(|j| j.unique_key.is_none()) {
+            let rows: Vec<serde_json::Value> = jobs
+                .iter()
+                .zip(&payloads)
+                .map(|(job, payload)| {
+                    serde_json::json!([
+                        job.queue,
+                        job.name,
+                        payload,
+                        super::initial_state(job, now).as_str(),
+                        job.priority,
+                        us(job.run_at.map_or(now, super::trunc)),
+                        job.max_attempts,
+                        job.image_ref,
+                        job.shape,
+                    ])
+                })
+                .collect();
+            let mut stored = sqlx::query(ENQUEUE_BATCH)
+                .bind(serde_json::Value::from(rows).to_string())
+                .bind(us(now))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err("enqueue"))?
+                .iter()
+                .map(job_from_row)
+                .collect::<Result<Vec<Job>>>()?;
+            // RETURNING gives no order; ids are given in the SELECT's order.
+            stored.sort_by_key(|j| j.id.0);
+            self.signal.wake();
+            return Ok(stored);
         }
         let mut tx = self.begin("enqueue").await?;
         let mut out = Vec::with_capacity(jobs.len());
