@@ -557,7 +557,8 @@ impl Worker {
         self.inner.quiet.is_cancelled()
     }
 
-    /// Jobs currently running here.
+    /// Leases held here: jobs running, spares claimed ahead, and completions handed to the
+    /// group commit and not yet written (0 once everything is recorded).
     pub fn running(&self) -> usize {
         self.inner.lock_running().len()
     }
